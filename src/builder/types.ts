@@ -1,0 +1,63 @@
+/**
+ * Shapes shared by the build pipeline (src/builder/pipeline) and the output
+ * writers (src/builder/outputs). Pure data: no behaviour here.
+ */
+
+/** cairn's architecture names; Debian's names are in debianArch below. */
+export type Arch = 'amd64' | 'arm64' | 'armv7';
+
+export const ARCHES: readonly Arch[] = ['amd64', 'arm64', 'armv7'];
+
+/** Debian's name for each arch (mmdebstrap --architectures). */
+export const debianArch: Record<Arch, string> = { amd64: 'amd64', arm64: 'arm64', armv7: 'armhf' };
+
+export type Format = 'iso' | 'pxe' | 'raw' | 'qcow2' | 'oci' | 'rpi4' | 'jetson';
+
+export const FORMATS: readonly Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci', 'rpi4', 'jetson'];
+
+/**
+ * One built system version: what the pipeline hands to every output writer.
+ * All paths are absolute files in the build cache; writers never modify them.
+ */
+export interface SystemArtifacts {
+  /** Image name from the spec, e.g. "default". */
+  name: string;
+  /** System version, e.g. "0.1.0". */
+  version: string;
+  arch: Arch;
+  /** Kernel release, e.g. "6.12.48+deb13-amd64". */
+  kernelRelease: string;
+  /** The kernel as the bootloader loads it (vmlinuz / Image / zImage). */
+  kernel: string;
+  /** The cairn initramfs (cpio, compressed). */
+  initramfs: string;
+  /** The read-only root filesystem. */
+  squashfs: string;
+  /** The kernel command line the spec asks for (without root= arguments). */
+  cmdline: string;
+  /** release.json: the build record of this version (inputs, package versions, sizes). */
+  release: string;
+  /** The unpacked root filesystem, for files a writer needs (GRUB modules, firmware, device trees). */
+  rootfs: string;
+  /** SOURCE_DATE_EPOCH of the build, for reproducible outputs. */
+  sourceDateEpoch: number;
+}
+
+/** One file an output writer produced. */
+export interface Artifact {
+  /** Path relative to the output folder. */
+  file: string;
+  format: Format;
+  arch: Arch;
+}
+
+export interface OutputContext {
+  /** Folder the artifacts go to (exists). */
+  outDir: string;
+  /** Scratch folder for this writer (exists, removed after the build). */
+  workDir: string;
+  /** Progress and log lines. */
+  log: (line: string) => void;
+}
+
+export type OutputWriter = (system: SystemArtifacts, ctx: OutputContext) => Promise<Artifact[]>;

@@ -1,0 +1,7 @@
+/** Every subcommand of the cairn CLI, one registration function each. */
+import type { Command } from 'commander';
+import { registerConfig } from './config.js';
+
+export type Register = (program: Command) => void;
+
+export const commands: Register[] = [registerConfig];
