@@ -1,0 +1,63 @@
+/** `cairn config validate` and `cairn config show`. */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { stringify } from 'yaml';
+import { formatDiagnostic, hasErrors, type Diagnostic } from '../../config/diagnostics.js';
+import { loadConfig } from '../../config/loader.js';
+import { readConfig } from '../../config/read.js';
+import { redact } from '../../config/redact.js';
+import { EXIT_USER } from '../../errors.js';
+
+async function validateFile(file: string): Promise<Diagnostic[]> {
+  let data: Buffer;
+  try {
+    data = await readFile(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a folder, not a file' : `cannot be read (${code})`;
+    return [{ severity: 'error', file, line: 1, col: 1, path: '', message: `${why}; check the path` }];
+  }
+  return readConfig(data, file).diagnostics;
+}
+
+export function registerConfig(program: Command): void {
+  const config = program.command('config').description('check and show cloud-configs (k3OS config.yaml format)');
+
+  config
+    .command('validate')
+    .description('check config files; every problem is reported as file:line:col with the key path')
+    .argument('<file...>', 'config files to check')
+    .option('--json', 'print the problems as JSON')
+    .action(async (files: string[], opts: { json?: boolean }) => {
+      const all: Diagnostic[] = [];
+      for (const file of files) {
+        const ds = await validateFile(file);
+        all.push(...ds);
+        if (!opts.json) {
+          for (const d of ds) process.stderr.write(`${formatDiagnostic(d)}\n`);
+          if (!hasErrors(ds)) process.stdout.write(`${file}: ok${ds.length ? ` (${ds.length} warning${ds.length > 1 ? 's' : ''})` : ''}\n`);
+        }
+      }
+      if (opts.json) process.stdout.write(`${JSON.stringify({ ok: !hasErrors(all), diagnostics: all }, null, 2)}\n`);
+      if (hasErrors(all)) process.exitCode = EXIT_USER;
+    });
+
+  config
+    .command('show')
+    .description('print the merged config of a node: image default, kernel command line, config.yaml, user-data, config.d')
+    .option('--root <dir>', 'the node file system to read', '/')
+    .option('--cmdline <string>', 'kernel command line to use instead of <root>/proc/cmdline')
+    .option('--show-secrets', 'show passwords, tokens and Wi-Fi passphrases')
+    .option('--json', 'print JSON (with the sources read and the problems found)')
+    .action(async (opts: { root: string; cmdline?: string; showSecrets?: boolean; json?: boolean }) => {
+      const result = await loadConfig({ root: opts.root, cmdline: opts.cmdline });
+      const shown = opts.showSecrets ? result.config : redact(result.config);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ config: shown, sources: result.sources, diagnostics: result.diagnostics }, null, 2)}\n`);
+      } else {
+        for (const d of result.diagnostics) process.stderr.write(`${formatDiagnostic(d)}\n`);
+        process.stdout.write(stringify(shown));
+      }
+      if (hasErrors(result.diagnostics)) process.exitCode = EXIT_USER;
+    });
+}

@@ -1,0 +1,120 @@
+/**
+ * The kernel command line as a config source: `cairn.*` and `k3os.*` keys.
+ *
+ *   cairn.hostname=node1               a key (top-level keys and system keys alike)
+ *   cairn.ssh_authorized_keys=github:a cairn.ssh_authorized_keys=github:b
+ *                                      a repeated key makes a list
+ *   cairn.install.silent               a bare key means true
+ *   cairn.sysctl[kernel.printk]="4 4 1 7"
+ *                                      a map entry; double quotes group words
+ *
+ * Boot parameters that are not config (cairn.debug, cairn.rescue,
+ * cairn.root_url) are read by the first stage and the init, not here.
+ */
+import { Document, LineCounter, Pair, Scalar, YAMLMap, YAMLSeq } from 'yaml';
+import { configSchema, looseKey, spellings } from './schema.js';
+import { readConfigNode, type ReadResult } from './read.js';
+
+/** Boot parameters under `cairn.` that are not config keys. */
+export const BOOT_PARAMS = ['debug', 'rescue', 'root_url', 'upgrade'];
+
+export interface CmdlineToken {
+  key: string;
+  /** undefined for a bare key. */
+  value?: string;
+  /** Offset of the token in the command line. */
+  offset: number;
+}
+
+/** Splits a kernel command line as the kernel does: whitespace outside double quotes; quotes removed. */
+export function tokenize(cmdline: string): CmdlineToken[] {
+  const tokens: CmdlineToken[] = [];
+  let i = 0;
+  while (i < cmdline.length) {
+    while (i < cmdline.length && /\s/.test(cmdline[i]!)) i++;
+    if (i >= cmdline.length) break;
+    const start = i;
+    let word = '';
+    let quoted = false;
+    while (i < cmdline.length && (quoted || !/\s/.test(cmdline[i]!))) {
+      if (cmdline[i] === '"') quoted = !quoted;
+      else word += cmdline[i];
+      i++;
+    }
+    const eq = word.indexOf('=');
+    tokens.push(eq < 0 ? { key: word, offset: start } : { key: word.slice(0, eq), value: word.slice(eq + 1), offset: start });
+  }
+  return tokens;
+}
+
+/** Boot parameters (`cairn.debug`, `cairn.root_url=...`) from a command line; k3os.* spellings too. */
+export function bootParams(cmdline: string): Record<string, string | true> {
+  const out: Record<string, string | true> = {};
+  for (const t of tokenize(cmdline)) {
+    const m = /^(?:cairn|k3os)\.([A-Za-z0-9_]+)$/.exec(t.key);
+    if (m && BOOT_PARAMS.includes(m[1]!)) out[m[1]!] = t.value ?? true;
+  }
+  return out;
+}
+
+type Tree = Map<string, { offset: number; values: Scalar[]; children?: Tree }>;
+
+const KEY = /^(?:cairn|k3os)\.([A-Za-z0-9_.-]+?)(?:\[([^\]]+)\])?$/;
+
+function scalar(value: unknown, offset: number): Scalar {
+  const s = new Scalar(value);
+  s.range = [offset, offset, offset];
+  return s;
+}
+
+function toNode(tree: Tree): YAMLMap {
+  const map = new YAMLMap();
+  for (const [key, entry] of tree) {
+    let value: Scalar | YAMLSeq | YAMLMap;
+    if (entry.children) value = toNode(entry.children);
+    else if (entry.values.length === 1) value = entry.values[0]!;
+    else {
+      const seq = new YAMLSeq();
+      seq.items = entry.values;
+      seq.range = [entry.offset, entry.offset, entry.offset];
+      value = seq;
+    }
+    if (!value.range) value.range = [entry.offset, entry.offset, entry.offset];
+    map.items.push(new Pair(scalar(key, entry.offset), value));
+  }
+  return map;
+}
+
+/** Reads the config keys of a kernel command line. */
+export function readCmdline(cmdline: string, file = 'cmdline'): ReadResult {
+  const topLevel = spellings(configSchema.properties ?? {});
+  const root: Tree = new Map();
+  for (const t of tokenize(cmdline)) {
+    const m = KEY.exec(t.key);
+    if (!m) continue;
+    const segs = m[1]!.split('.');
+    if (!m[2] && segs.length === 1 && BOOT_PARAMS.includes(segs[0]!)) continue;
+    const first = topLevel.get(looseKey(segs[0]!));
+    const path = first && first !== 'cairn' && first !== 'k3os' ? segs : ['cairn', ...segs];
+    if (m[2] !== undefined) path.push(m[2]);
+    let level = root;
+    for (const [i, seg] of path.entries()) {
+      let entry = level.get(seg);
+      if (!entry) {
+        entry = { offset: t.offset, values: [] };
+        level.set(seg, entry);
+      }
+      if (i === path.length - 1) {
+        entry.values.push(scalar(t.value ?? true, t.offset));
+      } else {
+        entry.children ??= new Map();
+        level = entry.children;
+      }
+    }
+  }
+  const doc = new Document();
+  doc.contents = toNode(root);
+  const lines = new LineCounter();
+  lines.addNewLine(0);
+  return readConfigNode(doc, file, lines);
+}

@@ -1,0 +1,125 @@
+/**
+ * The cloud-config schema (config/schema.json) and what cairn derives from it:
+ * the ajv validator, and the lookup of a key's canonical name from any of its
+ * lenient spellings. The schema is the single source of truth for config keys.
+ */
+import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
+import { isIP } from 'node:net';
+import schemaJson from '../../config/schema.json' with { type: 'json' };
+
+/** The subset of JSON Schema that config/schema.json uses. */
+export interface SchemaNode {
+  $ref?: string;
+  type?: 'object' | 'array' | 'string' | 'boolean' | 'integer' | 'number';
+  description?: string;
+  properties?: Record<string, SchemaNode>;
+  additionalProperties?: SchemaNode | boolean;
+  items?: SchemaNode;
+  required?: string[];
+  enum?: unknown[];
+  pattern?: string;
+  format?: string;
+  default?: unknown;
+  examples?: unknown[];
+  minimum?: number;
+  maximum?: number;
+  minLength?: number;
+  maxLength?: number;
+  'x-expected'?: string;
+  'x-secret'?: boolean;
+}
+
+export const configSchema = schemaJson as unknown as SchemaNode & { $defs: Record<string, SchemaNode> };
+
+/** Follows `$ref`s (only local `#/$defs/...` ones are used) and merges sibling keywords. */
+export function resolveSchema(node: SchemaNode): SchemaNode {
+  let cur = node;
+  let extra: SchemaNode = {};
+  while (cur.$ref) {
+    const name = cur.$ref.replace(/^#\/\$defs\//, '');
+    const target = configSchema.$defs[name];
+    if (!target) throw new Error(`schema: unknown $ref ${cur.$ref}`);
+    const { $ref: _ref, ...rest } = cur;
+    extra = { ...rest, ...extra };
+    cur = target;
+  }
+  return { ...cur, ...extra };
+}
+
+/** A key as k3OS compared keys: lowercase, without `_` and `-`. */
+export function looseKey(key: string): string {
+  return key.toLowerCase().replace(/[_-]/g, '');
+}
+
+const spellingCache = new WeakMap<object, Map<string, string>>();
+
+/**
+ * Maps every lenient spelling of an object's keys to the canonical key:
+ * snake_case, camelCase, lowercase, and the singular of a plural key.
+ */
+export function spellings(props: Record<string, SchemaNode>): Map<string, string> {
+  let map = spellingCache.get(props);
+  if (!map) {
+    map = new Map();
+    for (const key of Object.keys(props)) {
+      const loose = looseKey(key);
+      map.set(loose, key);
+      if (loose.endsWith('s')) map.set(loose.slice(0, -1), key);
+    }
+    spellingCache.set(props, map);
+  }
+  return map;
+}
+
+/** Levenshtein distance, for "did you mean" suggestions. */
+function distance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0]!;
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = prev[j]!;
+      prev[j] = Math.min(prev[j]! + 1, prev[j - 1]! + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = tmp;
+    }
+  }
+  return prev[b.length]!;
+}
+
+/** The known key closest to an unknown one, when it is close enough to be a typo. */
+export function suggestKey(unknown: string, known: string[]): string | undefined {
+  const u = looseKey(unknown);
+  let best: { key: string; d: number } | undefined;
+  for (const key of known) {
+    const d = Math.min(distance(u, looseKey(key)), distance(u, looseKey(key).replace(/s$/, '')));
+    if (!best || d < best.d) best = { key, d };
+  }
+  if (!best) return undefined;
+  return best.d <= Math.max(2, Math.floor(u.length / 4)) ? best.key : undefined;
+}
+
+function isCidr(s: string): boolean {
+  const m = /^([^/]+)\/(\d{1,3})$/.exec(s);
+  if (!m) return false;
+  const family = isIP(m[1]!);
+  const bits = Number(m[2]);
+  return (family === 4 && bits <= 32) || (family === 6 && bits <= 128);
+}
+
+function makeAjv(): Ajv2020 {
+  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true });
+  ajv.addKeyword({ keyword: 'x-expected', schemaType: 'string' });
+  ajv.addKeyword({ keyword: 'x-secret', schemaType: 'boolean' });
+  ajv.addFormat('ip', { type: 'string', validate: (s: string) => isIP(s) !== 0 });
+  ajv.addFormat('cidr', { type: 'string', validate: isCidr });
+  ajv.addFormat('route-to', { type: 'string', validate: (s: string) => s === 'default' || isCidr(s) });
+  return ajv;
+}
+
+let validator: ValidateFunction | undefined;
+
+/** The compiled validator of config/schema.json (compiled once). */
+export function configValidator(): ValidateFunction {
+  validator ??= makeAjv().compile(configSchema);
+  return validator;
+}

@@ -1,0 +1,81 @@
+/**
+ * The config as cairn uses it after reading: canonical key names, `k3os:`
+ * folded into `cairn:`. Mirrors config/schema.json (the source of truth).
+ */
+export type Encoding = '' | 'text/plain' | 'b64' | 'base64' | 'gz' | 'gzip' | 'gz+b64' | 'gz+base64' | 'gzip+b64' | 'gzip+base64';
+
+export interface WriteFile {
+  path: string;
+  content?: string;
+  encoding?: Encoding;
+  owner?: string;
+  permissions?: string;
+}
+
+export interface Wifi {
+  name: string;
+  passphrase?: string;
+}
+
+export interface Route {
+  to: string;
+  via?: string;
+  metric?: number;
+}
+
+export interface NetInterface {
+  dhcp?: boolean;
+  addresses?: string[];
+  gateway?: string;
+  routes?: Route[];
+  dns_nameservers?: string[];
+  mtu?: number;
+  vlan?: { id: number; link: string };
+}
+
+export interface Install {
+  force_efi?: boolean;
+  device?: string;
+  config_url?: string;
+  silent?: boolean;
+  iso_url?: string;
+  power_off?: boolean;
+  no_format?: boolean;
+  debug?: boolean;
+  tty?: string;
+}
+
+export interface SystemConfig {
+  data_sources?: string[];
+  modules?: string[];
+  sysctls?: Record<string, string>;
+  ntp_servers?: string[];
+  dns_nameservers?: string[];
+  wifi?: Wifi[];
+  password?: string;
+  server_url?: string;
+  token?: string;
+  labels?: Record<string, string>;
+  k3s_args?: string[];
+  environment?: Record<string, string>;
+  taints?: string[];
+  network?: { interfaces?: Record<string, NetInterface> };
+  install?: Install;
+}
+
+export interface CairnConfig {
+  ssh_authorized_keys?: string[];
+  write_files?: WriteFile[];
+  hostname?: string;
+  init_cmd?: string[];
+  boot_cmd?: string[];
+  run_cmd?: string[];
+  cairn?: SystemConfig;
+}
+
+/** A plain JSON object, as configs are before they are known to be valid. */
+export type JsonObject = { [key: string]: unknown };
+
+export function isObject(v: unknown): v is JsonObject {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
