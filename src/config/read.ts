@@ -136,6 +136,19 @@ function resolveAlias(node: Node, ctx: WalkContext): Node {
   return target as Node;
 }
 
+/** Counts every value the document expands to and its depth, before anything else looks at it. */
+function measure(node: Node | null, depth: number, ctx: WalkContext): void {
+  enter(node, depth, ctx);
+  if (node === null) return;
+  if (isAlias(node)) measure(resolveAlias(node, ctx), depth + 1, ctx);
+  else if (isMap(node)) {
+    for (const pair of node.items) {
+      measure(pair.key as Node | null, depth + 1, ctx);
+      measure(pair.value as Node | null, depth + 1, ctx);
+    }
+  } else if (isSeq(node)) for (const item of node.items) measure(item as Node | null, depth + 1, ctx);
+}
+
 /** Walks a node against its schema, renaming keys to their canonical spelling and coercing lenient values. */
 function walk(node: Node | null, schemaIn: SchemaNode | undefined, pointer: string, depth: number, ctx: WalkContext): Walked {
   enter(node, depth, ctx);
@@ -196,7 +209,8 @@ function walkMap(node: YAMLMap, schema: SchemaNode, pointer: string, depth: numb
       diag(ctx, 'error', at, path, `a key must be a plain word, found ${keyNode ? describeNode(keyNode) : 'nothing'}`);
       continue;
     }
-    const written = String(keyNode.value);
+    // What was written: under YAML 1.1 a key such as `y` or `on` would otherwise read as a boolean.
+    const written = keyNode.source ?? String(keyNode.value);
     if (written === '<<' && pair.value) {
       // YAML 1.1 merge key: the merged map's keys, unless already set here.
       const merged = resolveAlias(pair.value as Node, ctx);
@@ -254,8 +268,11 @@ function expected(err: ErrorObject): string {
   const parent = err.parentSchema as SchemaNode | undefined;
   if (parent?.['x-expected']) return parent['x-expected'];
   switch (err.keyword) {
-    case 'type':
-      return `${/^[aeiou]/.test(String(err.params.type)) ? 'an' : 'a'} ${String(err.params.type)}`;
+    case 'type': {
+      const type = String(err.params.type);
+      const named = type === 'object' ? 'map' : type === 'array' ? 'list' : type;
+      return `${/^[aeiou]/.test(named) ? 'an' : 'a'} ${named}`;
+    }
     case 'enum':
       return `one of ${(err.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
     case 'pattern':
@@ -313,18 +330,24 @@ function checkSemantics(value: JsonObject, ctx: { file: string; lines: LineCount
   return bad;
 }
 
-/** Removes the value at a JSON pointer (an item from a list, a key from a map). */
+/** Removes the value at a JSON pointer (an item from a list, a key from a map), and containers it leaves empty. */
 function removeAt(root: JsonObject, pointer: string): void {
   const segs = pointer.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
-  const last = segs.pop();
-  if (last === undefined) return;
-  let cur: unknown = root;
-  for (const s of segs) {
-    cur = Array.isArray(cur) ? cur[Number(s)] : isObject(cur) ? cur[s] : undefined;
-    if (cur === undefined) return;
+  const chain: unknown[] = [root];
+  for (const s of segs.slice(0, -1)) {
+    const cur = chain[chain.length - 1];
+    const next = Array.isArray(cur) ? cur[Number(s)] : isObject(cur) ? cur[s] : undefined;
+    if (next === undefined) return;
+    chain.push(next);
   }
-  if (Array.isArray(cur)) cur.splice(Number(last), 1);
-  else if (isObject(cur)) delete cur[last];
+  for (let i = segs.length - 1; i >= 0; i--) {
+    const parent = chain[i];
+    const seg = segs[i]!;
+    if (Array.isArray(parent)) parent.splice(Number(seg), 1);
+    else if (isObject(parent)) delete parent[seg];
+    const emptied = Array.isArray(parent) ? parent.length === 0 : isObject(parent) && Object.keys(parent).length === 0;
+    if (i === 0 || !emptied) return;
+  }
 }
 
 /**
@@ -460,6 +483,8 @@ export function readConfig(data: Uint8Array | string, file: string): ReadResult 
       diag(base, 'error', offsetOf(root), '', `expected a map of keys (such as "hostname: node1") at the top level, found ${describeNode(root)}`);
       return { config: {}, diagnostics };
     }
+    measure(root, 0, ctx);
+    ctx.nodes = 0;
     value = walk(root, configSchema, '', 0, ctx);
   } catch (e) {
     if (!(e instanceof LimitError)) throw e;
@@ -487,6 +512,8 @@ export function readConfigNode(doc: Document, file: string, lines: LineCounter):
   const ctx: WalkContext = { file, lines, diagnostics, doc, locations: new Map(), nodes: 0 };
   let value: Walked;
   try {
+    measure(doc.contents as Node | null, 0, ctx);
+    ctx.nodes = 0;
     value = walk(doc.contents as Node | null, configSchema, '', 0, ctx);
   } catch (e) {
     if (!(e instanceof LimitError)) throw e;
