@@ -1,0 +1,312 @@
+/**
+ * The initramfs stage: a compressed cpio archive holding busybox, the kernel
+ * modules the first stage needs, and /init (see init-script.ts).
+ *
+ * Deterministic: entries sorted, every mtime SOURCE_DATE_EPOCH, owner 0:0,
+ * modules unpacked and the whole archive compressed once (zstd -19 single
+ * threaded, or gzip -9 through zlib), so two builds from the same root give
+ * the same bytes.
+ */
+import { constants as fsc } from 'node:fs';
+import { access, lstat, mkdir, readFile, readdir, readlink, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { gunzipSync, gzipSync, constants as zc } from 'node:zlib';
+import { execa } from 'execa';
+import { UserError } from '../../errors.js';
+import type { Arch } from '../types.js';
+import { type CpioEntry, writeCpio } from './cpio.js';
+import { renderInitScript, renderUdhcpcScript } from './init-script.js';
+import {
+  ARCH_MODULES,
+  BASE_MODULES,
+  REQUIRED_MODULES,
+  type ModuleIndex,
+  type ModuleSelection,
+  depmodOrder,
+  makeIndex,
+  modinfoDepends,
+  moduleName,
+  renderModulesAlias,
+  renderModulesDep,
+  selectModules,
+  unpackedPath,
+} from './modules.js';
+
+export { renderInitScript } from './init-script.js';
+export { BASE_MODULES, ARCH_MODULES } from './modules.js';
+
+export type InitramfsCompression = 'zstd' | 'gzip';
+
+export interface InitramfsOptions {
+  /** The unpacked root filesystem (busybox and /lib/modules/<release> come from here). */
+  rootfs: string;
+  kernelRelease: string;
+  arch: Arch;
+  /** The file to write (replaced atomically). */
+  out: string;
+  sourceDateEpoch: number;
+  /** Modules to add to the built-in list (names or aliases). */
+  extraModules?: readonly string[];
+  /** Default zstd. */
+  compression?: InitramfsCompression;
+}
+
+/** Applets linked into /bin (busybox itself is /bin/busybox). The rescue shell can add the rest with `busybox --install -s`. */
+export const APPLETS: readonly string[] = [
+  '[', 'ash', 'awk', 'basename', 'cat', 'chroot', 'cp', 'cttyhack', 'cut', 'dd', 'df', 'dmesg', 'du',
+  'echo', 'env', 'false', 'fdisk', 'find', 'findfs', 'free', 'grep', 'halt', 'head', 'hexdump', 'ip', 'kill',
+  'less', 'ln', 'losetup', 'ls', 'lsmod', 'mdev', 'mkdir', 'mknod', 'modinfo', 'modprobe', 'insmod', 'rmmod',
+  'mount', 'mv', 'ping', 'poweroff', 'printf', 'ps', 'readlink', 'reboot', 'rm', 'rmdir', 'sed',
+  'setsid', 'sh', 'sha256sum', 'sleep', 'sort', 'stat', 'switch_root', 'sync', 'tail', 'tee', 'test', 'touch',
+  'tr', 'true', 'udhcpc', 'umount', 'uname', 'vi', 'wc', 'wget', 'xargs',
+];
+
+/** Applets that tools look for in /sbin. */
+const SBIN_APPLETS = new Set(['modprobe', 'insmod', 'rmmod', 'lsmod', 'mdev', 'switch_root', 'reboot', 'poweroff', 'halt', 'findfs']);
+
+/** Builds the initramfs of one system version. */
+export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
+  const { rootfs, kernelRelease, arch, out, sourceDateEpoch } = opts;
+  if (!Number.isInteger(sourceDateEpoch) || sourceDateEpoch < 0) {
+    throw new UserError(`SOURCE_DATE_EPOCH must be a whole number of seconds, not ${sourceDateEpoch}`);
+  }
+  const busybox = await findBusybox(rootfs);
+  const moduleDir = await findModuleDir(rootfs, kernelRelease);
+  const index = await loadModuleIndex(moduleDir);
+  const wanted = [...BASE_MODULES, ...ARCH_MODULES[arch], ...(opts.extraModules ?? [])];
+  const selection = selectModules(wanted, index);
+  const have = new Set([...selection.load, ...selection.builtin]);
+  const lacking = REQUIRED_MODULES.filter((m) => !have.has(m));
+  if (lacking.length > 0) {
+    throw new UserError(
+      `kernel ${kernelRelease} in ${rootfs} has no ${lacking.join(', ')} (neither a module nor built in): the first stage cannot mount the system`,
+      'use a Debian kernel package (linux-image-*) in the image spec, or a kernel built with squashfs, overlay and loop',
+    );
+  }
+
+  const entries: CpioEntry[] = [];
+  const dir = (p: string, mode = 0o755): void => {
+    entries.push({ path: p, type: 'dir', mode });
+  };
+  for (const d of ['bin', 'dev', 'etc', 'etc/cairn-initramfs', 'lib', 'lib/modules', 'mnt', 'proc', 'root', 'run', 'sbin', 'sys', 'usr', 'usr/bin', 'usr/sbin', 'usr/share', 'usr/share/udhcpc']) dir(d);
+  dir('tmp', 0o1777);
+  entries.push({ path: 'dev/console', type: 'char', mode: 0o600, major: 5, minor: 1 });
+  entries.push({ path: 'dev/null', type: 'char', mode: 0o666, major: 1, minor: 3 });
+  entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(renderInitScript()) });
+  entries.push({ path: 'bin/busybox', type: 'file', mode: 0o755, data: busybox });
+  for (const applet of APPLETS) {
+    entries.push(
+      SBIN_APPLETS.has(applet)
+        ? { path: `sbin/${applet}`, type: 'symlink', target: '../bin/busybox' }
+        : { path: `bin/${applet}`, type: 'symlink', target: 'busybox' },
+    );
+  }
+  entries.push({ path: 'etc/cairn-initramfs/udhcpc.script', type: 'file', mode: 0o755, data: Buffer.from(renderUdhcpcScript()) });
+  entries.push({ path: 'usr/share/udhcpc/default.script', type: 'symlink', target: '../../../etc/cairn-initramfs/udhcpc.script' });
+  entries.push({ path: 'etc/cairn-initramfs/modules', type: 'file', mode: 0o644, data: Buffer.from(selection.load.map((m) => `${m}\n`).join('')) });
+  entries.push({
+    path: 'etc/cairn-initramfs/release',
+    type: 'file',
+    mode: 0o644,
+    data: Buffer.from(`KERNEL_RELEASE=${kernelRelease}\nARCH=${arch}\nSOURCE_DATE_EPOCH=${sourceDateEpoch}\n`),
+  });
+  entries.push({ path: 'etc/mtab', type: 'symlink', target: '../proc/mounts' });
+
+  // modules and the index files modprobe reads
+  const modRoot = `lib/modules/${kernelRelease}`;
+  const dirs = new Set<string>([modRoot]);
+  for (const file of selection.files) {
+    let d = path.posix.dirname(unpackedPath(file));
+    while (d !== '.' && d !== '') {
+      dirs.add(`${modRoot}/${d}`);
+      d = path.posix.dirname(d);
+    }
+  }
+  for (const d of dirs) dir(d);
+  for (const file of selection.files) {
+    const data = await readModule(path.join(moduleDir, file));
+    entries.push({ path: `${modRoot}/${unpackedPath(file)}`, type: 'file', mode: 0o644, data });
+  }
+  entries.push({ path: `${modRoot}/modules.dep`, type: 'file', mode: 0o644, data: Buffer.from(renderModulesDep(selection, index)) });
+  entries.push({ path: `${modRoot}/modules.alias`, type: 'file', mode: 0o644, data: Buffer.from(renderModulesAlias(selection, index)) });
+  const builtin = await readText(path.join(moduleDir, 'modules.builtin'));
+  entries.push({ path: `${modRoot}/modules.builtin`, type: 'file', mode: 0o644, data: Buffer.from(builtin ?? '') });
+
+  const cpio = writeCpio(entries, { mtime: sourceDateEpoch });
+  const compressed = await compress(cpio, opts.compression ?? 'zstd');
+  await mkdir(path.dirname(out), { recursive: true });
+  const tmp = `${out}.tmp-${process.pid}`;
+  try {
+    await writeFile(tmp, compressed);
+    await rename(tmp, out);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** The selection the first stage of this root would get (for build records and tests). */
+export async function initramfsModules(rootfs: string, kernelRelease: string, arch: Arch, extra: readonly string[] = []): Promise<ModuleSelection> {
+  const index = await loadModuleIndex(await findModuleDir(rootfs, kernelRelease));
+  return selectModules([...BASE_MODULES, ...ARCH_MODULES[arch], ...extra], index);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await access(p, fsc.F_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function readText(p: string): Promise<string | undefined> {
+  try {
+    return await readFile(p, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resolves a path inside a root the way the root itself would (absolute symlinks stay inside it). */
+async function resolveInRoot(root: string, rel: string, depth = 0): Promise<string | undefined> {
+  if (depth > 16) return undefined;
+  const parts = rel.split('/').filter(Boolean);
+  let cur = '';
+  for (let i = 0; i < parts.length; i++) {
+    const next = `${cur}/${parts[i]}`;
+    let st;
+    try {
+      st = await lstat(path.join(root, next));
+    } catch {
+      return undefined;
+    }
+    if (st.isSymbolicLink()) {
+      const target = await readlink(path.join(root, next));
+      const base = target.startsWith('/') ? target : path.posix.join(cur || '/', target);
+      return resolveInRoot(root, path.posix.join(path.posix.normalize(base), ...parts.slice(i + 1)), depth + 1);
+    }
+    cur = next;
+  }
+  return path.join(root, cur);
+}
+
+/** True when an ELF file asks for a program interpreter (that is, it is dynamically linked). */
+export function elfIsDynamic(elf: Buffer): boolean {
+  if (elf.length < 52 || elf.readUInt32BE(0) !== 0x7f454c46) throw new Error('not an ELF file');
+  const is64 = elf[4] === 2;
+  const le = elf[5] === 1;
+  const u16 = (o: number): number => (le ? elf.readUInt16LE(o) : elf.readUInt16BE(o));
+  const u32 = (o: number): number => (le ? elf.readUInt32LE(o) : elf.readUInt32BE(o));
+  const phoff = is64 ? Number(le ? elf.readBigUInt64LE(0x20) : elf.readBigUInt64BE(0x20)) : u32(0x1c);
+  const phentsize = u16(is64 ? 0x36 : 0x2a);
+  const phnum = u16(is64 ? 0x38 : 0x2c);
+  for (let i = 0; i < phnum; i++) {
+    const off = phoff + i * phentsize;
+    if (off + 4 > elf.length) break;
+    if (u32(off) === 3) return true; // PT_INTERP
+  }
+  return false;
+}
+
+async function findBusybox(rootfs: string): Promise<Buffer> {
+  for (const rel of ['usr/bin/busybox', 'bin/busybox', 'usr/lib/initramfs-tools/bin/busybox']) {
+    const p = await resolveInRoot(rootfs, rel);
+    if (!p) continue;
+    const data = await readFile(p);
+    let dynamic: boolean;
+    try {
+      dynamic = elfIsDynamic(data);
+    } catch {
+      continue;
+    }
+    if (dynamic) {
+      throw new UserError(
+        `${p} is a dynamically linked busybox: the initramfs needs a static one`,
+        'put busybox-static (not busybox) in the image spec\'s packages',
+      );
+    }
+    return data;
+  }
+  throw new UserError(`the root filesystem ${rootfs} has no busybox (looked in /usr/bin and /bin)`, "add busybox-static to the image spec's packages");
+}
+
+async function findModuleDir(rootfs: string, release: string): Promise<string> {
+  for (const rel of [`lib/modules/${release}`, `usr/lib/modules/${release}`]) {
+    const p = await resolveInRoot(rootfs, rel);
+    if (p && (await exists(p))) return p;
+  }
+  let present: string[] = [];
+  const base = await resolveInRoot(rootfs, 'lib/modules');
+  if (base) present = await readdir(base).catch(() => []);
+  throw new UserError(
+    `the root filesystem ${rootfs} has no modules for kernel ${release}` + (present.length ? ` (it has: ${present.join(', ')})` : ''),
+    'install the kernel package in the image spec and build the initramfs for the release it holds',
+  );
+}
+
+async function loadModuleIndex(moduleDir: string): Promise<ModuleIndex> {
+  const dep = await readText(path.join(moduleDir, 'modules.dep'));
+  const alias = (await readText(path.join(moduleDir, 'modules.alias'))) ?? '';
+  const softdep = (await readText(path.join(moduleDir, 'modules.softdep'))) ?? '';
+  const builtin = (await readText(path.join(moduleDir, 'modules.builtin'))) ?? '';
+  if (dep !== undefined && dep.trim() !== '') return makeIndex({ dep, alias, softdep, builtin });
+  return makeIndex({ dep: await depFromModinfo(moduleDir), alias, softdep, builtin });
+}
+
+async function walkModules(dir: string, rel = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const ent of await readdir(path.join(dir, rel), { withFileTypes: true })) {
+    const r = rel ? `${rel}/${ent.name}` : ent.name;
+    if (ent.isDirectory()) out.push(...(await walkModules(dir, r)));
+    else if (/\.ko(\.(xz|zst|gz))?$/.test(ent.name)) out.push(r);
+  }
+  return out.sort();
+}
+
+/**
+ * A modules.dep built from the modules' own `depends=` fields, for roots
+ * where depmod never ran. Only modules reached from the wanted list are read.
+ */
+async function depFromModinfo(moduleDir: string): Promise<string> {
+  const files = await walkModules(moduleDir);
+  const byName = new Map(files.map((f) => [moduleName(f), f]));
+  const direct = new Map<string, string[]>();
+  const wanted = [...BASE_MODULES, ...Object.values(ARCH_MODULES).flat()];
+  const queue = wanted.filter((n) => byName.has(n));
+  while (queue.length > 0) {
+    const name = queue.shift()!;
+    if (direct.has(name)) continue;
+    const deps = modinfoDepends(await readModule(path.join(moduleDir, byName.get(name)!))).filter((d) => byName.has(d));
+    direct.set(name, deps);
+    queue.push(...deps);
+  }
+  return [...direct.keys()]
+    .sort()
+    .map((name) => {
+      const deps = depmodOrder(name, (n) => direct.get(n) ?? []).map((d) => byName.get(d)!);
+      return `${byName.get(name)}:${deps.length ? ' ' + deps.join(' ') : ''}\n`;
+    })
+    .join('');
+}
+
+async function readModule(file: string): Promise<Buffer> {
+  const raw = await readFile(file);
+  if (file.endsWith('.ko.gz')) return gunzipSync(raw);
+  if (file.endsWith('.ko.xz')) return Buffer.from((await execa('xz', ['-dc'], { input: raw, encoding: 'buffer', stripFinalNewline: false })).stdout);
+  if (file.endsWith('.ko.zst')) return Buffer.from((await execa('zstd', ['-dcq'], { input: raw, encoding: 'buffer', stripFinalNewline: false })).stdout);
+  return raw;
+}
+
+async function compress(data: Buffer, how: InitramfsCompression): Promise<Buffer> {
+  if (how === 'gzip') return gzipSync(data, { level: 9, strategy: zc.Z_DEFAULT_STRATEGY });
+  try {
+    const { stdout } = await execa('zstd', ['-19', '-T1', '-q', '-c', '--no-progress'], { input: data, encoding: 'buffer', stripFinalNewline: false });
+    return Buffer.from(stdout);
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ENOENT') {
+      throw new UserError('zstd is not installed on this machine: the initramfs is compressed with it', 'apt-get install zstd');
+    }
+    throw err;
+  }
+}
