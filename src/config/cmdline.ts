@@ -11,9 +11,9 @@
  * Boot parameters that are not config (cairn.debug, cairn.rescue,
  * cairn.root_url) are read by the first stage and the init, not here.
  */
-import { Document, LineCounter, Pair, Scalar, YAMLMap, YAMLSeq } from 'yaml';
 import { configSchema, looseKey, spellings } from './schema.js';
-import { readConfigNode, type ReadResult } from './read.js';
+import { readValue, type RawPath, type ReadResult } from './read.js';
+import type { JsonObject } from './types.js';
 
 /** Boot parameters under `cairn.` that are not config keys. */
 export const BOOT_PARAMS = ['debug', 'rescue', 'root_url', 'upgrade'];
@@ -57,38 +57,14 @@ export function bootParams(cmdline: string): Record<string, string | true> {
   return out;
 }
 
-type Tree = Map<string, { offset: number; values: Scalar[]; children?: Tree }>;
-
 const KEY = /^(?:cairn|k3os)\.([A-Za-z0-9_.-]+?)(?:\[([^\]]+)\])?$/;
-
-function scalar(value: unknown, offset: number): Scalar {
-  const s = new Scalar(value);
-  s.range = [offset, offset, offset];
-  return s;
-}
-
-function toNode(tree: Tree): YAMLMap {
-  const map = new YAMLMap();
-  for (const [key, entry] of tree) {
-    let value: Scalar | YAMLSeq | YAMLMap;
-    if (entry.children) value = toNode(entry.children);
-    else if (entry.values.length === 1) value = entry.values[0]!;
-    else {
-      const seq = new YAMLSeq();
-      seq.items = entry.values;
-      seq.range = [entry.offset, entry.offset, entry.offset];
-      value = seq;
-    }
-    if (!value.range) value.range = [entry.offset, entry.offset, entry.offset];
-    map.items.push(new Pair(scalar(key, entry.offset), value));
-  }
-  return map;
-}
 
 /** Reads the config keys of a kernel command line. */
 export function readCmdline(cmdline: string, file = 'cmdline'): ReadResult {
   const topLevel = spellings(configSchema.properties ?? {});
-  const root: Tree = new Map();
+  const root: JsonObject = {};
+  /** Offset of the token that set each raw path, for locating problems. */
+  const offsets = new Map<string, number>();
   for (const t of tokenize(cmdline)) {
     const m = KEY.exec(t.key);
     if (!m) continue;
@@ -99,22 +75,35 @@ export function readCmdline(cmdline: string, file = 'cmdline'): ReadResult {
     if (m[2] !== undefined) path.push(m[2]);
     let level = root;
     for (const [i, seg] of path.entries()) {
-      let entry = level.get(seg);
-      if (!entry) {
-        entry = { offset: t.offset, values: [] };
-        level.set(seg, entry);
+      const at = JSON.stringify(path.slice(0, i + 1));
+      if (!offsets.has(at)) offsets.set(at, t.offset);
+      if (i < path.length - 1) {
+        const next = level[seg];
+        if (typeof next !== 'object' || next === null || Array.isArray(next)) level[seg] = {};
+        level = level[seg] as JsonObject;
+        continue;
       }
-      if (i === path.length - 1) {
-        entry.values.push(scalar(t.value ?? true, t.offset));
-      } else {
-        entry.children ??= new Map();
-        level = entry.children;
+      const value = t.value ?? 'true';
+      const prev = level[seg];
+      if (prev === undefined) level[seg] = value;
+      else {
+        // A repeated key makes a list; each item is located at its own token.
+        const list = Array.isArray(prev) ? prev : [prev];
+        offsets.set(JSON.stringify([...path, list.length]), t.offset);
+        if (!Array.isArray(prev)) offsets.set(JSON.stringify([...path, 0]), offsets.get(at)!);
+        list.push(value);
+        level[seg] = list;
       }
     }
   }
-  const doc = new Document();
-  doc.contents = toNode(root);
-  const lines = new LineCounter();
-  lines.addNewLine(0);
-  return readConfigNode(doc, file, lines);
+  return readValue(root, {
+    file,
+    locate(raw: RawPath) {
+      for (let n = raw.length; n > 0; n--) {
+        const offset = offsets.get(JSON.stringify(raw.slice(0, n)));
+        if (offset !== undefined) return { line: 1, col: offset + 1 };
+      }
+      return { line: 1, col: 1 };
+    },
+  });
 }

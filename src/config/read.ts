@@ -1,19 +1,16 @@
 /**
- * Reading one config source: bytes → YAML document → lenient normalisation
- * against the schema → validation. Pure: no file system, no globals; every
- * problem comes back as a located Diagnostic, nothing throws for bad input.
+ * Reading one config source: bytes → YAML → lenient normalisation against
+ * the schema → validation. Pure: no file system, no globals; every problem
+ * comes back as a located Diagnostic, nothing throws for bad input.
+ *
+ * Values come from js-yaml with a schema in which every scalar is a string
+ * (so that `0755` stays "0755" and `no` stays "no" until the cairn schema
+ * says what a key holds). Locations are only needed when there is something
+ * to report: then the text is parsed once more, with `yaml`, whose syntax
+ * tree knows where every key and value is.
  */
-import {
-  Document,
-  LineCounter,
-  isAlias,
-  isMap,
-  isScalar,
-  isSeq,
-  parseDocument,
-  type Node,
-  type YAMLMap,
-} from 'yaml';
+import jsyaml from 'js-yaml';
+import { LineCounter, isAlias, isMap, isScalar, isSeq, parseAllDocuments, parseDocument, type Document, type Node } from 'yaml';
 import type { ErrorObject } from 'ajv';
 import type { Diagnostic, Severity } from './diagnostics.js';
 import { pointerToPath } from './diagnostics.js';
@@ -40,10 +37,19 @@ export interface ReadResult {
   script?: string;
 }
 
+/** A path into the source as written: original key spellings and list indexes. */
+export type RawPath = (string | number)[];
+
+/** Where a source's values are: 1-based line and column of a key or a value. */
+export interface SourceMap {
+  file: string;
+  locate(raw: RawPath, part: 'key' | 'value'): { line: number; col: number };
+}
+
 class LimitError extends Error {
   constructor(
     message: string,
-    readonly offset: number,
+    readonly raw: RawPath,
   ) {
     super(message);
   }
@@ -52,29 +58,17 @@ class LimitError extends Error {
 const UNSET = Symbol('unset');
 type Walked = unknown | typeof UNSET;
 
-interface Located {
-  /** Character offset into the source text. */
-  offset: number;
-}
-
-/**
- * Where each value came from, by JSON pointer. Sources that are not YAML
- * text (the kernel command line) supply their own offsets.
- */
-export type Locations = Map<string, Located>;
-
-interface WalkContext {
-  file: string;
-  doc: Document;
-  lines: LineCounter;
+interface Context {
+  source: SourceMap;
   diagnostics: Diagnostic[];
-  locations: Locations;
+  /** The raw path of every canonical JSON pointer, for locating problems found later. */
+  raw: Map<string, RawPath>;
   nodes: number;
 }
 
-function diag(ctx: { file: string; lines: LineCounter; diagnostics: Diagnostic[] }, severity: Severity, offset: number, path: string, message: string): void {
-  const pos = ctx.lines.linePos(offset);
-  ctx.diagnostics.push({ severity, file: ctx.file, line: pos.line, col: pos.col, path, message });
+function report(ctx: Context, severity: Severity, raw: RawPath, part: 'key' | 'value', path: string, message: string): void {
+  const pos = ctx.source.locate(raw, part);
+  ctx.diagnostics.push({ severity, file: ctx.source.file, line: pos.line, col: pos.col, path, message });
 }
 
 function describeValue(v: unknown): string {
@@ -86,139 +80,85 @@ function describeValue(v: unknown): string {
   return `${typeof v === 'string' ? 'the string' : `the ${typeof v}`} ${shown}`;
 }
 
-function describeNode(node: Node): string {
-  if (isMap(node)) return 'a map';
-  if (isSeq(node)) return 'a list';
-  if (isScalar(node)) return describeValue(node.value);
-  return 'a value';
-}
-
 const TRUE = /^(true|yes|on)$/i;
 const FALSE = /^(false|no|off)$/i;
+const NUMBER = /^-?\d+(\.\d+)?$/;
 
-/** Schema-blind conversion of a node to plain JSON, counting nodes and depth as it goes. */
-function plain(node: Node | null, depth: number, ctx: WalkContext): unknown {
-  enter(node, depth, ctx);
-  if (node === null) return null;
-  if (isAlias(node)) return plain(resolveAlias(node, ctx), depth + 1, ctx);
-  if (isMap(node)) {
-    const out: JsonObject = {};
-    for (const pair of node.items) {
-      const key = isScalar(pair.key) ? String(pair.key.value) : '';
-      if (key === '__proto__') continue;
-      out[key] = plain(pair.value as Node | null, depth + 1, ctx);
-    }
-    return out;
-  }
-  if (isSeq(node)) return node.items.map((item) => plain(item as Node | null, depth + 1, ctx));
-  if (isScalar(node)) return node.value;
-  return null;
-}
-
-function offsetOf(node: Node | null): number {
-  return node?.range?.[0] ?? 0;
-}
-
-function enter(node: Node | null, depth: number, ctx: WalkContext): void {
+function enter(raw: RawPath, depth: number, ctx: Context): void {
   ctx.nodes++;
   if (ctx.nodes > LIMITS.maxNodes) {
-    throw new LimitError(`the document expands to more than ${LIMITS.maxNodes} values (aliases included); simplify it or remove repeated aliases`, offsetOf(node));
+    throw new LimitError(`the document expands to more than ${LIMITS.maxNodes} values (aliases included); simplify it or remove repeated aliases`, raw);
   }
   if (depth > LIMITS.maxDepth) {
-    throw new LimitError(`nesting is deeper than ${LIMITS.maxDepth} levels; a cloud-config needs far fewer`, offsetOf(node));
+    throw new LimitError(`nesting is deeper than ${LIMITS.maxDepth} levels; a cloud-config needs far fewer`, raw);
   }
 }
 
-function resolveAlias(node: Node, ctx: WalkContext): Node {
-  if (!isAlias(node)) return node;
-  const target = node.resolve(ctx.doc);
-  if (!target) throw new LimitError(`the alias *${node.source} has no anchor &${node.source} before it`, offsetOf(node));
-  return target as Node;
-}
-
-/** Counts every value the document expands to and its depth, before anything else looks at it. */
-function measure(node: Node | null, depth: number, ctx: WalkContext): void {
-  enter(node, depth, ctx);
-  if (node === null) return;
-  if (isAlias(node)) measure(resolveAlias(node, ctx), depth + 1, ctx);
-  else if (isMap(node)) {
-    for (const pair of node.items) {
-      measure(pair.key as Node | null, depth + 1, ctx);
-      measure(pair.value as Node | null, depth + 1, ctx);
-    }
-  } else if (isSeq(node)) for (const item of node.items) measure(item as Node | null, depth + 1, ctx);
-}
-
-/** Walks a node against its schema, renaming keys to their canonical spelling and coercing lenient values. */
-function walk(node: Node | null, schemaIn: SchemaNode | undefined, pointer: string, depth: number, ctx: WalkContext): Walked {
-  enter(node, depth, ctx);
-  if (node && isAlias(node)) {
-    ctx.locations.set(pointer, { offset: offsetOf(node) });
-    return walk(resolveAlias(node, ctx), schemaIn, pointer, depth + 1, ctx);
+/** Schema-blind copy of a value, counting values and depth as it goes (aliases are shared references: they count each time). */
+function plain(value: unknown, raw: RawPath, depth: number, ctx: Context): unknown {
+  enter(raw, depth, ctx);
+  if (Array.isArray(value)) return value.map((v, i) => plain(v, [...raw, i], depth + 1, ctx));
+  if (isObject(value)) {
+    const out: JsonObject = {};
+    for (const [k, v] of Object.entries(value)) if (k !== '__proto__') out[k] = plain(v, [...raw, k], depth + 1, ctx);
+    return out;
   }
-  ctx.locations.set(pointer, { offset: offsetOf(node) });
-  if (node === null || (isScalar(node) && node.value === null)) return UNSET;
+  return value;
+}
+
+/** Counts every value the document expands to, and its depth, before anything else looks at it. */
+function measure(value: unknown, raw: RawPath, depth: number, ctx: Context): void {
+  enter(raw, depth, ctx);
+  if (Array.isArray(value)) value.forEach((v, i) => measure(v, [...raw, i], depth + 1, ctx));
+  else if (isObject(value)) for (const [k, v] of Object.entries(value)) measure(v, [...raw, k], depth + 1, ctx);
+}
+
+/** Walks a value against its schema, renaming keys to their canonical spelling and coercing lenient values. */
+function walk(value: unknown, schemaIn: SchemaNode | undefined, pointer: string, raw: RawPath, depth: number, ctx: Context): Walked {
+  enter(raw, depth, ctx);
+  ctx.raw.set(pointer, raw);
+  if (value === null || value === undefined) return UNSET;
   const schema = schemaIn ? resolveSchema(schemaIn) : undefined;
   switch (schema?.type) {
     case 'array': {
-      if (isSeq(node)) {
+      if (Array.isArray(value)) {
         const out: unknown[] = [];
-        for (const item of node.items) {
-          const v = walk(item as Node | null, schema.items, `${pointer}/${out.length}`, depth + 1, ctx);
+        value.forEach((item, i) => {
+          const v = walk(item, schema.items, `${pointer}/${out.length}`, [...raw, i], depth + 1, ctx);
           if (v !== UNSET) out.push(v);
-        }
+        });
         return out;
       }
       // A single value where a list is expected is a one-item list.
-      const v = walk(node, schema.items, `${pointer}/0`, depth + 1, ctx);
+      const v = walk(value, schema.items, `${pointer}/0`, raw, depth + 1, ctx);
       return v === UNSET ? UNSET : [v];
     }
     case 'object':
-      return isMap(node) ? walkMap(node, schema, pointer, depth, ctx) : plain(node, depth, ctx);
-    case 'string':
-      if (isScalar(node) && (typeof node.value === 'number' || typeof node.value === 'boolean')) {
-        // Keep what was written: `permissions: 0755` means "0755", not 493.
-        return node.source ?? String(node.value);
-      }
-      return plain(node, depth, ctx);
+      return isObject(value) ? walkMap(value, schema, pointer, raw, depth, ctx) : plain(value, raw, depth, ctx);
     case 'boolean':
-      if (isScalar(node) && typeof node.value === 'string') {
-        if (TRUE.test(node.value)) return true;
-        if (FALSE.test(node.value)) return false;
+      if (typeof value === 'string') {
+        if (TRUE.test(value)) return true;
+        if (FALSE.test(value)) return false;
       }
-      return plain(node, depth, ctx);
+      return plain(value, raw, depth, ctx);
     case 'integer':
     case 'number':
-      if (isScalar(node) && typeof node.value === 'string' && /^-?\d+(\.\d+)?$/.test(node.value.trim())) return Number(node.value);
-      return plain(node, depth, ctx);
+      if (typeof value === 'string' && NUMBER.test(value.trim())) return Number(value);
+      return plain(value, raw, depth, ctx);
     default:
-      return plain(node, depth, ctx);
+      // Strings stay as written; anything else goes to validation as it is.
+      return plain(value, raw, depth, ctx);
   }
 }
 
-function walkMap(node: YAMLMap, schema: SchemaNode, pointer: string, depth: number, ctx: WalkContext): JsonObject {
+function walkMap(value: JsonObject, schema: SchemaNode, pointer: string, raw: RawPath, depth: number, ctx: Context): JsonObject {
   const out: JsonObject = {};
   const writtenAs = new Map<string, string>();
   const props = schema.properties;
   const extra = typeof schema.additionalProperties === 'object' ? schema.additionalProperties : undefined;
-  for (const pair of node.items) {
-    const keyNode = pair.key as Node | null;
-    const at = offsetOf(keyNode);
-    const path = pointerToPath(pointer);
-    if (!isScalar(keyNode) || keyNode.value === null || typeof keyNode.value === 'object') {
-      diag(ctx, 'error', at, path, `a key must be a plain word, found ${keyNode ? describeNode(keyNode) : 'nothing'}`);
-      continue;
-    }
-    // What was written: under YAML 1.1 a key such as `y` or `on` would otherwise read as a boolean.
-    const written = keyNode.source ?? String(keyNode.value);
-    if (written === '<<' && pair.value) {
-      // YAML 1.1 merge key: the merged map's keys, unless already set here.
-      const merged = resolveAlias(pair.value as Node, ctx);
-      if (isMap(merged)) {
-        for (const [k, v] of Object.entries(walkMap(merged, schema, pointer, depth + 1, ctx))) if (!(k in out)) out[k] = v;
-      }
-      continue;
-    }
+  const path = pointerToPath(pointer);
+  for (const [written, v] of Object.entries(value)) {
+    const at = [...raw, written];
     let key = written;
     let valueSchema: SchemaNode | undefined = extra;
     if (props) {
@@ -229,22 +169,22 @@ function walkMap(node: YAMLMap, schema: SchemaNode, pointer: string, depth: numb
       } else if (!extra) {
         const hint = suggestKey(written, Object.keys(props));
         const where = path ? ` in ${path}` : '';
-        diag(ctx, 'warning', at, path ? `${path}.${written}` : written, `unknown key "${written}"${where}, ignored${hint ? `; did you mean "${hint}"?` : ''}`);
+        report(ctx, 'warning', at, 'key', path ? `${path}.${written}` : written, `unknown key "${written}"${where}, ignored${hint ? `; did you mean "${hint}"?` : ''}`);
         continue;
       }
     }
     if (key === '__proto__' || key === 'constructor' || key === 'prototype') {
-      diag(ctx, 'error', at, path, `"${key}" cannot be used as a key`);
+      report(ctx, 'error', at, 'key', path, `"${key}" cannot be used as a key`);
       continue;
     }
     const previous = writtenAs.get(key);
     if (previous !== undefined) {
-      diag(ctx, 'warning', at, pointerToPath(`${pointer}/${key}`), `"${written}" and "${previous}" are the same key; the later one is used`);
+      report(ctx, 'warning', at, 'key', pointerToPath(`${pointer}/${key}`), `"${written}" and "${previous}" are the same key; the later one is used`);
     }
     writtenAs.set(key, written);
-    const value = walk(pair.value as Node | null, valueSchema, `${pointer}/${escapePointer(key)}`, depth + 1, ctx);
-    if (value === UNSET) delete out[key];
-    else out[key] = value;
+    const result = walk(v, valueSchema, `${pointer}/${escapePointer(key)}`, at, depth + 1, ctx);
+    if (result === UNSET) delete out[key];
+    else out[key] = result;
   }
   return out;
 }
@@ -253,13 +193,13 @@ export function escapePointer(seg: string): string {
   return seg.replace(/~/g, '~0').replace(/\//g, '~1');
 }
 
-/** The location recorded for a pointer, or for its closest ancestor. */
-function locate(pointer: string, locations: Locations): number {
+/** The raw path recorded for a pointer, or for its closest ancestor. */
+function rawOf(pointer: string, ctx: Context): RawPath {
   let p = pointer;
   for (;;) {
-    const loc = locations.get(p);
-    if (loc) return loc.offset;
-    if (p === '') return 0;
+    const raw = ctx.raw.get(p);
+    if (raw) return raw;
+    if (p === '') return [];
     p = p.slice(0, p.lastIndexOf('/'));
   }
 }
@@ -292,28 +232,29 @@ function expected(err: ErrorObject): string {
 }
 
 /** One ajv error as a located diagnostic. */
-function fromAjv(err: ErrorObject, ctx: { file: string; lines: LineCounter; diagnostics: Diagnostic[] }, locations: Locations): void {
+function fromAjv(err: ErrorObject, ctx: Context): void {
   const pointer = err.instancePath;
   const path = pointerToPath(pointer);
+  const raw = rawOf(pointer, ctx);
   switch (err.keyword) {
     case 'required':
-      diag(ctx, 'error', locate(pointer, locations), path, `the required key "${String(err.params.missingProperty)}" is missing`);
+      report(ctx, 'error', raw, 'key', path, `the required key "${String(err.params.missingProperty)}" is missing`);
       return;
     case 'additionalProperties':
-      diag(ctx, 'error', locate(pointer, locations), path, `unknown key "${String(err.params.additionalProperty)}"`);
+      report(ctx, 'error', raw, 'key', path, `unknown key "${String(err.params.additionalProperty)}"`);
       return;
     case 'propertyNames':
-      diag(ctx, 'error', locate(pointer, locations), path, `"${String(err.params.propertyName)}" is not a valid name here`);
+      report(ctx, 'error', raw, 'key', path, `"${String(err.params.propertyName)}" is not a valid name here`);
       return;
     default: {
       if (err.propertyName !== undefined) return; // reported by its propertyNames error
-      diag(ctx, 'error', locate(pointer, locations), path, `expected ${expected(err)}, found ${describeValue(err.data)}`);
+      report(ctx, 'error', raw, 'value', path, `expected ${expected(err)}, found ${describeValue(err.data)}`);
     }
   }
 }
 
 /** Extra checks the schema cannot express: write_files content must decode as its encoding says. */
-function checkSemantics(value: JsonObject, ctx: { file: string; lines: LineCounter; diagnostics: Diagnostic[] }, locations: Locations): string[] {
+function checkSemantics(value: JsonObject, ctx: Context): string[] {
   const bad: string[] = [];
   const files = value.write_files;
   if (!Array.isArray(files)) return bad;
@@ -323,7 +264,7 @@ function checkSemantics(value: JsonObject, ctx: { file: string; lines: LineCount
       decodeContent(f.content, f.encoding as Encoding | undefined);
     } catch (e) {
       const pointer = `/write_files/${i}/content`;
-      diag(ctx, 'error', locate(pointer, locations), pointerToPath(pointer), `${(e as Error).message} (encoding "${String(f.encoding ?? '')}")`);
+      report(ctx, 'error', rawOf(pointer, ctx), 'value', pointerToPath(pointer), `${(e as Error).message} (encoding "${String(f.encoding ?? '')}")`);
       bad.push(pointer);
     }
   });
@@ -354,21 +295,21 @@ function removeAt(root: JsonObject, pointer: string): void {
  * Validates a normalised value, reporting every problem, and returns the
  * value with the invalid parts removed (so that a node boots with what is good).
  */
-export function validateNormalized(value: JsonObject, ctx: { file: string; lines: LineCounter; diagnostics: Diagnostic[] }, locations: Locations): JsonObject {
+function validateNormalized(value: JsonObject, ctx: Context): JsonObject {
   const validate = configValidator();
   const valid = validate(value);
   const broken = new Set<string>();
   if (!valid) {
     for (const err of validate.errors ?? []) {
-      fromAjv(err, ctx, locations);
+      fromAjv(err, ctx);
       broken.add(err.instancePath);
     }
   }
-  for (const p of checkSemantics(value, ctx, locations)) broken.add(p);
+  for (const p of checkSemantics(value, ctx)) broken.add(p);
   if (broken.size === 0) return value;
   const pruned = structuredClone(value);
   // Deepest and highest list indexes first, so that earlier removals do not shift later ones.
-  const pointers = [...broken].sort((a, b) => b.localeCompare(a, 'en', { numeric: true }));
+  const pointers = [...broken].sort((x, y) => y.localeCompare(x, 'en', { numeric: true }));
   for (const p of pointers) {
     if (p === '') return {};
     removeAt(pruned, p);
@@ -455,6 +396,99 @@ export function decodeSource(data: Uint8Array | string, file: string): { text: s
   return { text: Buffer.from(data).toString('utf8').replace(/^\uFEFF/, '') };
 }
 
+/** Scalars are strings; `~`, `null` and empty values are null; `<<` merge keys work. */
+const yamlTypes = (jsyaml as unknown as { types: Record<'null' | 'merge', jsyaml.Type> }).types;
+const STRINGS_SCHEMA = jsyaml.FAILSAFE_SCHEMA.extend({ implicit: [yamlTypes.null, yamlTypes.merge] });
+
+/** Finds the key and value nodes of a raw path in a `yaml` document. */
+function findNodes(doc: Document, raw: RawPath): { key?: Node; value?: Node; found: number } {
+  let node = doc.contents as Node | null;
+  let key: Node | undefined;
+  let found = 0;
+  const deref = (n: Node | null): Node | null => (n && isAlias(n) ? ((n.resolve(doc) as Node | undefined) ?? null) : n);
+  for (const seg of raw) {
+    node = deref(node);
+    if (typeof seg === 'number' && isSeq(node)) {
+      const item = node.items[seg] as Node | undefined;
+      if (!item) break;
+      key = item;
+      node = item;
+    } else if (isMap(node)) {
+      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.source ?? p.key.value) === String(seg));
+      if (!pair) break;
+      key = pair.key as Node;
+      node = pair.value as Node | null;
+    } else break;
+    found++;
+  }
+  return { key, value: node ?? undefined, found };
+}
+
+/** Locations in YAML text, computed on first use by parsing the text with `yaml`. */
+function yamlSourceMap(text: string, file: string): SourceMap {
+  let parsed: { doc: Document; lines: LineCounter } | undefined;
+  return {
+    file,
+    locate(raw, part) {
+      if (!parsed) {
+        const lines = new LineCounter();
+        const doc = parseDocument(text, { version: '1.1', uniqueKeys: false, lineCounter: lines, prettyErrors: false });
+        parsed = { doc, lines };
+      }
+      const { key, value, found } = findNodes(parsed.doc, raw);
+      const node = found === raw.length ? (part === 'key' ? (key ?? value) : (value ?? key)) : (value ?? key);
+      return parsed.lines.linePos(node?.range?.[0] ?? 0);
+    },
+  };
+}
+
+function sortDiagnostics(ds: Diagnostic[]): Diagnostic[] {
+  return ds.sort((x, y) => x.line - y.line || x.col - y.col);
+}
+
+/** Normalises and validates a parsed value; the common end of every source. */
+export function readValue(value: unknown, source: SourceMap): ReadResult {
+  const ctx: Context = { source, diagnostics: [], raw: new Map(), nodes: 0 };
+  if (value === null || value === undefined) {
+    report(ctx, 'warning', [], 'value', '', 'the file is empty: there is nothing to apply');
+    return { config: {}, diagnostics: ctx.diagnostics };
+  }
+  if (!isObject(value)) {
+    report(ctx, 'error', [], 'value', '', `expected a map of keys (such as "hostname: node1") at the top level, found ${describeValue(value)}`);
+    return { config: {}, diagnostics: ctx.diagnostics };
+  }
+  let walked: Walked;
+  try {
+    measure(value, [], 0, ctx);
+    ctx.nodes = 0;
+    walked = walk(value, configSchema, '', [], 0, ctx);
+  } catch (e) {
+    if (!(e instanceof LimitError)) throw e;
+    report(ctx, 'error', e.raw, 'value', '', e.message);
+    return { config: {}, diagnostics: sortDiagnostics(ctx.diagnostics) };
+  }
+  const good = validateNormalized(isObject(walked) ? walked : {}, ctx);
+  return { config: foldNamespaces(good), diagnostics: sortDiagnostics(ctx.diagnostics) };
+}
+
+/** Where the second document of a multi-document stream starts (0-based, as js-yaml marks). */
+function secondDocument(text: string): { line: number; column: number } {
+  const lines = new LineCounter();
+  const docs = parseAllDocuments(text, { lineCounter: lines });
+  const start = Array.isArray(docs) && docs[1] ? (docs[1].contents?.range?.[0] ?? docs[1].range[0]) : 0;
+  const pos = lines.linePos(start);
+  return { line: pos.line - 1, column: pos.col - 1 };
+}
+
+/** js-yaml's reasons, in cairn's words where they are terse. */
+function yamlMessage(reason: string): string {
+  if (/duplicated mapping key/.test(reason)) return 'a key appears twice in the same map; keep one of them';
+  if (/expected a single document/.test(reason)) return 'the file holds more than one YAML document (a "---" line); a config is one document';
+  if (/unidentified alias/.test(reason)) return `invalid YAML: ${reason} (an alias *name needs an anchor &name before it)`;
+  if (/maxDepth/.test(reason)) return `nesting is deeper than ${LIMITS.maxDepth} levels; a cloud-config needs far fewer`;
+  return `invalid YAML: ${reason}`;
+}
+
 /**
  * Reads one YAML config source (a config file, cloud-config user-data, a
  * config.d entry). `#!` user-data comes back as a script.
@@ -464,62 +498,19 @@ export function readConfig(data: Uint8Array | string, file: string): ReadResult 
   if ('error' in decoded) return { config: {}, diagnostics: [decoded.error] };
   const text = decoded.text;
   if (text.startsWith('#!')) return { config: {}, diagnostics: [], script: text };
-  const lines = new LineCounter();
-  const doc = parseDocument(text, { version: '1.1', uniqueKeys: true, prettyErrors: false, lineCounter: lines, strict: true, keepSourceTokens: false });
-  const diagnostics: Diagnostic[] = [];
-  const base = { file, lines, diagnostics };
-  for (const e of doc.errors) diag(base, 'error', e.pos[0], '', yamlMessage(e.message, e.code));
-  for (const w of doc.warnings) diag(base, 'warning', w.pos[0], '', yamlMessage(w.message, w.code));
-  if (doc.errors.length > 0) return { config: {}, diagnostics };
-  const root = doc.contents as Node | null;
-  if (root === null || (isScalar(root) && root.value === null)) {
-    diag(base, 'warning', 0, '', 'the file is empty: there is nothing to apply');
-    return { config: {}, diagnostics };
-  }
-  const ctx: WalkContext = { ...base, doc, locations: new Map(), nodes: 0 };
-  let value: Walked;
+  let value: unknown;
   try {
-    if (!isMap(resolveAlias(root, ctx))) {
-      diag(base, 'error', offsetOf(root), '', `expected a map of keys (such as "hostname: node1") at the top level, found ${describeNode(root)}`);
-      return { config: {}, diagnostics };
+    value = jsyaml.load(text, { schema: STRINGS_SCHEMA, filename: file, maxDepth: LIMITS.maxDepth * 2 } as jsyaml.LoadOptions);
+  } catch (e) {
+    if (e instanceof jsyaml.YAMLException) {
+      let mark = e.mark as { line?: number; column?: number } | undefined;
+      if (/expected a single document/.test(e.reason)) mark = secondDocument(text);
+      return { config: {}, diagnostics: [{ severity: 'error', file, line: (mark?.line ?? 0) + 1, col: (mark?.column ?? 0) + 1, path: '', message: yamlMessage(e.reason) }] };
     }
-    measure(root, 0, ctx);
-    ctx.nodes = 0;
-    value = walk(root, configSchema, '', 0, ctx);
-  } catch (e) {
-    if (!(e instanceof LimitError)) throw e;
-    diag(base, 'error', e.offset, '', e.message);
-    return { config: {}, diagnostics };
+    if (e instanceof RangeError) {
+      return { config: {}, diagnostics: [{ severity: 'error', file, line: 1, col: 1, path: '', message: `nesting is deeper than ${LIMITS.maxDepth} levels; a cloud-config needs far fewer` }] };
+    }
+    throw e;
   }
-  const good = validateNormalized(isObject(value) ? value : {}, base, ctx.locations);
-  return { config: foldNamespaces(good), diagnostics: sortDiagnostics(diagnostics) };
-}
-
-function sortDiagnostics(ds: Diagnostic[]): Diagnostic[] {
-  return ds.sort((a, b) => a.line - b.line || a.col - b.col);
-}
-
-/** yaml's messages end with a source excerpt when pretty; keep the first line and make duplicate keys plain. */
-function yamlMessage(message: string, code: string): string {
-  const first = message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
-  if (code === 'DUPLICATE_KEY') return 'a key appears twice in the same map; keep one of them';
-  return `invalid YAML: ${first}`;
-}
-
-/** Normalises and validates a value built in code (such as from the kernel command line), with offsets supplied by the caller. */
-export function readConfigNode(doc: Document, file: string, lines: LineCounter): ReadResult {
-  const diagnostics: Diagnostic[] = [];
-  const ctx: WalkContext = { file, lines, diagnostics, doc, locations: new Map(), nodes: 0 };
-  let value: Walked;
-  try {
-    measure(doc.contents as Node | null, 0, ctx);
-    ctx.nodes = 0;
-    value = walk(doc.contents as Node | null, configSchema, '', 0, ctx);
-  } catch (e) {
-    if (!(e instanceof LimitError)) throw e;
-    diag(ctx, 'error', e.offset, '', e.message);
-    return { config: {}, diagnostics };
-  }
-  const good = validateNormalized(isObject(value) ? value : {}, ctx, ctx.locations);
-  return { config: foldNamespaces(good), diagnostics: sortDiagnostics(diagnostics) };
+  return readValue(value, yamlSourceMap(text, file));
 }

