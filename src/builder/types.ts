@@ -41,6 +41,12 @@ export interface SystemArtifacts {
   rootfs: string;
   /** SOURCE_DATE_EPOCH of the build, for reproducible outputs. */
   sourceDateEpoch: number;
+  /**
+   * The k3s binary of this version, for writers that carry it beside the
+   * squashfs (oci, the state partition's version folder). The squashfs holds
+   * it too, at /usr/local/bin/k3s.
+   */
+  k3s?: string;
 }
 
 /** One file an output writer produced. */

@@ -1,7 +1,8 @@
 /** Every subcommand of the cairn CLI, one registration function each. */
 import type { Command } from 'commander';
 import { registerConfig } from './config.js';
+import { registerBuild } from './build.js';
 
 export type Register = (program: Command) => void;
 
-export const commands: Register[] = [registerConfig];
+export const commands: Register[] = [registerConfig, registerBuild];

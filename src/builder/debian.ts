@@ -1,0 +1,72 @@
+/**
+ * What the Debian side of a build depends on: the package list per arch, and
+ * the state of the archive (its signed InRelease file) so that a cached root
+ * filesystem is rebuilt when the archive changes and reused while it does not.
+ */
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import type { Arch } from './types.js';
+import type { ImageSpec } from './spec.js';
+
+export const kernelPackage: Record<Arch, string> = {
+  amd64: 'linux-image-amd64',
+  arm64: 'linux-image-arm64',
+  armv7: 'linux-image-armmp-lpae',
+};
+
+/** What every cairn system has: the init's runtime, services, and what k3s needs on the host. */
+export const BASE_PACKAGES = [
+  'nodejs',
+  'tini',
+  'openssh-server',
+  'chrony',
+  'sqlite3',
+  'iproute2',
+  'iputils-ping',
+  'wpasupplicant',
+  'ca-certificates',
+  'kmod',
+  'e2fsprogs',
+  'dosfstools',
+  'iptables',
+  'nftables',
+  'ipset',
+  'conntrack',
+  'mount',
+  'util-linux',
+  'procps',
+  'busybox-static',
+];
+
+export function packageList(spec: ImageSpec, arch: Arch): string[] {
+  return [...new Set([kernelPackage[arch], ...BASE_PACKAGES, ...spec.packages])].sort();
+}
+
+/**
+ * sha256 of the suite's InRelease: identifies the archive state. A snapshot
+ * pins it by itself. When the mirror cannot be reached the last value seen is
+ * used, so an offline rebuild still finds its cached root filesystem.
+ */
+export async function archiveState(spec: ImageSpec, stateDir: string, log: (l: string) => void): Promise<string> {
+  if (spec.debian.snapshot) return `snapshot:${spec.debian.snapshot}`;
+  const url = `${spec.debian.mirror.replace(/\/$/, '')}/dists/${spec.debian.suite}/InRelease`;
+  const stateFile = path.join(stateDir, `inrelease-${createHash('sha256').update(url).digest('hex').slice(0, 16)}.txt`);
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(20_000) });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const body = Buffer.from(await res.arrayBuffer());
+    const state = `inrelease:${createHash('sha256').update(body).digest('hex')}`;
+    await mkdir(stateDir, { recursive: true });
+    await writeFile(stateFile, state);
+    return state;
+  } catch (err) {
+    const last = await readFile(stateFile, 'utf8').catch(() => undefined);
+    if (last) {
+      log(`debian: cannot read ${url} (${(err as Error).message}); using the archive state seen last`);
+      return last;
+    }
+    log(`debian: cannot read ${url} (${(err as Error).message})`);
+    return 'unknown';
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * Host checks, run before anything long: every missing tool is listed at
+ * once, with the apt-get line that installs them all.
+ */
+import { accessSync, constants, existsSync } from 'node:fs';
+import path from 'node:path';
+import { UserError } from '../errors.js';
+import { hostArch, qemuName } from './binfmt.js';
+import type { Arch, Format } from './types.js';
+
+export interface HostTool {
+  /** A command looked up in PATH (and the sbin folders), or an absolute path that must exist. */
+  need: string;
+  /** The Debian package that provides it. */
+  pkg: string;
+  why: string;
+}
+
+const PATHS = () => [...(process.env.PATH ?? '').split(':'), '/usr/local/sbin', '/usr/sbin', '/sbin'].filter(Boolean);
+
+function found(need: string): boolean {
+  if (need.startsWith('/')) return existsSync(need);
+  return PATHS().some((dir) => {
+    try {
+      accessSync(path.join(dir, need), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+const BASE: HostTool[] = [
+  { need: 'mmdebstrap', pkg: 'mmdebstrap', why: 'root filesystem' },
+  { need: 'mksquashfs', pkg: 'squashfs-tools', why: 'squashfs' },
+  { need: 'depmod', pkg: 'kmod', why: 'module index' },
+  { need: 'cp', pkg: 'coreutils', why: 'tree copies' },
+  { need: 'zstd', pkg: 'zstd', why: 'compression' },
+];
+
+const FORMAT_TOOLS: Record<Format, HostTool[]> = {
+  iso: [
+    { need: 'xorriso', pkg: 'xorriso', why: 'iso' },
+    { need: 'grub-mkrescue', pkg: 'grub-common', why: 'iso' },
+    { need: 'mformat', pkg: 'mtools', why: 'iso (UEFI image)' },
+    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'iso (UEFI image)' },
+  ],
+  pxe: [],
+  raw: [
+    { need: 'sfdisk', pkg: 'fdisk', why: 'raw' },
+    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'raw' },
+    { need: 'mcopy', pkg: 'mtools', why: 'raw' },
+    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'raw' },
+    { need: 'grub-mkimage', pkg: 'grub-common', why: 'raw' },
+  ],
+  qcow2: [
+    { need: 'sfdisk', pkg: 'fdisk', why: 'qcow2' },
+    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'qcow2' },
+    { need: 'mcopy', pkg: 'mtools', why: 'qcow2' },
+    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'qcow2' },
+    { need: 'qemu-img', pkg: 'qemu-utils', why: 'qcow2' },
+  ],
+  oci: [],
+  rpi4: [
+    { need: 'sfdisk', pkg: 'fdisk', why: 'rpi4' },
+    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'rpi4' },
+    { need: 'mcopy', pkg: 'mtools', why: 'rpi4' },
+    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'rpi4' },
+  ],
+  jetson: [
+    { need: 'sfdisk', pkg: 'fdisk', why: 'jetson' },
+    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'jetson' },
+    { need: 'mcopy', pkg: 'mtools', why: 'jetson' },
+    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'jetson' },
+  ],
+};
+
+/** GRUB platform folders per arch for the formats that boot through GRUB. */
+function grubTools(arch: Arch, formats: Format[]): HostTool[] {
+  const usesGrub = formats.some((f) => f === 'iso' || f === 'raw' || f === 'qcow2');
+  if (!usesGrub) return [];
+  if (arch === 'amd64') {
+    return [
+      { need: '/usr/lib/grub/i386-pc/modinfo.sh', pkg: 'grub-pc-bin', why: 'BIOS boot' },
+      { need: '/usr/lib/grub/x86_64-efi/modinfo.sh', pkg: 'grub-efi-amd64-bin', why: 'UEFI boot' },
+    ];
+  }
+  if (arch === 'arm64') return [{ need: '/usr/lib/grub/arm64-efi/modinfo.sh', pkg: 'grub-efi-arm64-bin', why: 'UEFI boot' }];
+  return [{ need: '/usr/lib/grub/arm-efi/modinfo.sh', pkg: 'grub-efi-arm-bin', why: 'UEFI boot' }];
+}
+
+function foreignTools(arch: Arch): HostTool[] {
+  const name = qemuName[arch];
+  if (!name || hostArch() === arch || (hostArch() === 'arm64' && arch === 'armv7')) return [];
+  return [
+    { need: `/usr/lib/binfmt.d/qemu-${name}.conf`, pkg: 'qemu-user-static', why: `${arch} maintainer scripts` },
+    { need: `qemu-${name}-static`, pkg: 'qemu-user-static', why: `${arch} maintainer scripts` },
+  ];
+}
+
+export function requiredTools(arches: Arch[], formats: Format[]): HostTool[] {
+  const all = [...BASE, ...formats.flatMap((f) => FORMAT_TOOLS[f]), ...arches.flatMap((a) => [...grubTools(a, formats), ...foreignTools(a)])];
+  const seen = new Set<string>();
+  return all.filter((t) => (seen.has(t.need) ? false : (seen.add(t.need), true)));
+}
+
+/** Throws one UserError naming every missing tool and the apt-get line for them. */
+export function checkHost(arches: Arch[], formats: Format[], opts: { isFound?: (need: string) => boolean; uid?: number } = {}): void {
+  const isFound = opts.isFound ?? found;
+  const missing = requiredTools(arches, formats).filter((t) => !isFound(t.need));
+  const problems: string[] = [];
+  if (missing.length) {
+    problems.push(`missing host tools: ${missing.map((t) => `${path.basename(t.need)} (${t.pkg}, for ${t.why})`).join(', ')}`);
+  }
+  const uid = opts.uid ?? process.getuid?.() ?? 0;
+  if (uid !== 0) problems.push('cairn build runs as root (mmdebstrap --mode=root keeps file owners, and binfmt needs it for foreign arches)');
+  if (problems.length === 0) return;
+  const pkgs = [...new Set(missing.map((t) => t.pkg))].sort();
+  throw new UserError(problems.join('\n'), pkgs.length ? `install them with: apt-get install -y ${pkgs.join(' ')}` : 'run it with sudo');
+}

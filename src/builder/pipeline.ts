@@ -1,0 +1,291 @@
+/**
+ * The build: spec → rootfs → system (overlay, runtime, init, prune) →
+ * squashfs → initramfs → outputs, for each arch asked for. Stages are cached
+ * (see cache.ts); outputs are written into a staging folder under --out and
+ * moved into place only when every one of them succeeded, so a failed or
+ * interrupted build leaves no partial artifact behind.
+ */
+import { mkdir, readdir, rename, rm, writeFile, stat, copyFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { UserError } from '../errors.js';
+import { VERSION } from '../version.js';
+import { StageCache, checkFreeSpace, defaultCacheDir, isDiskFull } from './cache.js';
+import { archiveState } from './debian.js';
+import { checkFormatArches } from './formats.js';
+import { hashFile } from './hash.js';
+import { checkHost } from './hostcheck.js';
+import { repoRoot } from './paths.js';
+import { createReporter, type Reporter } from './progress.js';
+import { installedPackages, type ArtifactRecord, type BuildRecord, type ReleaseRecord, type StageRecord } from './record.js';
+import { loadSpec, type ImageSpec } from './spec.js';
+import { bundleInit } from './stages/init.js';
+import { fetchK3s } from './stages/k3s.js';
+import { checkOverlayInputs, overlayInputs } from './stages/overlay.js';
+import { buildRootfs, rootfsInputs, rootfsKey } from './stages/rootfs.js';
+import { checkRuntimeInputs, runtimeInputs } from './stages/runtime.js';
+import { buildSquashfs, squashfsInputs } from './stages/squashfs.js';
+import { SYSTEM_STAGE_VERSION, buildSystem, systemKey, type SystemData, type SystemInputs } from './stages/system.js';
+import type { Arch, Artifact, Format, OutputWriter, SystemArtifacts } from './types.js';
+import { defaultInitramfs, defaultOutputs, type InitramfsFn } from './writers.js';
+
+export interface BuildOptions {
+  spec: string | ImageSpec;
+  /** Default: the spec's first arch. */
+  arches?: Arch[];
+  /** Default: the spec's formats. */
+  formats?: Format[];
+  /** Default ~/.cache/cairn. */
+  cacheDir?: string;
+  /** Ignore cached stage outputs (the .deb pool is still used). */
+  noCache?: boolean;
+  /** Default out/. */
+  outDir?: string;
+  /** A local k3s binary (offline builds, tests). */
+  k3s?: string;
+  /** Default: $SOURCE_DATE_EPOCH, else the time of the checkout's last commit. */
+  sourceDateEpoch?: number;
+  /** Override the spec's squashfs settings (e.g. a fast level for development builds). */
+  squashfs?: Partial<ImageSpec['squashfs']>;
+  reporter?: Reporter;
+  signal?: AbortSignal;
+  /** Injected writers (tests); default: src/builder/outputs and src/builder/initramfs. */
+  outputs?: Partial<Record<Format, OutputWriter>>;
+  initramfs?: InitramfsFn;
+  /** Skip the host tool check (tests that inject writers). */
+  skipHostCheck?: boolean;
+}
+
+export async function resolveSourceDateEpoch(explicit?: number): Promise<number> {
+  if (explicit !== undefined) return explicit;
+  const env = process.env.SOURCE_DATE_EPOCH;
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isInteger(n) || n < 0) throw new UserError(`SOURCE_DATE_EPOCH must be a whole number of seconds, not "${env}"`);
+    return n;
+  }
+  try {
+    const { stdout } = await execa('git', ['log', '-1', '--format=%ct'], { cwd: repoRoot() });
+    const n = Number(stdout.trim());
+    if (Number.isInteger(n) && n > 0) return n;
+  } catch {
+    /* not a git checkout */
+  }
+  return Math.floor(Date.now() / 1000);
+}
+
+/** Runs a whole build; returns its record (also written to <out>/build.json). */
+export async function build(opts: BuildOptions): Promise<BuildRecord> {
+  const started = performance.now();
+  const reporter = opts.reporter ?? createReporter();
+  const log = (l: string) => reporter.log(l);
+  const signal = opts.signal;
+  const spec = typeof opts.spec === 'string' ? loadSpec(opts.spec) : opts.spec;
+  const arches = opts.arches ?? [spec.arches[0]!];
+  const formats = opts.formats ?? spec.formats;
+  const notInSpec = arches.filter((a) => !spec.arches.includes(a));
+  if (notInSpec.length) throw new UserError(`${spec.file} is not made for ${notInSpec.join(', ')}`, `its arches are ${spec.arches.join(', ')}`);
+  checkFormatArches(arches, formats);
+  if (!opts.skipHostCheck) checkHost(arches, formats);
+  await checkOverlayInputs(spec);
+  await checkRuntimeInputs(spec);
+  const sde = await resolveSourceDateEpoch(opts.sourceDateEpoch);
+  const squashfsSettings = { ...spec.squashfs, ...opts.squashfs };
+
+  const outDir = path.resolve(opts.outDir ?? 'out');
+  const cache = new StageCache(opts.cacheDir ?? defaultCacheDir(), { reuse: !opts.noCache, log });
+  await cache.open();
+  await mkdir(outDir, { recursive: true });
+  await checkFreeSpace(outDir, 64 * 1024 ** 2, 'output');
+  const writers = opts.outputs ?? (await defaultOutputs());
+  const initramfs = opts.initramfs ?? (await defaultInitramfs());
+  const missingWriters = formats.filter((f) => !writers[f]);
+  if (missingWriters.length) throw new UserError(`this cairn has no writer for ${missingWriters.join(', ')} yet`);
+
+  const staging = path.join(outDir, `.cairn-partial.${process.pid}`);
+  const work = path.join(cache.root, 'tmp', `work.${process.pid}.0`);
+  await rm(staging, { recursive: true, force: true });
+  await mkdir(staging, { recursive: true });
+  await mkdir(work, { recursive: true });
+  await removeStaleStaging(outDir);
+
+  const systems: ReleaseRecord[] = [];
+  const artifacts: Artifact[] = [];
+  try {
+    const init = await reporter.stage('init', async () => {
+      const b = await bundleInit();
+      return { value: b, cached: false, detail: b.code ? `${(b.code.length / 1024).toFixed(0)} KiB` : 'no src/init yet' };
+    });
+    for (const arch of arches) {
+      signal?.throwIfAborted();
+      const stages: StageRecord[] = [];
+      const timed = async <T extends { cached: boolean; meta?: { key: string } }>(
+        name: string,
+        fn: (p: Parameters<Parameters<Reporter['stage']>[1]>[0]) => Promise<T>,
+        long = false,
+      ): Promise<T> => {
+        const t = performance.now();
+        const v = await reporter.stage(`${name}${arches.length > 1 ? `/${arch}` : ''}`, async (p) => {
+          const r = await fn(p);
+          return { value: r, cached: r.cached };
+        }, { long });
+        stages.push({ name, seconds: (performance.now() - t) / 1000, cached: v.cached, key: v.meta?.key });
+        signal?.throwIfAborted();
+        return v;
+      };
+
+      const archive = await archiveState(spec, cache.stateDir(), log);
+      const rIn = rootfsInputs(spec, arch, archive);
+      const k3s = await timed('k3s', (p) => fetchK3s(cache, spec, arch, opts.k3s, p, log), true);
+      const sysIn: SystemInputs = {
+        stage: SYSTEM_STAGE_VERSION,
+        rootfs: rootfsKey(rIn),
+        overlay: await overlayInputs(spec),
+        runtime: await runtimeInputs(spec, k3s.meta.data.sha256),
+        init: init.sha256,
+        modules: spec.modules,
+      };
+      // The rootfs is only read (and checked) when the system tree must be made anew.
+      const cachedSystem = await cache.lookup<SystemData>('system', systemKey(sysIn));
+      const rootfs = cachedSystem ? undefined : await timed('rootfs', (p) => buildRootfs(cache, rIn, p, log, signal), true);
+      const system = await timed('system', async () =>
+        cachedSystem ?? buildSystem(cache, sysIn, {
+          spec,
+          arch,
+          rootfs: rootfs!,
+          k3sBinary: path.join(k3s.dir, 'k3s'),
+          init,
+          log,
+          step: (name, seconds) => stages.push({ name, seconds, cached: false }),
+        }),
+      );
+      const sqIn = squashfsInputs(systemKey(sysIn), squashfsSettings.compression, squashfsSettings.level, sde);
+      const squashfs = await timed('squashfs', (p) => buildSquashfs(cache, sqIn, path.join(system.dir, 'rootfs'), p, signal), true);
+      const squashfsFile = path.join(squashfs.dir, 'rootfs.squashfs');
+      const kernelRelease = system.meta.data.kernelRelease;
+      const archWork = path.join(work, arch);
+      await mkdir(archWork, { recursive: true });
+
+      const initrd = path.join(archWork, 'initrd');
+      await timed('initramfs', async () => {
+        await initramfs({ rootfs: path.join(system.dir, 'rootfs'), kernelRelease, arch, out: initrd, sourceDateEpoch: sde });
+        return { cached: false };
+      });
+
+      const release: ReleaseRecord = {
+        name: spec.name,
+        version: spec.version,
+        arch,
+        kernelRelease,
+        sourceDateEpoch: sde,
+        cairn: VERSION,
+        inputs: {
+          spec: path.relative(process.cwd(), spec.file) || spec.file,
+          debian: { ...spec.debian, archive },
+          packages: rIn.packages,
+          k3s: { version: k3s.meta.data.version, sha256: k3s.meta.data.sha256, source: k3s.meta.data.source },
+          overlays: sysIn.overlay,
+          runtime: sysIn.runtime,
+          init: init.sha256,
+          modules: spec.modules,
+          squashfs: squashfsSettings,
+          cmdline: spec.cmdline,
+        },
+        packages: await installedPackages(path.join(system.dir, 'rootfs')),
+        sizes: { ...system.meta.data.sizes, squashfs: squashfs.meta.data.bytes, initramfs: (await stat(initrd)).size },
+        pruned: system.meta.data.pruned.removed,
+        squashfs: { sha256: squashfs.meta.sha256, bytes: squashfs.meta.data.bytes },
+        stages,
+      };
+      const releaseFile = path.join(archWork, 'release.json');
+      await writeFile(releaseFile, `${JSON.stringify(release, null, 2)}\n`);
+      const k3sCopy = path.join(archWork, 'k3s');
+      await copyFile(path.join(k3s.dir, 'k3s'), k3sCopy);
+
+      const sys: SystemArtifacts = {
+        name: spec.name,
+        version: spec.version,
+        arch,
+        kernelRelease,
+        kernel: path.join(system.dir, 'vmlinuz'),
+        initramfs: initrd,
+        squashfs: squashfsFile,
+        cmdline: spec.cmdline,
+        release: releaseFile,
+        rootfs: path.join(system.dir, 'rootfs'),
+        sourceDateEpoch: sde,
+        k3s: k3sCopy,
+      };
+      for (const format of formats) {
+        signal?.throwIfAborted();
+        const writer = writers[format]!;
+        const workDir = path.join(archWork, format);
+        await mkdir(workDir, { recursive: true });
+        const made = await reporter.stage(`${format}${arches.length > 1 ? `/${arch}` : ''}`, async () => {
+          const t = performance.now();
+          const r = await writer(sys, { outDir: staging, workDir, log });
+          stages.push({ name: format, seconds: (performance.now() - t) / 1000, cached: false });
+          return { value: r, cached: false, detail: r.map((a) => a.file).join(', ') };
+        }, { long: true });
+        artifacts.push(...made);
+        await rm(workDir, { recursive: true, force: true });
+      }
+      systems.push(release);
+    }
+
+    // Every writer succeeded: move the artifacts into place and sum them.
+    const records: ArtifactRecord[] = [];
+    for (const a of artifacts) {
+      const from = path.join(staging, a.file);
+      const st = await stat(from).catch(() => undefined);
+      if (!st?.isFile()) throw new Error(`the ${a.format} writer reported ${a.file}, which it did not write`);
+      records.push({ file: a.file, format: a.format, arch: a.arch, bytes: st.size, sha256: await hashFile(from) });
+    }
+    for (const a of artifacts) {
+      const to = path.join(outDir, a.file);
+      await mkdir(path.dirname(to), { recursive: true });
+      await rename(path.join(staging, a.file), to);
+    }
+    records.sort((x, y) => (x.file < y.file ? -1 : x.file > y.file ? 1 : 0));
+    await writeFile(path.join(outDir, 'SHA256SUMS'), records.map((r) => `${r.sha256}  ${r.file}\n`).join(''));
+    const record: BuildRecord = {
+      spec: path.relative(process.cwd(), spec.file) || spec.file,
+      name: spec.name,
+      version: spec.version,
+      sourceDateEpoch: sde,
+      seconds: (performance.now() - started) / 1000,
+      systems,
+      artifacts: records,
+    };
+    await writeFile(path.join(outDir, 'build.json'), `${JSON.stringify(record, null, 2)}\n`);
+    return record;
+  } catch (err) {
+    if (isDiskFull(err)) {
+      throw new UserError(
+        'disk full while writing the build outputs; partial outputs were removed and the cache is unchanged',
+        'free some space (or point --out / --cache at a larger disk) and run the build again',
+      );
+    }
+    if (signal?.aborted) throw new UserError('build interrupted; partial outputs were removed, finished stages stay cached');
+    throw err;
+  } finally {
+    await rm(staging, { recursive: true, force: true }).catch(() => {});
+    await rm(work, { recursive: true, force: true }).catch(() => {});
+    await cache.close();
+  }
+}
+
+/** Staging folders of builds that were killed. */
+async function removeStaleStaging(outDir: string): Promise<void> {
+  for (const name of await readdir(outDir).catch(() => [] as string[])) {
+    const pid = Number(/^\.cairn-partial\.(\d+)$/.exec(name)?.[1]);
+    if (!pid || pid === process.pid) continue;
+    let alive = true;
+    try {
+      process.kill(pid, 0);
+    } catch (err) {
+      alive = (err as NodeJS.ErrnoException).code === 'EPERM';
+    }
+    if (!alive) await rm(path.join(outDir, name), { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,50 @@
+/**
+ * init: the on-device init (src/init, with src/runtime and src/config) as one
+ * JavaScript file for the image's Node.js, at /usr/lib/cairn/init.js. The
+ * initramfs starts it under tini: tini -- node /usr/lib/cairn/init.js.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { build } from 'esbuild';
+import { hashValue } from '../hash.js';
+import { writeFresh } from '../fsutil.js';
+import { repoRoot } from '../paths.js';
+
+export const INIT_PATH = 'usr/lib/cairn/init.js';
+const ENTRIES = ['src/init/main.ts', 'src/init/index.ts'];
+
+export interface InitBundle {
+  /** undefined when the checkout has no init yet. */
+  code?: string;
+  sha256: string;
+}
+
+export async function bundleInit(): Promise<InitBundle> {
+  const entry = ENTRIES.map((e) => path.join(repoRoot(), e)).find((e) => existsSync(e));
+  if (!entry) return { sha256: 'none' };
+  const result = await build({
+    entryPoints: [entry],
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'esm',
+    write: false,
+    minify: false,
+    legalComments: 'none',
+    logLevel: 'silent',
+    banner: { js: "import { createRequire as __cairnRequire } from 'node:module'; const require = __cairnRequire(import.meta.url);" },
+    absWorkingDir: repoRoot(),
+  });
+  const code = result.outputFiles[0]?.text ?? '';
+  return { code, sha256: hashValue(code) };
+}
+
+export async function installInit(root: string, bundle: InitBundle, log: (l: string) => void): Promise<void> {
+  if (bundle.code === undefined) {
+    log('init: the checkout has no src/init yet; the image boots to the fallback shell');
+    return;
+  }
+  await writeFresh(root, INIT_PATH, { content: bundle.code }, { mode: 0o644, uid: 0, gid: 0 });
+  await writeFresh(root, 'usr/lib/cairn/package.json', { content: '{ "type": "module" }\n' }, { mode: 0o644, uid: 0, gid: 0 });
+  log(`init: ${(bundle.code.length / 1024).toFixed(0)} KiB bundle`);
+}

@@ -1,0 +1,94 @@
+/**
+ * The system tree: the cached rootfs with the overlay, runtime, init and
+ * prune steps applied, stored as one cache entry (system-<key>/rootfs and
+ * system-<key>/vmlinuz). The steps run on a hard-linked copy of the rootfs
+ * entry and never write through a link (see fsutil), so the rootfs entry
+ * stays intact. They are one entry because each takes seconds while each
+ * extra cached copy of the tree would cost a full hash of it.
+ */
+import { rename, rm, lstat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Entry, StageCache } from '../cache.js';
+import { hashValue } from '../hash.js';
+import { linkTree } from '../fsutil.js';
+import type { ImageSpec } from '../spec.js';
+import type { Arch } from '../types.js';
+import { applyOverlay } from './overlay.js';
+import { installRuntime } from './runtime.js';
+import { installInit, type InitBundle } from './init.js';
+import { componentSizes, prune, type PruneResult } from './prune.js';
+
+/** Bump when the overlay, runtime, init or prune steps change what they make. */
+export const SYSTEM_STAGE_VERSION = 1;
+
+export interface SystemData {
+  kernelRelease: string;
+  sizes: Record<string, number>;
+  pruned: PruneResult;
+  /** Seconds per step, for the build record. */
+  steps: Record<string, number>;
+}
+
+export interface SystemInputs {
+  stage: number;
+  rootfs: string;
+  overlay: unknown;
+  runtime: unknown;
+  init: string;
+  modules: ImageSpec['modules'];
+}
+
+export function systemKey(inputs: SystemInputs): string {
+  return hashValue(inputs);
+}
+
+/** Where the kernel image sits in a Debian root, per arch (all three name it vmlinuz-<release>). */
+export const kernelInRoot = (kernelRelease: string) => `boot/vmlinuz-${kernelRelease}`;
+
+export async function buildSystem(
+  cache: StageCache,
+  inputs: SystemInputs,
+  ctx: {
+    spec: ImageSpec;
+    arch: Arch;
+    rootfs: Entry<{ kernelRelease: string }>;
+    k3sBinary: string;
+    init: InitBundle;
+    log: (l: string) => void;
+    step: (name: string, seconds: number) => void;
+  },
+): Promise<Entry<SystemData>> {
+  return cache.get<SystemData>(
+    'system',
+    systemKey(inputs),
+    inputs,
+    async (dir) => {
+      const root = path.join(dir, 'rootfs');
+      const kr = ctx.rootfs.meta.data.kernelRelease;
+      const steps: Record<string, number> = {};
+      const timed = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+        const t = performance.now();
+        const v = await fn();
+        steps[name] = (performance.now() - t) / 1000;
+        ctx.step(name, steps[name]);
+        return v;
+      };
+      await timed('copy', () => linkTree(path.join(ctx.rootfs.dir, 'rootfs'), root));
+      await timed('overlay', () => applyOverlay(root, ctx.spec, ctx.log));
+      await timed('runtime', () => installRuntime(root, ctx.spec, ctx.k3sBinary, ctx.log));
+      await timed('init', () => installInit(root, ctx.init, ctx.log));
+      const pruned = await timed('prune', async () => {
+        // The kernel is loaded by the bootloader, not read from the root.
+        const kernel = path.join(root, kernelInRoot(kr));
+        if (!(await lstat(kernel).catch(() => undefined))) throw new Error(`the rootfs has no ${kernelInRoot(kr)}`);
+        await rename(kernel, path.join(dir, 'vmlinuz'));
+        return prune(root, ctx.spec, ctx.arch, kr, ctx.log);
+      });
+      await rm(path.join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
+      const sizes = await componentSizes(root, kr);
+      sizes.kernel = (await lstat(path.join(dir, 'vmlinuz'))).size;
+      return { kernelRelease: kr, sizes, pruned, steps };
+    },
+    { needBytes: 300 * 1024 ** 2 },
+  );
+}
