@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const CAIRN = new URL('../bin/cairn', import.meta.url).pathname;
-const SAMPLE = new URL('../../shared/testdata/k3os/readme-sample-config.yaml', import.meta.url).pathname;
+import { K3OS_SAMPLE as SAMPLE } from './support/shared.js';
 
 function cairn(...args: string[]) {
   const r = spawnSync(CAIRN, args, { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });

@@ -5,6 +5,7 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { readConfig } from '../../src/config/read.js';
 import { readCmdline } from '../../src/config/cmdline.js';
+import { K3OS_SAMPLE } from '../support/shared.js';
 
 const SEED = Number(process.env.CAIRN_FUZZ_SEED ?? 20261122);
 const COUNT = Number(process.env.CAIRN_FUZZ_COUNT ?? 2500);
@@ -22,7 +23,7 @@ function prng(seed: number): () => number {
 }
 
 const corpus = [
-  readFileSync(new URL('../../../shared/testdata/k3os/readme-sample-config.yaml', import.meta.url)),
+  readFileSync(K3OS_SAMPLE),
   Buffer.from(
     'cairn:\n  network:\n    interfaces:\n      eth0:\n        addresses: [10.1.0.5/24]\n        gateway: 10.1.0.1\n        routes: [{to: default, via: 10.1.0.1}]\n        vlan: {id: 7, link: eth1}\n  install: {device: /dev/sda, silent: true}\nwrite_files:\n- path: /etc/x\n  encoding: b64\n  content: aGVsbG8=\n  permissions: "0600"\n',
   ),

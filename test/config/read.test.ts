@@ -5,7 +5,7 @@ import { readConfig, LIMITS } from '../../src/config/read.js';
 import { formatDiagnostic, type Diagnostic } from '../../src/config/diagnostics.js';
 import { decodeContent } from '../../src/config/write-files.js';
 
-const SAMPLE = new URL('../../../shared/testdata/k3os/readme-sample-config.yaml', import.meta.url);
+import { K3OS_SAMPLE as SAMPLE } from '../support/shared.js';
 
 const errors = (ds: Diagnostic[]) => ds.filter((d) => d.severity === 'error');
 const warnings = (ds: Diagnostic[]) => ds.filter((d) => d.severity === 'warning');
