@@ -150,6 +150,8 @@ export class StageCache {
   ): Promise<Entry<D>> {
     const found = await this.lookup<D>(stage, key);
     if (found) return found;
+    await mkdir(this.entriesDir, { recursive: true });
+    await mkdir(this.tmpDir, { recursive: true });
     if (opts.needBytes) await this.ensureSpace(opts.needBytes, stage);
     const tmp = path.join(this.tmpDir, `${stage}-${key.slice(0, 16)}.${process.pid}.${tmpCounter++}`);
     await rm(tmp, { recursive: true, force: true });
