@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import { registerConfig } from './config.js';
 import { registerBuild } from './build.js';
+import { registerNode } from './node.js';
 
 export type Register = (program: Command) => void;
 
-export const commands: Register[] = [registerConfig, registerBuild];
+export const commands: Register[] = [registerConfig, registerBuild, registerNode];

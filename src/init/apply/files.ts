@@ -1,0 +1,70 @@
+/**
+ * Writing files on the node: atomically (a temporary file renamed into
+ * place), with owner and mode, owners looked up in the node's own
+ * /etc/passwd and /etc/group.
+ */
+import { chownSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { decodeContent } from '../../config/write-files.js';
+import type { WriteFile } from '../../config/types.js';
+
+interface Account {
+  name: string;
+  id: number;
+  gid: number;
+}
+
+function readAccounts(root: string, file: 'passwd' | 'group'): Account[] {
+  try {
+    return readFileSync(join(root, 'etc', file), 'utf8')
+      .split('\n')
+      .filter((l) => l && !l.startsWith('#'))
+      .map((l) => l.split(':'))
+      .map((f) => ({ name: f[0]!, id: Number(f[2]), gid: Number(f[3] ?? f[2]) }));
+  } catch {
+    return [];
+  }
+}
+
+/** `user`, `user:group`, or numeric ids, resolved against the node's account files. */
+export function resolveOwner(root: string, owner: string | undefined): { uid: number; gid: number } {
+  const [user = 'root', group] = (owner ?? 'root:root').split(':');
+  const users = readAccounts(root, 'passwd');
+  const groups = readAccounts(root, 'group');
+  const u = /^\d+$/.test(user) ? { id: Number(user), gid: Number(user) } : users.find((a) => a.name === user);
+  if (!u) throw new Error(`owner "${user}" is not a user on this node`);
+  if (group === undefined) return { uid: u.id, gid: u.gid };
+  const g = /^\d+$/.test(group) ? { id: Number(group) } : groups.find((a) => a.name === group);
+  if (!g) throw new Error(`group "${group}" is not a group on this node`);
+  return { uid: u.id, gid: g.id };
+}
+
+/** Writes a file so that readers see the old content or the new one, never a part. */
+export function writeFileAtomic(path: string, data: string | Buffer, opts: { mode?: number; uid?: number; gid?: number } = {}): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = join(dirname(path), `.${basename(path)}.cairn-tmp`);
+  try {
+    writeFileSync(tmp, data, { mode: opts.mode ?? 0o644 });
+    if (opts.uid !== undefined && process.getuid?.() === 0) chownSync(tmp, opts.uid, opts.gid ?? opts.uid);
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** Applies write_files; returns the problems (one per file that could not be written). */
+export function applyWriteFiles(root: string, files: WriteFile[]): string[] {
+  const problems: string[] = [];
+  for (const f of files) {
+    try {
+      const data = decodeContent(f.content ?? '', f.encoding);
+      const { uid, gid } = resolveOwner(root, f.owner);
+      const mode = parseInt(f.permissions ?? '0644', 8);
+      writeFileAtomic(join(root, f.path), data, { mode, uid, gid });
+    } catch (e) {
+      problems.push(`${f.path}: ${(e as Error).message}`);
+    }
+  }
+  return problems;
+}

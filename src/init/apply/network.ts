@@ -1,0 +1,175 @@
+/**
+ * Network: DHCP on wired interfaces by default; static addresses, routes,
+ * MTU and VLANs per interface from `cairn.network.interfaces`; Wi-Fi through
+ * wpa_supplicant. The plan (which `ip` commands, which DHCP clients) is a
+ * pure function of the config and the interfaces present; applying it is
+ * running the commands and starting the supervised clients.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { NetInterface, Wifi } from '../../config/types.js';
+import { at, type NodeContext } from '../context.js';
+import { mustRun } from '../exec.js';
+import type { ServiceSpec } from '../supervisor.js';
+import { writeFileAtomic } from './files.js';
+
+export interface Link {
+  name: string;
+  wireless: boolean;
+  /** A physical device (not a bridge, veth or other virtual link). */
+  physical: boolean;
+}
+
+export interface NetworkPlan {
+  commands: string[][];
+  services: ServiceSpec[];
+  /** Interfaces that take a DHCP lease. */
+  dhcp: string[];
+  notes: string[];
+}
+
+export const UDHCPC_SCRIPT = '/run/cairn/udhcpc.script';
+
+/** What udhcpc runs on lease events: addresses, default route, and resolv.conf (configured servers first). */
+export const UDHCPC_SCRIPT_TEXT = String.raw`#!/bin/sh
+# written by the cairn init: applies a DHCP lease (udhcpc passes the event in $1)
+NET=/run/cairn/net
+mkdir -p $NET
+resolv() {
+  cat $NET/static.dns $NET/*.lease.dns 2>/dev/null | awk 'NF && !seen[$0]++ { print "nameserver " $0 }' | head -n 3 >/etc/resolv.conf.cairn-tmp
+  mv /etc/resolv.conf.cairn-tmp /etc/resolv.conf
+}
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set "$interface" up
+    rm -f $NET/$interface.lease.dns
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip -4 addr add "$ip/$mask" dev "$interface"
+    if [ -n "$router" ]; then
+      for r in $router; do ip -4 route replace default via "$r" dev "$interface" && break; done
+    fi
+    : >$NET/$interface.lease.dns
+    for d in $dns; do echo "$d" >>$NET/$interface.lease.dns; done
+    echo "$ip/$mask" >$NET/$interface.address
+    resolv
+    ;;
+esac
+exit 0
+`;
+
+/** The network interfaces the kernel has, from /sys/class/net. */
+export function listLinks(root: string): Link[] {
+  const dir = join(root, 'sys/class/net');
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => n !== 'lo')
+    .sort()
+    .map((name) => ({ name, wireless: existsSync(join(dir, name, 'wireless')), physical: existsSync(join(dir, name, 'device')) }));
+}
+
+function dhcpClient(ifc: string, hostname: string | undefined): ServiceSpec {
+  const args = ['udhcpc', '-f', '-i', ifc, '-s', UDHCPC_SCRIPT, '-t', '5', '-T', '3', '-A', '10'];
+  if (hostname) args.push('-x', `hostname:${hostname}`);
+  return { name: `dhcp-${ifc}`, command: '/usr/bin/busybox', args, stopTimeoutMs: 3000 };
+}
+
+export function planNetwork(interfaces: Record<string, NetInterface>, links: Link[], wifi: Wifi[], hostname?: string): NetworkPlan {
+  const plan: NetworkPlan = { commands: [['ip', 'link', 'set', 'lo', 'up']], services: [], dhcp: [], notes: [] };
+  const present = new Set(links.map((l) => l.name));
+  // VLAN links first: they are created, then configured like any other.
+  for (const [name, ifc] of Object.entries(interfaces)) {
+    if (!ifc.vlan) continue;
+    if (!present.has(ifc.vlan.link) && !interfaces[ifc.vlan.link]) plan.notes.push(`${name}: its link ${ifc.vlan.link} does not exist`);
+    plan.commands.push(['ip', 'link', 'add', 'link', ifc.vlan.link, 'name', name, 'type', 'vlan', 'id', String(ifc.vlan.id)]);
+    present.add(name);
+  }
+  for (const [name, ifc] of Object.entries(interfaces)) {
+    if (!present.has(name)) {
+      plan.notes.push(`${name} is configured but not present`);
+      continue;
+    }
+    if (ifc.mtu) plan.commands.push(['ip', 'link', 'set', 'dev', name, 'mtu', String(ifc.mtu)]);
+    plan.commands.push(['ip', 'link', 'set', 'dev', name, 'up']);
+    for (const a of ifc.addresses ?? []) plan.commands.push(['ip', 'addr', 'add', a, 'dev', name]);
+    if (ifc.gateway) plan.commands.push(['ip', 'route', 'replace', 'default', 'via', ifc.gateway, 'dev', name]);
+    for (const r of ifc.routes ?? []) {
+      const cmd = ['ip', 'route', 'replace', r.to];
+      if (r.via) cmd.push('via', r.via);
+      cmd.push('dev', name);
+      if (r.metric !== undefined) cmd.push('metric', String(r.metric));
+      plan.commands.push(cmd);
+    }
+    const dhcp = ifc.dhcp ?? (ifc.addresses ?? []).length === 0;
+    if (dhcp) plan.dhcp.push(name);
+  }
+  // Wired interfaces nobody configured: DHCP, as on any k3OS node.
+  for (const l of links) {
+    if (interfaces[l.name] || l.wireless || !l.physical) continue;
+    plan.commands.push(['ip', 'link', 'set', 'dev', l.name, 'up']);
+    plan.dhcp.push(l.name);
+  }
+  const wlan = links.find((l) => l.wireless);
+  if (wifi.length) {
+    if (!wlan) plan.notes.push('wifi is configured but this node has no Wi-Fi interface');
+    else {
+      plan.commands.push(['ip', 'link', 'set', 'dev', wlan.name, 'up']);
+      plan.services.push({ name: `wifi-${wlan.name}`, command: '/usr/sbin/wpa_supplicant', args: ['-i', wlan.name, '-c', WPA_CONF, '-D', 'nl80211,wext'], stopTimeoutMs: 3000 });
+      if (!interfaces[wlan.name] || (interfaces[wlan.name]!.dhcp ?? true)) plan.dhcp.push(wlan.name);
+    }
+  }
+  for (const ifc of [...new Set(plan.dhcp)]) plan.services.push(dhcpClient(ifc, hostname));
+  return plan;
+}
+
+export const WPA_CONF = '/run/cairn/wpa_supplicant.conf';
+
+function quote(s: string): string {
+  return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+}
+
+export function renderWpaConf(networks: Wifi[]): string {
+  const blocks = networks.map((n, i) =>
+    [`network={`, `  ssid=${quote(n.name)}`, n.passphrase ? `  psk=${quote(n.passphrase)}` : '  key_mgmt=NONE', `  priority=${networks.length - i}`, '}'].join('\n'),
+  );
+  return ['ctrl_interface=/run/wpa_supplicant', 'update_config=0', ...blocks, ''].join('\n');
+}
+
+/** Waits until some interface other than lo has a global address, or the time is up. */
+async function waitForAddress(ctx: NodeContext, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const r = await ctx.exec('ip', ['-o', 'addr', 'show', 'scope', 'global'], { timeoutMs: 5000 });
+    if (r.code === 0 && r.stdout.trim()) return true;
+    await new Promise((res) => setTimeout(res, 500));
+  }
+  return false;
+}
+
+export async function applyNetwork(ctx: NodeContext, waitMs = 20_000): Promise<string> {
+  const wifi = ctx.config.cairn?.wifi ?? [];
+  const plan = planNetwork(ctx.config.cairn?.network?.interfaces ?? {}, listLinks(ctx.root), wifi, ctx.config.hostname);
+  writeFileAtomic(at(ctx, UDHCPC_SCRIPT), UDHCPC_SCRIPT_TEXT, { mode: 0o755 });
+  if (wifi.length) writeFileAtomic(at(ctx, WPA_CONF), renderWpaConf(wifi), { mode: 0o600 });
+  const failed: string[] = [];
+  for (const cmd of plan.commands) {
+    try {
+      await mustRun(ctx.exec, cmd[0]!, cmd.slice(1), { timeoutMs: 10_000 });
+    } catch (e) {
+      failed.push((e as Error).message);
+    }
+  }
+  for (const s of plan.services) ctx.services.start(s);
+  for (const n of plan.notes) ctx.log.info(`network: ${n}`);
+  const up = await waitForAddress(ctx, waitMs);
+  const summary = `${plan.dhcp.length ? `DHCP on ${plan.dhcp.join(', ')}` : 'no DHCP'}${up ? '' : '; no address yet'}`;
+  if (failed.length) throw new Error(`${failed.join('; ')} (${summary})`);
+  return summary;
+}

@@ -1,0 +1,110 @@
+/**
+ * The early system keys: hostname, kernel modules, sysctls, environment, DNS
+ * servers and NTP servers. Each is a small function of the config.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { at, type NodeContext } from '../context.js';
+import { writeFileAtomic } from './files.js';
+
+export const HOSTNAME_STATE = '/var/lib/cairn/hostname';
+
+function readTrimmed(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The hostname: the config's, else the one this node was given before, else a new `cairn-xxxxxx`; kept across reboots. */
+export function chooseHostname(configured: string | undefined, remembered: string | undefined, random = () => randomBytes(3).toString('hex')): string {
+  return configured ?? remembered ?? `cairn-${random()}`;
+}
+
+export async function applyHostname(ctx: NodeContext): Promise<string> {
+  const name = chooseHostname(ctx.config.hostname, readTrimmed(at(ctx, HOSTNAME_STATE)));
+  writeFileAtomic(at(ctx, HOSTNAME_STATE), `${name}\n`);
+  writeFileAtomic(at(ctx, '/etc/hostname'), `${name}\n`);
+  const hosts = `127.0.0.1\tlocalhost\n127.0.1.1\t${name}\n::1\tlocalhost ip6-localhost ip6-loopback\n`;
+  writeFileAtomic(at(ctx, '/etc/hosts'), hosts);
+  try {
+    writeFileSync(at(ctx, '/proc/sys/kernel/hostname'), name);
+  } catch (e) {
+    throw new Error(`cannot set the kernel's hostname: ${(e as Error).message}`);
+  }
+  ctx.status.update({ hostname: name });
+  return name;
+}
+
+export async function applyModules(ctx: NodeContext): Promise<string | void> {
+  const modules = ctx.config.cairn?.modules ?? [];
+  const failed: string[] = [];
+  for (const m of modules) {
+    const r = await ctx.exec('modprobe', [m], { timeoutMs: 15_000 });
+    if (r.code !== 0) failed.push(`${m} (${(r.stderr || `exit ${r.code}`).trim().split('\n')[0]})`);
+  }
+  if (failed.length) throw new Error(`modules not loaded: ${failed.join(', ')}`);
+  if (modules.length) return `loaded ${modules.join(', ')}`;
+}
+
+/** /proc/sys path of a sysctl key: dots are folders. */
+export function sysctlPath(key: string): string {
+  return `/proc/sys/${key.replace(/\./g, '/')}`;
+}
+
+export async function applySysctls(ctx: NodeContext): Promise<string | void> {
+  const entries = Object.entries(ctx.config.cairn?.sysctls ?? {});
+  const failed: string[] = [];
+  for (const [key, value] of entries) {
+    try {
+      writeFileSync(at(ctx, sysctlPath(key)), value);
+    } catch (e) {
+      failed.push(`${key} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  }
+  if (failed.length) throw new Error(`sysctls not set: ${failed.join(', ')}`);
+  if (entries.length) return `${entries.length} set`;
+}
+
+/** The config's environment, for boot commands and k3s, and in /etc/environment for logins. */
+export async function applyEnvironment(ctx: NodeContext): Promise<void> {
+  const env = ctx.config.cairn?.environment ?? {};
+  Object.assign(ctx.env, env);
+  const lines = Object.entries(env).map(([k, v]) => `${k}=${JSON.stringify(v)}`);
+  writeFileAtomic(at(ctx, '/etc/environment'), lines.length ? `${lines.join('\n')}\n` : '');
+}
+
+export const STATIC_DNS = '/run/cairn/net/static.dns';
+
+/** resolv.conf from the configured servers, then the ones DHCP leases offered (network.ts writes those). */
+export function renderResolvConf(servers: string[]): string {
+  const unique = [...new Set(servers)].slice(0, 3);
+  return unique.map((s) => `nameserver ${s}\n`).join('');
+}
+
+export async function applyDns(ctx: NodeContext): Promise<string | void> {
+  const servers = ctx.config.cairn?.dns_nameservers ?? [];
+  writeFileAtomic(at(ctx, STATIC_DNS), servers.map((s) => `${s}\n`).join(''));
+  if (servers.length) {
+    writeFileAtomic(at(ctx, '/etc/resolv.conf'), renderResolvConf(servers));
+    return servers.join(', ');
+  }
+}
+
+export function renderChronyConf(servers: string[]): string {
+  const sources = servers.length ? servers.map((s) => `server ${s} iburst`) : ['pool 2.debian.pool.ntp.org iburst'];
+  return [
+    '# written by cairn from ntp_servers',
+    ...sources,
+    'driftfile /var/lib/chrony/chrony.drift',
+    // Edge boards often have no RTC: step the clock on the first updates, whatever the offset.
+    'makestep 1 -1',
+    'rtcsync',
+    '',
+  ].join('\n');
+}
+
+export async function applyNtp(ctx: NodeContext): Promise<void> {
+  writeFileAtomic(at(ctx, '/etc/chrony/chrony.conf'), renderChronyConf(ctx.config.cairn?.ntp_servers ?? []));
+}

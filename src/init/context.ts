@@ -1,0 +1,53 @@
+/**
+ * What every boot phase works with. Paths on the node are always taken
+ * through `at(ctx, '/etc/...')`, so that tests run the phases against a
+ * folder instead of a machine.
+ */
+import { join } from 'node:path';
+import type { CairnConfig } from '../config/types.js';
+import type { Diagnostic } from '../config/diagnostics.js';
+import type { Exec } from './exec.js';
+import type { Logger } from './log.js';
+import type { Supervisor } from './supervisor.js';
+import type { StatusStore } from './status.js';
+
+/** What the first stage recorded in /run/cairn/boot.env. */
+export interface BootInfo {
+  mode: 'state' | 'live' | 'net' | '';
+  version: string;
+  /** Set on a trial boot of an upgrade: how many tries it has left. */
+  triesLeft?: number;
+  stateDevice?: string;
+}
+
+export type Fetch = (url: string, opts?: { timeoutMs?: number; headers?: Record<string, string> }) => Promise<string>;
+
+export interface NodeContext {
+  /** "/" on a node; a folder in tests. */
+  root: string;
+  exec: Exec;
+  log: Logger;
+  fetch: Fetch;
+  /** The kernel command line. */
+  cmdline: string;
+  boot: BootInfo;
+  /** The image's version (release record). */
+  version: string;
+  config: CairnConfig;
+  configProblems: Diagnostic[];
+  /** Environment for boot commands and k3s: the config's `environment` over a clean base. */
+  env: Record<string, string>;
+  services: Supervisor;
+  status: StatusStore;
+}
+
+export function at(ctx: { root: string }, path: string): string {
+  return join(ctx.root, path);
+}
+
+/** fetch() with a timeout, as text; throws on HTTP errors. */
+export const httpFetch: Fetch = async (url, opts = {}) => {
+  const res = await fetch(url, { headers: opts.headers, signal: AbortSignal.timeout(opts.timeoutMs ?? 10_000) });
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
+  return res.text();
+};

@@ -1,0 +1,51 @@
+/**
+ * The init's log: one line per event on the console (what an operator at the
+ * site sees) and the same lines in /var/log/cairn/boot.log once /var is there.
+ */
+import { appendFileSync, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export interface Logger {
+  /** A line for the console and the boot log. */
+  info(line: string): void;
+  /** Only with cairn.debug on the kernel command line. */
+  debug(line: string): void;
+  /** Start copying lines into a file (called once /var is mounted). */
+  toFile(path: string): void;
+}
+
+export function createLogger(opts: { debug: boolean; write?: (s: string) => void }): Logger {
+  const write = opts.write ?? ((s: string) => process.stdout.write(s));
+  let file: string | undefined;
+  const pending: string[] = [];
+  const emit = (line: string) => {
+    const text = `cairn: ${line}\n`;
+    write(text);
+    const stamped = `${new Date().toISOString()} ${line}\n`;
+    if (!file) {
+      pending.push(stamped);
+      return;
+    }
+    try {
+      appendFileSync(file, stamped);
+    } catch {
+      // The console still has it; a full or read-only /var must not stop the boot.
+    }
+  };
+  return {
+    info: emit,
+    debug: (line) => {
+      if (opts.debug) emit(`debug: ${line}`);
+    },
+    toFile(path) {
+      try {
+        mkdirSync(dirname(path), { recursive: true });
+        appendFileSync(path, pending.join(''));
+        pending.length = 0;
+        file = path;
+      } catch {
+        // keep logging to the console only
+      }
+    },
+  };
+}

@@ -1,0 +1,100 @@
+/**
+ * The cairn init: started by tini (PID 1) after the first stage switched
+ * root. It runs the boot phases, supervises the services until shutdown,
+ * and powers off or reboots the machine itself (tini panics the kernel when
+ * its child exits, so the init never just exits).
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { bootParams } from '../config/cmdline.js';
+import { readBootInfo } from './bootinfo.js';
+import { at, httpFetch, type NodeContext } from './context.js';
+import { execCommand } from './exec.js';
+import { createLogger } from './log.js';
+import { runPhases } from './phase.js';
+import { boot } from './phases.js';
+import { INIT_PID, SHUTDOWN_REQUEST, shutdown, watchPowerButton, type ShutdownAction } from './shutdown.js';
+import { StatusStore, readJson } from './status.js';
+import { Supervisor } from './supervisor.js';
+import { snapshot } from '../runtime/datastore.js';
+import { SNAPSHOTS, STATE_DB } from '../runtime/paths.js';
+
+const SNAPSHOT_EVERY_MS = 6 * 3600_000;
+
+function imageVersion(root: string): string {
+  const rec = readJson<{ version?: string }>(`${root}/usr/lib/cairn/release.json`);
+  return rec?.version ?? 'unknown';
+}
+
+export async function runInit(root = '/'): Promise<void> {
+  let cmdline = '';
+  try {
+    cmdline = readFileSync(at({ root }, '/proc/cmdline'), 'utf8').trim();
+  } catch {
+    // not on a node
+  }
+  const params = bootParams(cmdline);
+  const log = createLogger({ debug: params.debug !== undefined });
+  const bootInfo = readBootInfo(at({ root }, '/run/cairn/boot.env'));
+  const version = bootInfo.version || imageVersion(root);
+  const status = new StatusStore(root, { version, bootMode: bootInfo.mode });
+  const services = new Supervisor({ logDir: at({ root }, '/var/log/cairn'), log, onChange: () => status.update() });
+  status.watchServices(() => services.list());
+  const ctx: NodeContext = {
+    root,
+    exec: execCommand,
+    log,
+    fetch: httpFetch,
+    cmdline,
+    boot: bootInfo,
+    version,
+    config: {},
+    configProblems: [],
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', LANG: 'C.UTF-8' },
+    services,
+    status,
+  };
+  process.env.PATH = ctx.env.PATH;
+
+  let stopping = false;
+  const stop = (action: ShutdownAction) => {
+    if (stopping) return;
+    stopping = true;
+    let requested: string | undefined;
+    try {
+      requested = readFileSync(at(ctx, SHUTDOWN_REQUEST), 'utf8').trim();
+    } catch {
+      // a plain signal
+    }
+    void shutdown(ctx, requested === 'reboot' || requested === 'poweroff' ? requested : action);
+  };
+  process.on('SIGTERM', () => stop('poweroff'));
+  process.on('SIGINT', () => stop('reboot'));
+  process.on('SIGUSR1', () => stop('reboot'));
+  process.on('uncaughtException', (e) => log.info(`internal error (the init keeps running): ${e.stack ?? e.message}`));
+  process.on('unhandledRejection', (e) => log.info(`internal error (the init keeps running): ${String(e)}`));
+
+  log.info(`starting ${version}`);
+  try {
+    writeFileSync(at(ctx, INIT_PID), `${process.pid}\n`);
+  } catch {
+    // /run/cairn appears in the mounts phase; written again below
+  }
+  const results = await runPhases(boot, ctx, log, (r) => status.update({ phases: [...r] }));
+  writeFileSync(at(ctx, INIT_PID), `${process.pid}\n`);
+  const button = watchPowerButton(root, () => {
+    log.info('power button pressed');
+    stop('poweroff');
+  });
+  if (button) log.debug(`watching ${button} for the power button`);
+  status.update({ phases: results, bootComplete: true });
+  const failed = results.filter((r) => !r.ok).map((r) => r.name);
+  log.info(`boot complete ${version}${failed.length ? ` (failed phases: ${failed.join(', ')})` : ''}`);
+  setInterval(() => {
+    if (status.status.k3s?.mode !== 'server') return;
+    snapshot(ctx.exec, at(ctx, STATE_DB), at(ctx, SNAPSHOTS), { reason: 'periodic' }).catch((e: Error) => log.info(`datastore: ${e.message}`));
+  }, SNAPSHOT_EVERY_MS).unref();
+  // The event loop stays alive through the supervised processes and the timer above.
+  setInterval(() => undefined, 1 << 30);
+}
+
+await runInit(process.env.CAIRN_ROOT ?? '/');

@@ -1,0 +1,93 @@
+/**
+ * The boot, readable top to bottom. Each phase has a name, a timeout and a
+ * function; the runner prints `cairn: <name> ok (<ms> ms)` or
+ * `cairn: <name> FAILED: <why>` and goes on.
+ */
+import { mkdirSync } from 'node:fs';
+import { loadConfig } from '../config/loader.js';
+import { formatDiagnostic } from '../config/diagnostics.js';
+import { at, type NodeContext } from './context.js';
+import { phase, type Phase } from './phase.js';
+import { applyWriteFiles } from './apply/files.js';
+import { applyDns, applyEnvironment, applyHostname, applyModules, applyNtp, applySysctls } from './apply/system.js';
+import { applyNetwork } from './apply/network.js';
+import { fetchDataSources } from './apply/datasources.js';
+import { applyUsers } from './apply/users.js';
+import { runCommands } from './apply/commands.js';
+import { startServices } from './services.js';
+import { startK3s } from '../runtime/k3s.js';
+import { k3sHealthy, markGood } from './mark-good.js';
+
+/** Loads every config source; problems are logged and kept for `cairn status`, never fatal. */
+export async function loadNodeConfig(ctx: NodeContext): Promise<string> {
+  const r = await loadConfig({ root: ctx.root, cmdline: ctx.cmdline });
+  ctx.config = r.config;
+  ctx.configProblems = r.diagnostics;
+  ctx.status.update({ configProblems: r.diagnostics });
+  for (const d of r.diagnostics) ctx.log.info(`config: ${formatDiagnostic(d)}`);
+  const read = r.sources.filter((s) => s.status !== 'missing').map((s) => s.file);
+  const errors = r.diagnostics.filter((d) => d.severity === 'error').length;
+  if (errors) throw new Error(`${errors} problem${errors > 1 ? 's' : ''} in the config (see above); the valid keys are applied`);
+  return `from ${read.join(', ')}`;
+}
+
+/** The keys k3OS applied in its initrd stage: write_files, hostname, modules, sysctls, environment. */
+export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
+  const problems: string[] = [];
+  const attempt = async (what: string, fn: () => Promise<unknown> | unknown) => {
+    try {
+      await fn();
+    } catch (e) {
+      problems.push(`${what}: ${(e as Error).message}`);
+    }
+  };
+  await attempt('write_files', () => {
+    const p = applyWriteFiles(ctx.root, ctx.config.write_files ?? []);
+    if (p.length) throw new Error(p.join('; '));
+  });
+  await attempt('hostname', () => applyHostname(ctx));
+  await attempt('environment', () => applyEnvironment(ctx));
+  await attempt('modules', () => applyModules(ctx));
+  await attempt('sysctls', () => applySysctls(ctx));
+  await attempt('dns', () => applyDns(ctx));
+  if (problems.length) throw new Error(problems.join('; '));
+  return `hostname ${ctx.status.status.hostname ?? '?'}, ${(ctx.config.write_files ?? []).length} files`;
+}
+
+/** Data sources, then the config again (user-data may have changed it), and the early keys once more. */
+export async function dataSources(ctx: NodeContext): Promise<string> {
+  if (!(ctx.config.cairn?.data_sources ?? []).length) return 'none configured';
+  const found = await fetchDataSources(ctx);
+  if (!found.length) return 'no user-data found';
+  await loadNodeConfig(ctx).catch((e: Error) => ctx.log.info(`config: ${e.message}`));
+  await applyEarlyKeys(ctx).catch((e: Error) => ctx.log.info(`initrd-keys: ${e.message}`));
+  return `user-data from ${found.join(', ')}`;
+}
+
+export const MARK_GOOD_WAIT_MS = 300_000;
+
+export const boot: Phase<NodeContext>[] = [
+  phase('mounts', 5_000, async (ctx) => {
+    for (const d of ['/run/cairn', '/var/log/cairn', '/var/lib/cairn']) mkdirSync(at(ctx, d), { recursive: true });
+    ctx.log.toFile(at(ctx, '/var/log/cairn/boot.log'));
+    ctx.status.startBoot();
+    return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}`;
+  }),
+  phase('config', 30_000, loadNodeConfig),
+  phase('initrd-keys', 30_000, applyEarlyKeys),
+  phase('init-cmd', 600_000, (ctx) => runCommands(ctx, 'init_cmd')),
+  phase('network', 60_000, (ctx) => applyNetwork(ctx)),
+  phase('data-sources', 60_000, dataSources),
+  phase('users', 60_000, applyUsers),
+  phase('time', 10_000, async (ctx) => {
+    await applyNtp(ctx);
+  }),
+  phase('boot-cmd', 600_000, (ctx) => runCommands(ctx, 'boot_cmd')),
+  phase('services', 90_000, startServices),
+  phase('runtime', 120_000, startK3s),
+  phase('run-cmd', 600_000, (ctx) => runCommands(ctx, 'run_cmd')),
+  phase('mark-good', MARK_GOOD_WAIT_MS + 60_000, async (ctx) => {
+    if (!(await k3sHealthy(ctx, MARK_GOOD_WAIT_MS))) throw new Error(`k3s is not healthy after ${MARK_GOOD_WAIT_MS / 1000} s; the boot stays on trial`);
+    return markGood(ctx);
+  }),
+];

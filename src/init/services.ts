@@ -1,0 +1,39 @@
+/**
+ * The node's own services: sshd, chronyd and a getty on every console.
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { at, type NodeContext } from './context.js';
+import { consoleAutologin, USER } from './apply/users.js';
+
+/** The consoles the kernel writes to, e.g. ["tty1", "ttyS0"]. */
+export function activeConsoles(root: string): string[] {
+  try {
+    return readFileSync(`${root}/sys/class/tty/console/active`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+export function gettyArgs(tty: string, autologin: boolean): string[] {
+  const serial = /^tty(S|AMA|USB|PS|mxc|GS)\d+/.test(tty);
+  return ['--noclear', ...(autologin ? ['--autologin', USER] : []), ...(serial ? ['-L', tty, '115200,57600,38400,9600', 'vt100'] : [tty, 'linux'])];
+}
+
+export async function startServices(ctx: NodeContext): Promise<string> {
+  const started: string[] = [];
+  mkdirSync(at(ctx, '/run/sshd'), { recursive: true, mode: 0o755 });
+  const keys = await ctx.exec('ssh-keygen', ['-A'], { timeoutMs: 60_000 });
+  if (keys.code !== 0) ctx.log.info(`sshd: host keys not generated: ${keys.stderr.trim()}`);
+  ctx.services.start({ name: 'sshd', command: '/usr/sbin/sshd', args: ['-D', '-e'] });
+  started.push('sshd');
+  mkdirSync(at(ctx, '/run/chrony'), { recursive: true });
+  mkdirSync(at(ctx, '/var/lib/chrony'), { recursive: true });
+  ctx.services.start({ name: 'chronyd', command: '/usr/sbin/chronyd', args: ['-d', '-f', '/etc/chrony/chrony.conf'] });
+  started.push('chronyd');
+  const auto = consoleAutologin(ctx);
+  for (const tty of activeConsoles(ctx.root)) {
+    ctx.services.start({ name: `getty-${tty}`, command: '/sbin/agetty', args: gettyArgs(tty, auto), env: { TERM: 'vt100', PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+    started.push(`getty-${tty}`);
+  }
+  return started.join(', ');
+}

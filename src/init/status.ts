@@ -1,0 +1,112 @@
+/**
+ * The node's status, as `cairn status` shows it: version, services, phase
+ * timings, config problems and the boot history. Kept in
+ * /run/cairn/status.json (rewritten atomically on every change); the boot
+ * history persists in /var/lib/cairn/boot-history.json.
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Diagnostic } from '../config/diagnostics.js';
+import type { PhaseResult } from './phase.js';
+import type { ServiceState } from './supervisor.js';
+
+export const STATUS_PATH = '/run/cairn/status.json';
+export const HISTORY_PATH = '/var/lib/cairn/boot-history.json';
+const HISTORY_KEEP = 20;
+
+export interface BootRecord {
+  version: string;
+  mode: string;
+  startedAt: string;
+  /** booting → good, or failed when a later boot finds it never became good. */
+  result: 'booting' | 'good' | 'failed';
+  goodAt?: string;
+}
+
+export interface NodeStatus {
+  version: string;
+  bootMode: string;
+  hostname?: string;
+  bootedAt: string;
+  bootComplete: boolean;
+  phases: PhaseResult[];
+  services: ServiceState[];
+  configProblems: Diagnostic[];
+  history: BootRecord[];
+  k3s?: { mode: 'server' | 'agent'; args: string[] };
+  updatedAt: string;
+}
+
+export function writeJsonAtomic(path: string, value: unknown, mode = 0o644): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`, { mode });
+  renameSync(tmp, path);
+}
+
+export function readJson<T>(path: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8')) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+export class StatusStore {
+  readonly status: NodeStatus;
+  private services: () => ServiceState[] = () => [];
+
+  constructor(
+    private readonly root: string,
+    init: { version: string; bootMode: string },
+  ) {
+    this.status = {
+      version: init.version,
+      bootMode: init.bootMode,
+      bootedAt: new Date().toISOString(),
+      bootComplete: false,
+      phases: [],
+      services: [],
+      configProblems: [],
+      history: [],
+      updatedAt: new Date().toISOString(),
+    };
+  }
+
+  watchServices(list: () => ServiceState[]): void {
+    this.services = list;
+  }
+
+  update(change: Partial<NodeStatus> = {}): void {
+    Object.assign(this.status, change, { services: this.services(), updatedAt: new Date().toISOString() });
+    try {
+      writeJsonAtomic(join(this.root, STATUS_PATH), this.status);
+    } catch {
+      // /run not writable (tests without it): the in-memory status still counts
+    }
+  }
+
+  /** Records this boot in the history; an earlier boot still "booting" never became good. */
+  startBoot(): void {
+    const path = join(this.root, HISTORY_PATH);
+    const history = (readJson<BootRecord[]>(path) ?? []).map((r) => (r.result === 'booting' ? { ...r, result: 'failed' as const } : r));
+    history.push({ version: this.status.version, mode: this.status.bootMode, startedAt: this.status.bootedAt, result: 'booting' });
+    this.saveHistory(history.slice(-HISTORY_KEEP));
+  }
+
+  markGood(): void {
+    const history = [...this.status.history];
+    const last = history[history.length - 1];
+    if (last) history[history.length - 1] = { ...last, result: 'good', goodAt: new Date().toISOString() };
+    this.saveHistory(history);
+  }
+
+  private saveHistory(history: BootRecord[]): void {
+    try {
+      writeJsonAtomic(join(this.root, HISTORY_PATH), history);
+    } catch {
+      // /var full or missing: the history is kept in the status only
+    }
+    this.update({ history });
+  }
+}
