@@ -3,7 +3,9 @@ import type { Command } from 'commander';
 import { registerConfig } from './config.js';
 import { registerBuild } from './build.js';
 import { registerNode } from './node.js';
+import { registerRun } from './run.js';
+import { registerSeed } from './seed.js';
 
 export type Register = (program: Command) => void;
 
-export const commands: Register[] = [registerConfig, registerBuild, registerNode];
+export const commands: Register[] = [registerConfig, registerBuild, registerNode, registerRun, registerSeed];
