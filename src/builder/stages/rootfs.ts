@@ -20,7 +20,7 @@ import { debianArch, type Arch } from '../types.js';
 import { packageList } from '../debian.js';
 
 /** Bump when the way the rootfs is made changes. */
-const ROOTFS_STAGE_VERSION = 1;
+const ROOTFS_STAGE_VERSION = 2;
 
 /** Every cached root filesystem is made with this fixed time; the squashfs stage sets the build's own. */
 export const ROOTFS_EPOCH = 1_700_000_000;
@@ -103,8 +103,9 @@ export async function buildRootfs(
         '--skip=essential/unlink',
         `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && find ${q(debs)} -maxdepth 1 -name '*.deb' -exec cp -l -t "$1/var/cache/apt/archives/" {} + 2>/dev/null || find ${q(debs)} -maxdepth 1 -name '*.deb' -exec cp -t "$1/var/cache/apt/archives/" {} +`,
         `--customize-hook=find "$1/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -ln -t ${q(debs)} {} + 2>/dev/null || find "$1/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -n -t ${q(debs)} {} +`,
-        // Files that differ per build host are written by the image's init.
-        `--customize-hook=rm -f "$1/etc/resolv.conf" "$1/vmlinuz.old" "$1/initrd.img.old" && echo cairn > "$1/etc/hostname"`,
+        // Files that differ per build host or per build are made on the node
+        // by the init: DNS, host name, SSH host keys (never shared by images).
+        `--customize-hook=rm -f "$1/etc/resolv.conf" "$1/vmlinuz.old" "$1/initrd.img.old" "$1"/etc/ssh/ssh_host_*_key "$1"/etc/ssh/ssh_host_*_key.pub "$1/var/lib/dbus/machine-id" && echo cairn > "$1/etc/hostname"`,
         inputs.suite,
         target,
         inputs.mirror,
