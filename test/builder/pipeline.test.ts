@@ -194,7 +194,7 @@ t.test('a full cache disk: refused before the stage starts', { skip: process.get
   t.ok(readdirSync(path.join(cacheDir, 'entries')).every((n) => n.startsWith('rootfs-') || n.startsWith('k3s-')));
 });
 
-const child = path.join(REPO, 'test/fixtures/builder/build-child.ts');
+const child = path.join(REPO, 'test/fixtures/builder/build-child.mts');
 
 async function runUntil(args: string[], ready: () => boolean, signal: NodeJS.Signals) {
   const p = spawn(process.execPath, ['--import', 'tsx', child, ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
