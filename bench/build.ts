@@ -1,0 +1,142 @@
+/**
+ * bench/build: how long `cairn build` of the default amd64 ISO takes, cold
+ * (no cached stage) and warm (every stage cached), against a baseline
+ * measured in the same run: plain mmdebstrap of the same package list from
+ * the same .deb pool. Also the sizes of the squashfs and the ISO without k3s
+ * (the k3s test double stands in for it, a few hundred bytes).
+ *
+ *   npx tsx bench/build.ts [--cache DIR] [--format iso] [--level N]
+ *
+ * Prints figures and ratios; writes them to bench/results/build-<time>.json.
+ * Goals (issue 3): warm ≤ 1.5× baseline, squashfs ≤ 150 MB, ISO ≤ 250 MB.
+ */
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { defaultCacheDir } from '../src/builder/cache.js';
+import { packageList } from '../src/builder/debian.js';
+import { build } from '../src/builder/pipeline.js';
+import { createReporter } from '../src/builder/progress.js';
+import { repoRoot } from '../src/builder/paths.js';
+import { loadSpec } from '../src/builder/spec.js';
+import { defaultOutputs } from '../src/builder/writers.js';
+import type { Format } from '../src/builder/types.js';
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+const root = repoRoot();
+const specFile = path.join(root, 'images/default.yaml');
+const spec = loadSpec(specFile);
+const sharedCache = path.resolve(arg('cache') ?? defaultCacheDir());
+const level = arg('level') ? Number(arg('level')) : undefined;
+const writers = await defaultOutputs();
+const format = (arg('format') ?? (writers.iso ? 'iso' : 'pxe')) as Format;
+if (!writers[format]) throw new Error(`no ${format} writer in this checkout`);
+const k3sDouble = path.join(root, 'test/fixtures/k3s-double');
+const debs = path.join(sharedCache, 'debs', 'amd64');
+await mkdir(debs, { recursive: true });
+const work = await mkdtemp(path.join(tmpdir(), 'cairn-bench-'));
+const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+const secs = async (fn: () => Promise<unknown>) => {
+  const t = performance.now();
+  await fn();
+  return (performance.now() - t) / 1000;
+};
+
+try {
+  // A fresh stage cache that shares the .deb pool (hard links): a cold build
+  // downloads nothing more than the baseline does.
+  const cacheDir = path.join(work, 'cache');
+  await mkdir(path.join(cacheDir, 'debs'), { recursive: true });
+  await execa('cp', ['-al', debs, path.join(cacheDir, 'debs', 'amd64')]);
+
+  // Baseline: plain mmdebstrap, same packages, same pool. Run once first to
+  // fill the pool (not timed), then timed.
+  const pkgs = packageList(spec, 'amd64');
+  const baseline = async () => {
+    const target = path.join(work, `baseline-${Date.now()}`);
+    await execa(
+      'mmdebstrap',
+      [
+        '--mode=root',
+        '--variant=essential',
+        '--architectures=amd64',
+        `--include=${pkgs.join(',')}`,
+        '--skip=essential/unlink',
+        `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && find '${debs}' -maxdepth 1 -name '*.deb' -exec cp -l -t "$1/var/cache/apt/archives/" {} +`,
+        `--customize-hook=find "$1/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -ln -t '${debs}' {} +`,
+        spec.debian.suite,
+        target,
+        spec.debian.mirror,
+      ],
+      { env: { INITRD: 'No' } },
+    );
+    await rm(target, { recursive: true, force: true });
+  };
+  process.stderr.write('bench: filling the .deb pool (not timed)\n');
+  await baseline();
+  await execa('cp', ['-alf', `${debs}/.`, path.join(cacheDir, 'debs', 'amd64')]);
+  const baselineSeconds = await secs(baseline);
+  process.stderr.write(`bench: baseline mmdebstrap ${baselineSeconds.toFixed(1)}s\n`);
+
+  const run = async (out: string) => {
+    let record: Awaited<ReturnType<typeof build>> | undefined;
+    const seconds = await secs(async () => {
+      record = await build({
+        spec: specFile,
+        arches: ['amd64'],
+        formats: [format],
+        cacheDir,
+        outDir: path.join(work, out),
+        k3s: k3sDouble,
+        squashfs: level ? { level } : undefined,
+        reporter: createReporter({ tty: false }),
+      });
+    });
+    return { seconds, record: record! };
+  };
+  const cold = await run('cold');
+  const warm = await run('warm');
+  const sys = cold.record.systems[0]!;
+  const image = cold.record.artifacts.find((a) => a.format === format && (format !== 'iso' || a.file.endsWith('.iso')));
+  const figures = {
+    format,
+    squashfsLevel: level ?? spec.squashfs.level,
+    baselineSeconds,
+    coldSeconds: cold.seconds,
+    warmSeconds: warm.seconds,
+    coldRatio: cold.seconds / baselineSeconds,
+    warmRatio: warm.seconds / baselineSeconds,
+    squashfsBytes: sys.sizes.squashfs!,
+    imageFile: image?.file,
+    imageBytes: image?.bytes,
+    sizes: sys.sizes,
+    pruned: sys.pruned,
+    coldStages: sys.stages,
+    warmStages: warm.record.systems[0]!.stages,
+  };
+  const lines = [
+    `baseline (plain mmdebstrap, same packages, same pool): ${baselineSeconds.toFixed(1)} s`,
+    `cold build (${format}):  ${cold.seconds.toFixed(1)} s  = ${figures.coldRatio.toFixed(2)}x baseline`,
+    `warm build (${format}):  ${warm.seconds.toFixed(1)} s  = ${figures.warmRatio.toFixed(2)}x baseline (goal <= 1.5x)`,
+    `squashfs without k3s: ${mib(figures.squashfsBytes)} (goal <= 150 MB = ${mib(150e6)})`,
+    image ? `${image.file} without k3s: ${mib(image.bytes)}${format === 'iso' ? ` (goal <= 250 MB = ${mib(250e6)})` : ''}` : `no ${format} image`,
+    `root filesystem: ${Object.entries(sys.sizes).map(([k, v]) => `${k} ${mib(v)}`).join(', ')}`,
+    `pruned: ${Object.entries(sys.pruned).map(([k, v]) => `${k} ${mib(v)}`).join(', ')}`,
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  const results = path.join(root, 'bench/results');
+  await mkdir(results, { recursive: true });
+  const file = path.join(results, `build-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  await writeFile(file, `${JSON.stringify(figures, null, 2)}\n`);
+  process.stdout.write(`figures: ${path.relative(process.cwd(), file)}\n`);
+} finally {
+  for (const name of await readdir(work).catch(() => [] as string[])) {
+    await rm(path.join(work, name), { recursive: true, force: true }).catch(() => {});
+  }
+  await rm(work, { recursive: true, force: true });
+}
