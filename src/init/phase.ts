@@ -28,7 +28,6 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`did not finish within ${ms} ms`)), ms);
-    timer.unref?.();
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }

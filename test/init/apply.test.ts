@@ -1,0 +1,153 @@
+import t from 'tap';
+import { existsSync, readFileSync, statSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { applyWriteFiles, resolveOwner } from '../../src/init/apply/files.js';
+import { applyDns, applyEnvironment, applyHostname, applyModules, applySysctls, chooseHostname, renderChronyConf, sysctlPath } from '../../src/init/apply/system.js';
+import { applyUsers, consoleAutologin, isCryptHash, keySource } from '../../src/init/apply/users.js';
+import { runCommands } from '../../src/init/apply/commands.js';
+import { fetchDataSources } from '../../src/init/apply/datasources.js';
+import { nodeRoot, put, testContext } from './support.js';
+
+t.test('write_files: every encoding, owner and mode, atomically', async (t) => {
+  const root = nodeRoot(t.testdir());
+  const text = '#!/bin/sh\necho hello\n';
+  const problems = applyWriteFiles(root, [
+    { path: '/etc/local.d/example.start', content: text, owner: 'root', permissions: '0755' },
+    { path: '/opt/b64', content: Buffer.from(text).toString('base64'), encoding: 'b64', owner: 'www-data:adm', permissions: '0640' },
+    { path: '/opt/gzb64', content: gzipSync(text).toString('base64'), encoding: 'gz+b64' },
+    { path: '/opt/bad-owner', content: 'x', owner: 'nobody-here' },
+  ]);
+  t.same(problems, ['/opt/bad-owner: owner "nobody-here" is not a user on this node']);
+  t.equal(readFileSync(join(root, 'etc/local.d/example.start'), 'utf8'), text);
+  t.equal(statSync(join(root, 'etc/local.d/example.start')).mode & 0o777, 0o755);
+  t.equal(readFileSync(join(root, 'opt/b64'), 'utf8'), text);
+  const st = statSync(join(root, 'opt/b64'));
+  t.equal(st.mode & 0o777, 0o640);
+  if (process.getuid?.() === 0) t.same([st.uid, st.gid], [33, 4], 'owner www-data, group adm');
+  t.equal(readFileSync(join(root, 'opt/gzb64'), 'utf8'), text);
+  t.notOk(existsSync(join(root, 'opt/bad-owner')), 'nothing written for a bad owner');
+  t.same(resolveOwner(root, '1000:1000'), { uid: 1000, gid: 1000 });
+  t.throws(() => resolveOwner(root, 'root:nogroup'), /group "nogroup" is not a group/);
+});
+
+t.test('hostname: configured, else remembered, else generated; kept across reboots', async (t) => {
+  t.equal(chooseHostname('a', 'b'), 'a');
+  t.equal(chooseHostname(undefined, 'b'), 'b');
+  t.equal(chooseHostname(undefined, undefined, () => 'abc123'), 'cairn-abc123');
+  const root = nodeRoot(t.testdir());
+  const first = testContext(root, {});
+  const name = await applyHostname(first.ctx);
+  t.match(name, /^cairn-[0-9a-f]{6}$/);
+  const again = await applyHostname(testContext(root, {}).ctx);
+  t.equal(again, name, 'the same name on the next boot');
+  t.equal(await applyHostname(testContext(root, { hostname: 'myhost' }).ctx), 'myhost');
+  t.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'myhost\n');
+  t.equal(readFileSync(join(root, 'proc/sys/kernel/hostname'), 'utf8'), 'myhost');
+  t.match(readFileSync(join(root, 'etc/hosts'), 'utf8'), /127\.0\.1\.1\tmyhost/);
+});
+
+t.test('sysctls are written under /proc/sys; a missing key is reported', async (t) => {
+  t.equal(sysctlPath('kernel.printk'), '/proc/sys/kernel/printk');
+  const root = nodeRoot(t.testdir());
+  put(root, 'proc/sys/kernel/printk', '7 4 1 7\n');
+  const { ctx } = testContext(root, { cairn: { sysctls: { 'kernel.printk': '4 4 1 7' } } });
+  t.equal(await applySysctls(ctx), '1 set');
+  t.equal(readFileSync(join(root, 'proc/sys/kernel/printk'), 'utf8'), '4 4 1 7');
+  const bad = testContext(root, { cairn: { sysctls: { 'no.such.key': '1' } } });
+  await t.rejects(applySysctls(bad.ctx), /sysctls not set: no\.such\.key \(ENOENT\)/);
+});
+
+t.test('modules are loaded with modprobe; failures are named', async (t) => {
+  const root = nodeRoot(t.testdir());
+  const { ctx, calls } = testContext(root, { cairn: { modules: ['kvm', 'nvme', 'nosuch'] } }, { exec: (_f, a) => (a[0] === 'nosuch' ? { code: 1, stderr: "modprobe: FATAL: Module nosuch not found" } : undefined) });
+  await t.rejects(applyModules(ctx), /modules not loaded: nosuch \(modprobe: FATAL: Module nosuch not found\)/);
+  t.same(calls.map((c) => [c.file, ...c.args]), [['modprobe', 'kvm'], ['modprobe', 'nvme'], ['modprobe', 'nosuch']]);
+});
+
+t.test('environment, DNS and NTP files', async (t) => {
+  const root = nodeRoot(t.testdir());
+  const { ctx } = testContext(root, { cairn: { environment: { http_proxy: 'http://p:3128' }, dns_nameservers: ['8.8.8.8', '1.1.1.1'] } });
+  await applyEnvironment(ctx);
+  t.equal(ctx.env.http_proxy, 'http://p:3128');
+  t.equal(readFileSync(join(root, 'etc/environment'), 'utf8'), 'http_proxy="http://p:3128"\n');
+  await applyDns(ctx);
+  t.equal(readFileSync(join(root, 'etc/resolv.conf'), 'utf8'), 'nameserver 8.8.8.8\nnameserver 1.1.1.1\n');
+  t.match(renderChronyConf(['0.us.pool.ntp.org']), /^server 0\.us\.pool\.ntp\.org iburst$/m);
+  t.match(renderChronyConf([]), /^pool 2\.debian\.pool\.ntp\.org iburst$/m);
+});
+
+t.test('users: the cairn user, keys (fetched, cached, used offline), password', async (t) => {
+  t.same(keySource('github:octo'), { url: 'https://github.com/octo.keys', cacheName: 'github-octo.keys' });
+  t.same(keySource('ssh-ed25519 AAAA x'), { literal: 'ssh-ed25519 AAAA x' });
+  t.ok(isCryptHash('$6$salt$abcdef'));
+  t.notOk(isCryptHash('rancher'));
+  const root = nodeRoot(t.testdir());
+  const config = { ssh_authorized_keys: ['ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB...', 'github:ibuildthecloud'], cairn: { password: 'rancher' } };
+  const online = testContext(root, config, { fetch: (url) => (url === 'https://github.com/ibuildthecloud.keys' ? 'ssh-ed25519 AAAAfetched one\n' : '') });
+  t.match(await applyUsers(online.ctx), /cairn: 2 SSH keys, password set/);
+  t.match(readFileSync(join(root, 'etc/passwd'), 'utf8'), /^cairn:x:1000:1000:cairn:\/home\/cairn:\/bin\/bash$/m);
+  t.match(readFileSync(join(root, 'etc/group'), 'utf8'), /^cairn:x:1000:$/m);
+  const ak = join(root, 'home/cairn/.ssh/authorized_keys');
+  t.equal(readFileSync(ak, 'utf8'), 'ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB...\nssh-ed25519 AAAAfetched one\n');
+  t.equal(statSync(ak).mode & 0o777, 0o600);
+  t.same(online.calls.find((c) => c.file === 'chpasswd'), { file: 'chpasswd', args: [], input: 'cairn:rancher\n' });
+  const offline = testContext(root, config);
+  await applyUsers(offline.ctx);
+  t.equal(readFileSync(ak, 'utf8'), 'ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB...\nssh-ed25519 AAAAfetched one\n', 'offline: the cached keys');
+  t.ok(offline.lines.some((l) => /github:ibuildthecloud: using cached keys/.test(l)));
+  const hashed = testContext(root, { cairn: { password: '$6$x$y' } });
+  await applyUsers(hashed.ctx);
+  t.same(hashed.calls.find((c) => c.file === 'chpasswd')?.args, ['-e']);
+  t.equal(readFileSync(join(root, 'etc/passwd'), 'utf8').match(/^cairn:/gm)?.length, 1, 'the user is added once');
+});
+
+t.test('users: without a password or keys, the console logs in and the log says so', async (t) => {
+  const root = nodeRoot(t.testdir());
+  const { ctx } = testContext(root, {});
+  t.match(await applyUsers(ctx), /no password and no SSH keys: log in on the console/);
+  t.ok(consoleAutologin(ctx));
+  t.notOk(consoleAutologin({ config: { cairn: { password: 'x' } } }));
+  t.match(readFileSync(join(root, 'etc/shadow'), 'utf8'), /^cairn:\*:/m);
+});
+
+t.test('commands run in order through /bin/sh, with output, failures and timeouts reported', async (t) => {
+  const root = nodeRoot(t.testdir());
+  const out = join(root, 'order');
+  const { ctx, lines } = testContext(root, { run_cmd: [`echo one >> ${out}`, 'echo to-the-log; exit 3', `echo two >> ${out}`, 'sleep 5'] }, { realExec: true });
+  await t.rejects(runCommands(ctx, 'run_cmd', 1000), /run_cmd\[1\] exited 3; run_cmd\[3\] timed out after 1 s/);
+  t.equal(readFileSync(out, 'utf8'), 'one\ntwo\n');
+  t.ok(lines.includes('cairn: run_cmd[1]: to-the-log'));
+  t.match(readFileSync(join(root, 'var/log/cairn/commands.log'), 'utf8'), /run_cmd\[1\]: echo to-the-log; exit 3\nto-the-log\n--- exit 3/);
+  t.equal(await runCommands(testContext(root, {}).ctx, 'init_cmd'), undefined, 'nothing to run');
+});
+
+t.test('data sources: a URL and a metadata service write user-data for the loader', async (t) => {
+  const root = nodeRoot(t.testdir());
+  const { ctx } = testContext(root, { cairn: { data_sources: ['aws', 'gcp', 'https://cfg.example/node.yaml'] } }, {
+    fetch: (url) => {
+      if (url === 'http://169.254.169.254/latest/user-data') return '#cloud-config\nhostname: from-aws\n';
+      if (url === 'https://cfg.example/node.yaml') return 'run_cmd: [hi]\n';
+      throw new Error('timeout');
+    },
+  });
+  t.same(await fetchDataSources(ctx), ['aws', 'https://cfg.example/node.yaml']);
+  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-aws'), 'utf8'), '#cloud-config\nhostname: from-aws\n');
+  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/02-url-2'), 'utf8'), 'run_cmd: [hi]\n');
+});
+
+t.test('data sources: NoCloud volumes are found by label and mounted read-only', async (t) => {
+  const root = nodeRoot(t.testdir());
+  mkdirSync(join(root, 'run/cairn'), { recursive: true });
+  const { ctx, calls } = testContext(root, { cairn: { data_sources: ['nocloud'] } }, {
+    exec: (file, args) => {
+      if (file === 'blkid') return args[1] === 'cidata' ? { stdout: '/dev/sr1' } : { code: 2 };
+      if (file === 'mount') writeFileSync(join(args[3]!, 'user-data'), '#cloud-config\nhostname: seeded\n');
+      return undefined;
+    },
+  });
+  t.same(await fetchDataSources(ctx), ['nocloud']);
+  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-nocloud'), 'utf8'), '#cloud-config\nhostname: seeded\n');
+  t.same(calls.filter((c) => c.file === 'mount').map((c) => c.args.slice(0, 3)), [['-o', 'ro', '/dev/sr1']]);
+  t.ok(calls.some((c) => c.file === 'umount'));
+});

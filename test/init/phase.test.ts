@@ -1,0 +1,73 @@
+import t from 'tap';
+import { phase, runPhases } from '../../src/init/phase.js';
+import { createLogger } from '../../src/init/log.js';
+import { parseBootEnv } from '../../src/init/bootinfo.js';
+import { commitTrialBoot, promote } from '../../src/init/mark-good.js';
+import { unmountOrder, requestShutdown } from '../../src/init/shutdown.js';
+import { gettyArgs } from '../../src/init/services.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { put } from './support.js';
+
+t.test('phases: one line each, failures and timeouts do not stop the boot', async (t) => {
+  const lines: string[] = [];
+  const log = createLogger({ debug: false, write: (s) => lines.push(s.trimEnd()) });
+  const ran: string[] = [];
+  const results = await runPhases(
+    [
+      phase('first', 1000, async () => {
+        ran.push('first');
+        return 'noted';
+      }),
+      phase('broken', 1000, async () => {
+        throw new Error('no such thing\nsecond line');
+      }),
+      phase('slow', 50, () => new Promise(() => undefined)),
+      phase('last', 1000, async () => {
+        ran.push('last');
+      }),
+    ],
+    {},
+    log,
+  );
+  t.same(ran, ['first', 'last']);
+  t.same(results.map((r) => [r.name, r.ok, r.detail]), [['first', true, 'noted'], ['broken', false, 'no such thing'], ['slow', false, 'did not finish within 50 ms'], ['last', true, undefined]]);
+  t.match(lines[0], /^cairn: first ok \(\d+ ms\): noted$/);
+  t.equal(lines[1], 'cairn: broken FAILED: no such thing');
+  t.equal(lines[2], 'cairn: slow FAILED: did not finish within 50 ms');
+});
+
+t.test('boot.env from the first stage', async (t) => {
+  t.same(parseBootEnv('CAIRN_BOOT_MODE=state\nCAIRN_BOOT_VERSION=0.2.0\nCAIRN_BOOT_TRIES_LEFT=2\nCAIRN_STATE_DEVICE=/dev/vda2\n'), { mode: 'state', version: '0.2.0', triesLeft: 2, stateDevice: '/dev/vda2' });
+  t.same(parseBootEnv('CAIRN_BOOT_MODE=live\nCAIRN_BOOT_VERSION=0.1.0\nCAIRN_BOOT_TRIES_LEFT=\n'), { mode: 'live', version: '0.1.0', triesLeft: undefined, stateDevice: undefined });
+});
+
+t.test('a good trial boot makes the new version active and the old one the fallback', async (t) => {
+  t.same(promote({ active: '0.1.0', next: '0.2.0' }), { active: '0.2.0', fallback: '0.1.0' });
+  t.equal(promote({ active: '0.1.0' }), undefined);
+  const root = t.testdir();
+  put(root, 'cairn/system/active', '0.1.0\n');
+  put(root, 'cairn/system/next', '0.2.0 2\n');
+  t.equal(commitTrialBoot(root), '0.2.0');
+  t.equal(readFileSync(join(root, 'cairn/system/active'), 'utf8'), '0.2.0\n');
+  t.equal(readFileSync(join(root, 'cairn/system/fallback'), 'utf8'), '0.1.0\n');
+  t.throws(() => readFileSync(join(root, 'cairn/system/next')));
+  t.equal(commitTrialBoot(root), undefined, 'nothing on trial any more');
+});
+
+t.test('shutdown: unmount order and the request to the init', async (t) => {
+  const mounts = ['/dev/root / squashfs ro 0 0', 'proc /proc proc rw 0 0', 'tmpfs /run tmpfs rw 0 0', '/dev/vda2 /run/cairn/state ext4 rw 0 0', 'cairn-etc /etc overlay rw 0 0', '/dev/vda2 /var ext4 rw 0 0', '/dev/vda2 /cairn ext4 rw 0 0', 'tmpfs /tmp tmpfs rw 0 0'].join('\n');
+  t.same(unmountOrder(mounts), ['/tmp', '/cairn', '/var', '/etc', '/run/cairn/state']);
+  const root = t.testdir();
+  put(root, 'run/cairn/init.pid', '4242\n');
+  const sent: [number, string][] = [];
+  requestShutdown(root, 'reboot', (pid, sig) => sent.push([pid, sig]));
+  t.same(sent, [[4242, 'SIGUSR1']]);
+  t.equal(readFileSync(join(root, 'run/cairn/shutdown'), 'utf8'), 'reboot');
+  t.throws(() => requestShutdown(t.testdir(), 'poweroff', () => undefined), /the cairn init is not running here/);
+});
+
+t.test('getty: serial consoles at serial speeds; autologin only when asked', async (t) => {
+  t.same(gettyArgs('ttyS0', true), ['--noclear', '--autologin', 'cairn', '-L', 'ttyS0', '115200,57600,38400,9600', 'vt100']);
+  t.same(gettyArgs('tty1', false), ['--noclear', 'tty1', 'linux']);
+});
