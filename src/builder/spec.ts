@@ -6,8 +6,9 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Ajv2020, type ErrorObject } from 'ajv/dist/2020.js';
-import { LineCounter, parseDocument, isMap, isSeq, isScalar, type Node as YamlNode, type Document } from 'yaml';
+import { LineCounter, parseDocument, stringify, isMap, isSeq, isScalar, type Node as YamlNode, type Document } from 'yaml';
 import { UserError } from '../errors.js';
+import { readConfig } from '../config/read.js';
 import type { Arch, Format } from './types.js';
 import schema from '../../images/schema.json' with { type: 'json' };
 
@@ -226,8 +227,24 @@ export function parseSpec(text: string, file: string): ImageSpec {
   if (raw.board && raw.formats && !raw.formats.includes(raw.board)) {
     problems.push(problemAt(['board'], `board ${raw.board} needs "${raw.board}" in formats`));
   }
+  // The default cloud-config is checked by the config schema, located in the spec.
+  if (raw.config) {
+    for (const d of readConfig(stringify(raw.config), `${file}#config`).diagnostics) {
+      if (d.severity !== 'error') continue;
+      const segs = configPathSegments(d.path);
+      problems.push({ ...problemAt(['config', ...segs], d.message), keyPath: d.path ? `config.${d.path}` : 'config' });
+    }
+  }
   if (problems.length > 0) throw new SpecError(problems);
   return withDefaults(raw, file);
+}
+
+/** `cairn.wifi[0].name` or `a["b.c"]` → ["cairn", "wifi", "0", "name"]. */
+export function configPathSegments(p: string): string[] {
+  const out: string[] = [];
+  const re = /([^.[\]]+)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]/g;
+  for (const m of p.matchAll(re)) out.push(m[1] ?? m[2] ?? (JSON.parse(m[3]!) as string));
+  return out;
 }
 
 function withDefaults(raw: RawSpec, file: string): ImageSpec {

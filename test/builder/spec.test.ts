@@ -104,3 +104,10 @@ t.test('duplicate keys are errors', async (t) => {
 t.test('a missing spec file is a user error', async (t) => {
   t.throws(() => loadSpec('/nonexistent/spec.yaml'), { name: 'UserError', message: /cannot read image spec \/nonexistent\/spec\.yaml: ENOENT/ });
 });
+
+t.test('the default cloud-config is checked by the config schema, located in the spec', async (t) => {
+  const e = problems(`${base}config:\n  hostname: ok\n  cairn:\n    ntp_servers: 5\n    k3s_args:\n      - server\n      - {bad: map}\n`);
+  t.ok(e.problems.length >= 1);
+  t.ok(e.problems.every((p) => p.keyPath.startsWith('config.')), e.problems.map((p) => `${p.line}:${p.keyPath}: ${p.message}`).join('\n'));
+  t.ok(e.problems.some((p) => p.line >= 11), 'located on the config lines');
+});
