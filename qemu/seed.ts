@@ -5,7 +5,7 @@
  * (Joliet and Rock Ridge), reproducibly: the same config gives the same bytes.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -50,6 +50,7 @@ export async function writeSeedIso(files: Pick<SeedFiles, 'userData' | 'metaData
   try {
     await writeFile(path.join(dir, 'user-data'), files.userData);
     await writeFile(path.join(dir, 'meta-data'), files.metaData);
+    for (const f of ['user-data', 'meta-data']) await utimes(path.join(dir, f), SEED_EPOCH, SEED_EPOCH);
     const date = new Date(SEED_EPOCH * 1000).toISOString().replace(/[-:T]/g, '').slice(0, 14) + '00';
     try {
       await execa(
