@@ -75,7 +75,12 @@ interface Waiter {
   resolve(r: WaitResult): void;
   reject(e: Error): void;
   timer: NodeJS.Timeout;
+  /** Set while a RegExp match that ends at the end of the console waits for more text. */
+  quiet?: NodeJS.Timeout;
 }
+
+/** How long a RegExp match that reaches the end of the console waits for more text before it counts. */
+const QUIET_MS = 50;
 
 const live = new Set<Vm>();
 let exitHooks = false;
@@ -115,6 +120,10 @@ export class Vm {
   /** Date.now() when QEMU started. */
   readonly startedAt: number;
   readonly name: string;
+  /** This VM's temp folder (overlay, firmware vars, seed, QMP socket); removed by close(). */
+  readonly dir: string;
+  /** QEMU's process id. */
+  readonly pid: number;
 
   private readonly proc: pty.IPty;
   private readonly prepared: PreparedMachine;
@@ -141,6 +150,7 @@ export class Vm {
     this.forwards = prepared.forwards;
     this.http = prepared.http;
     this.name = opts.name ?? opts.artifact.kind;
+    this.dir = prepared.dir;
     this.defaultTimeout = opts.timeoutMs ?? 120_000;
     this.tailCount = opts.tailLines ?? 60;
     this.echo = opts.echo ?? (process.env.CAIRN_QEMU_ECHO === '1' ? process.stderr : undefined);
@@ -158,11 +168,14 @@ export class Vm {
       cwd: prepared.dir,
       env: { ...process.env, TERM: 'xterm' },
     });
+    this.pid = this.proc.pid;
     this.proc.onData((d) => this.onData(d));
     this.exited = new Promise((resolve) => {
       this.proc.onExit(({ exitCode, signal }) => {
         this.exit = { code: exitCode, signal };
         for (const w of [...this.waiters]) {
+          this.check(w, true);
+          if (!this.waiters.has(w)) continue;
           this.settle(w);
           w.reject(this.waitError(`QEMU exited (${signal ? `signal ${signal}` : `code ${exitCode}`}) before ${describe(w.marker)} showed on the console`));
         }
@@ -203,33 +216,45 @@ export class Vm {
     this.log.write(d);
     this.echo?.write(d);
     this.console.push(d);
-    for (const w of [...this.waiters]) {
-      const r = this.search(w.marker, w.from);
-      if (r) {
-        this.settle(w);
-        w.resolve(r);
-      }
-    }
+    for (const w of [...this.waiters]) this.check(w);
   }
 
-  private search(marker: string | RegExp, from: number): WaitResult | undefined {
+  /**
+   * Resolves a waiter when its marker is on the console. A RegExp match that
+   * ends exactly where the console text ends may still grow (/sum=(\d+)/ on
+   * "sum=4" before the "2" arrives), so it counts only after QUIET_MS without
+   * more output, or at once with `settled`.
+   */
+  private check(w: Waiter, settled = false): void {
+    const r = this.search(w.marker, w.from);
+    if (!r) return;
+    if (!settled && typeof w.marker !== 'string' && r.end === this.console.text.length && !this.exit) {
+      clearTimeout(w.quiet);
+      w.quiet = setTimeout(() => this.check(w, true), QUIET_MS);
+      return;
+    }
+    this.cursor = r.end;
+    this.settle(w);
+    w.resolve({ match: r.match, groups: r.groups, index: r.index, elapsedMs: r.elapsedMs });
+  }
+
+  private search(marker: string | RegExp, from: number): (WaitResult & { end: number }) | undefined {
     const text = this.console.text;
     if (typeof marker === 'string') {
       const i = text.indexOf(marker, from);
       if (i < 0) return undefined;
-      this.cursor = i + marker.length;
-      return { match: marker, groups: [], index: i, elapsedMs: Date.now() - this.startedAt };
+      return { match: marker, groups: [], index: i, end: i + marker.length, elapsedMs: Date.now() - this.startedAt };
     }
     const re = new RegExp(marker.source, marker.flags.includes('g') ? marker.flags : `${marker.flags}g`);
     re.lastIndex = from;
     const m = re.exec(text);
     if (!m) return undefined;
-    this.cursor = m.index + m[0].length;
-    return { match: m[0], groups: m.slice(1).map((g) => g ?? ''), index: m.index, elapsedMs: Date.now() - this.startedAt };
+    return { match: m[0], groups: m.slice(1).map((g) => g ?? ''), index: m.index, end: m.index + m[0].length, elapsedMs: Date.now() - this.startedAt };
   }
 
   private settle(w: Waiter): void {
     clearTimeout(w.timer);
+    clearTimeout(w.quiet);
     this.waiters.delete(w);
   }
 
@@ -246,8 +271,7 @@ export class Vm {
   waitFor(marker: string | RegExp, timeoutMs = this.defaultTimeout, opts: WaitOptions = {}): Promise<WaitResult> {
     const from = opts.from === 'start' ? 0 : this.cursor;
     const found = this.search(marker, from);
-    if (found) return Promise.resolve(found);
-    if (this.exit) {
+    if (!found && this.exit) {
       return Promise.reject(this.waitError(`QEMU had exited (code ${this.exit.code}) before ${describe(marker)} showed on the console`));
     }
     return new Promise<WaitResult>((resolve, reject) => {
@@ -262,6 +286,7 @@ export class Vm {
         }, timeoutMs),
       };
       this.waiters.add(w);
+      this.check(w);
     });
   }
 

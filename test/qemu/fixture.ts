@@ -67,7 +67,12 @@ if ip link show eth0 >/dev/null 2>&1; then
 fi
 for e in /sys/class/input/event*; do
   if grep -q 'Power Button' "$e/device/name" 2>/dev/null; then
-    (dd if=/dev/input/\${e##*/} bs=1 count=1 >/dev/null 2>&1; echo "fixture: power button pressed"; sync; poweroff -f) &
+    # evdev reads whole events only (24 bytes on 64-bit, 16 on 32-bit): read 96 bytes.
+    (dev=/dev/input/\${e##*/}; n=0
+     while [ ! -c $dev ] && [ $n -lt 20 ]; do sleep 0.1; n=$((n+1)); done
+     if [ "$(dd if=$dev bs=96 count=1 2>/dev/null | wc -c)" -gt 0 ]; then
+       echo "fixture: power button pressed"; sync; poweroff -f
+     fi) &
   fi
 done
 echo ${MARKER}
