@@ -17,6 +17,13 @@ export const kernelPackage: Record<Arch, string> = {
 
 /** What every cairn system has: the init's runtime, services, and what k3s needs on the host. */
 export const BASE_PACKAGES = [
+  // Satisfies the kernel's "initramfs-tools | linux-initramfs-tool" without
+  // initramfs-tools, which would pull in udev and systemd (35 MB, and minutes
+  // of hwdb generation under qemu-user). It never runs: INITRD=No, and cairn
+  // writes its own initramfs.
+  'tiny-initramfs',
+  // openssh-server needs a sysusers tool, not systemd itself (PID 1 is tini).
+  'systemd-standalone-sysusers',
   'nodejs',
   'tini',
   'openssh-server',
