@@ -30,7 +30,7 @@ export interface Fixture {
   /** The kernel as Debian ships it (bzImage, Image, zImage). */
   kernel: string;
   initrd: string;
-  /** Hybrid BIOS+UEFI ISO (amd64 only); its GRUB boots with fixture=poweroff. */
+  /** amd64: hybrid BIOS+UEFI ISO; arm64: UEFI ISO. Its GRUB boots with fixture=poweroff. */
   iso?: string;
   raw?: string;
   qcow2?: string;
@@ -83,12 +83,10 @@ fi
 poweroff -f
 `;
 
-const GRUB_CFG = `serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
-set timeout=0
+// On PCs GRUB talks to the UART itself; on ARM it uses the UEFI console (which QEMU puts on the serial port).
+const grubCfg = (console: string): string => `${console === 'ttyS0' ? 'serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n' : ''}set timeout=0
 menuentry 'fixture' {
-  linux /boot/vmlinuz console=ttyS0 quiet fixture=poweroff
+  linux /boot/vmlinuz console=${console} quiet fixture=poweroff
   initrd /boot/initrd.gz
 }
 `;
@@ -102,7 +100,7 @@ boot
 
 const DEBIAN: Record<FixtureArch, { arch: string; kernelPkg: string }> = {
   amd64: { arch: 'amd64', kernelPkg: 'linux-image-amd64' },
-  arm64: { arch: 'arm64', kernelPkg: 'linux-image-arm64' },
+  arm64: { arch: 'arm64', kernelPkg: 'linux-image-arm64,grub-efi-arm64-bin' },
   armv7: { arch: 'armhf', kernelPkg: 'linux-image-armmp-lpae' },
 };
 
@@ -197,7 +195,7 @@ export async function qemuFixture(arch: FixtureArch): Promise<Fixture> {
   const kernelSrc = newest(path.join(root, 'boot'), 'vmlinuz-');
   if (!kernelSrc) throw new Error(`no kernel in ${root}/boot`);
   const release = path.basename(kernelSrc).slice('vmlinuz-'.length);
-  const key = createHash('sha256').update(JSON.stringify([INIT, GRUB_CFG, BOOT_IPXE, MODULES, kernelSrc, arch])).digest('hex').slice(0, 12);
+  const key = createHash('sha256').update(JSON.stringify([INIT, grubCfg('ttyS0'), grubCfg('ttyAMA0'), BOOT_IPXE, MODULES, kernelSrc, arch])).digest('hex').slice(0, 12);
   const dir = path.join(FIXTURE_CACHE, `${arch}-${key}`);
   const files = (d: string): Fixture => ({
     arch,
@@ -205,6 +203,7 @@ export async function qemuFixture(arch: FixtureArch): Promise<Fixture> {
     kernel: path.join(d, 'vmlinuz'),
     initrd: path.join(d, 'initrd.gz'),
     ...(arch === 'amd64' ? { iso: path.join(d, 'fixture.iso'), raw: path.join(d, 'fixture.img'), qcow2: path.join(d, 'fixture.qcow2'), pxe: path.join(d, 'pxe') } : {}),
+    ...(arch === 'arm64' ? { iso: path.join(d, 'fixture.iso') } : {}),
   });
   if (existsSync(path.join(dir, 'done'))) return files(dir);
   const tmp = `${dir}.${process.pid}.tmp`;
@@ -213,16 +212,22 @@ export async function qemuFixture(arch: FixtureArch): Promise<Fixture> {
   const f = files(tmp);
   await copyFile(kernelSrc, f.kernel);
   await buildInitrd(root, release, f.initrd, tmp);
-  if (arch === 'amd64' && f.iso && f.raw && f.qcow2 && f.pxe) {
+  if (f.iso) {
     const isoTree = path.join(tmp, 'iso');
     await mkdir(path.join(isoTree, 'boot/grub'), { recursive: true });
     await copyFile(f.kernel, path.join(isoTree, 'boot/vmlinuz'));
     await copyFile(f.initrd, path.join(isoTree, 'boot/initrd.gz'));
-    await writeFile(path.join(isoTree, 'boot/grub/grub.cfg'), GRUB_CFG);
-    await execa('grub-mkrescue', ['-o', f.iso, isoTree], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
+    await writeFile(path.join(isoTree, 'boot/grub/grub.cfg'), grubCfg(arch === 'amd64' ? 'ttyS0' : 'ttyAMA0'));
+    // amd64: the host's GRUB (i386-pc and x86_64-efi); arm64: the arm64-efi modules of the fixture root.
+    const platform = arch === 'arm64' ? ['-d', path.join(root, 'usr/lib/grub/arm64-efi')] : [];
+    await execa('grub-mkrescue', [...platform, '-o', f.iso, isoTree], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
     await rm(isoTree, { recursive: true, force: true });
+  }
+  if (f.raw && f.qcow2 && f.iso) {
     await copyFile(f.iso, f.raw);
     await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', f.raw, f.qcow2]);
+  }
+  if (f.pxe) {
     await mkdir(f.pxe);
     await copyFile(f.kernel, path.join(f.pxe, 'vmlinuz'));
     await copyFile(f.initrd, path.join(f.pxe, 'initrd.gz'));
