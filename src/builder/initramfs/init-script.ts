@@ -114,7 +114,6 @@ fail() {
   fi
   log "add cairn.rescue to the kernel command line for a shell; rebooting in 10 s"
   sleep 10
-  echo b >/proc/sysrq-trigger 2>/dev/null
   reboot -f
   sleep 60
 }
