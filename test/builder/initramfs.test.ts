@@ -209,7 +209,7 @@ t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written 
   await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'CAIRN_STATE', '-d', tree, img, '96M']);
   const r = await qemuBoot(['-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet', '-drive', `file=${img},if=virtio,format=raw`]);
   t.comment(`state boot: ${r.ms} ms`);
-  t.ok(r.ok, 'the system came up as PID 1 after switch_root') || console.error(r.output);
+  if (!t.ok(r.ok, 'the system came up as PID 1 after switch_root')) console.error(r.output);
   t.match(r.output, /cairn-initramfs: system 0\.0\.2 on \/dev\/vda \(trial boot, 1 tries left\)/);
   t.match(r.output, /argv \/usr\/bin\/tini -- \/usr\/bin\/node \/usr\/lib\/cairn\/init\.js/);
   t.match(r.output, /CAIRN_BOOT_MODE=state CAIRN_BOOT_VERSION=0\.0\.2 CAIRN_BOOT_TRIES_LEFT=1/);
@@ -247,7 +247,7 @@ t.test('boot (TCG): net boot fetches the squashfs over HTTP (cairn.root_url=)', 
     '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0',
   ]);
   t.comment(`net boot: ${r.ms} ms`);
-  t.ok(r.ok, 'came up from the fetched squashfs') || console.error(r.output);
+  if (!t.ok(r.ok, 'came up from the fetched squashfs')) console.error(r.output);
   t.equal(fetched, 1);
   t.match(r.output, /cairn-initramfs: DHCP on eth0/);
   t.match(r.output, /CAIRN_BOOT_MODE=net/);
@@ -261,13 +261,13 @@ t.test('boot (TCG): no system anywhere: says why, then a shell with cairn.rescue
     stopOnMarker: true,
     timeoutMs: 90_000,
   });
-  t.ok(r.ok, 'rescue shell offered') || console.error(r.output);
+  if (!t.ok(r.ok, 'rescue shell offered')) console.error(r.output);
   t.match(r.output, /cannot boot: the system was not found: no partition labelled CAIRN_STATE; no medium labelled CAIRN_LIVE/);
   const r2 = await qemuBoot(['-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet cairn.wait=1'], {
     marker: 'rebooting in 10 s',
     timeoutMs: 90_000,
   });
-  t.ok(r2.ok, 'without cairn.rescue: reboots') || console.error(r2.output);
+  if (!t.ok(r2.ok, 'without cairn.rescue: reboots')) console.error(r2.output);
   t.match(r2.output, /add cairn.rescue to the kernel command line/);
   t.match(r2.output, /reboot: Restarting system/, 'the machine really restarts');
   t.ok(r2.ms < 85_000, 'QEMU stopped on the reboot (-no-reboot)');
