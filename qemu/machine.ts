@@ -28,8 +28,10 @@ export type Artifact =
    * by default) and over HTTP from the host (10.0.2.2:<port> in the guest).
    * In the boot script, `${cairn-http}` and `{{http}}` become the HTTP base
    * URL (http://10.0.2.2:<port>); a script without them is served unchanged.
+   * `rewrite` may change the script in any other way (it gets the script and
+   * that URL); the folder itself is never modified.
    */
-  | { kind: 'pxe'; dir: string; bootfile?: string }
+  | { kind: 'pxe'; dir: string; bootfile?: string; rewrite?: (script: string, httpUrl: string) => string }
   /**
    * A kernel booted directly (no firmware, no bootloader). On amd64 a bzImage
    * is booted as its uncompressed vmlinux through PVH unless pvh is false.
@@ -191,14 +193,16 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
         http = { port: server.port, guestUrl, requests: server.requests };
         const script = await readFile(path.join(art.dir, bootfile), 'utf8');
         let tftpDir = path.resolve(art.dir);
-        if (script.replace(BOOT_SCRIPT_VARS, '') !== script) {
+        let served = script.replace(BOOT_SCRIPT_VARS, guestUrl);
+        if (art.rewrite) served = art.rewrite(served, guestUrl);
+        if (served !== script) {
           // A TFTP folder of our own: links to the artifacts, and the script with the URL filled in.
           tftpDir = path.join(dir, 'tftp');
           await mkdir(tftpDir);
           for (const name of await readdir(art.dir)) {
             if (name !== bootfile) await symlink(path.resolve(art.dir, name), path.join(tftpDir, name));
           }
-          await writeFile(path.join(tftpDir, bootfile), script.replace(BOOT_SCRIPT_VARS, guestUrl));
+          await writeFile(path.join(tftpDir, bootfile), served);
         }
         boot = { kind: 'pxe', tftpDir, bootfile };
         break;

@@ -5,6 +5,7 @@ import t from 'tap';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { ConsoleText, tailLines } from '../../qemu/console.js';
@@ -13,6 +14,7 @@ import { serveFolder } from '../../qemu/http.js';
 import { detectArtifact, detectDiskFormat } from '../../qemu/machine.js';
 import { bzImagePayload, extractVmlinux, hasPvhNote } from '../../qemu/pvh.js';
 import { seedFiles } from '../../qemu/seed.js';
+import { makeSshKey, sshArgs, sshRun } from '../../qemu/ssh.js';
 import { archFromName } from '../../src/cli/commands/run.js';
 import { UserError } from '../../src/errors.js';
 
@@ -230,4 +232,27 @@ t.test('the real fixture kernel: PVH vmlinux extracted', { skip: fixtureKernel ?
   const elf = await extractVmlinux(img);
   t.equal(elf.length, p.size);
   t.ok(hasPvhNote(elf), 'Debian kernels have CONFIG_PVH');
+});
+
+t.test('ssh: a throwaway key pair, and the argv of one command', async (t) => {
+  const key = await makeSshKey('cairn-unit');
+  t.match(key.publicKey, /^ssh-ed25519 \S+ cairn-unit$/);
+  t.ok(existsSync(key.privateKey));
+  t.same(sshArgs({ port: 2222, identity: key.privateKey }, 'cat /etc/hostname'), [
+    '-p', '2222', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', 'ConnectTimeout=10',
+    '-o', 'IdentitiesOnly=yes', '-i', key.privateKey, 'cairn@127.0.0.1', 'cat /etc/hostname',
+  ]);
+  t.equal(sshArgs({ port: 1, user: 'root' }, 'x').at(-2), 'root@127.0.0.1');
+  await key.remove();
+  t.notOk(existsSync(key.privateKey));
+});
+
+t.test('ssh: nothing listening is exit code 255 with the reason', async (t) => {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  const r = await sshRun({ port, timeoutMs: 10_000 }, 'true');
+  t.equal(r.code, 255);
+  t.match(r.stderr, /refused|closed|reset/i);
 });
