@@ -1,0 +1,82 @@
+/**
+ * The partition table of a cairn disk, as a pure plan: GPT with an optional
+ * BIOS boot partition (amd64), CAIRN_EFI (FAT32) and CAIRN_STATE (ext4,
+ * last, so the init can grow it to fill the disk on first boot).
+ */
+import type { Arch } from '../types.js';
+import { stableUuid } from './common.js';
+
+export const SECTOR = 512;
+export const MIB = 1024 * 1024;
+const MIB_SECTORS = MIB / SECTOR;
+
+export const GPT_TYPES = {
+  bios: '21686148-6449-6E6F-744E-656564454649',
+  efi: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
+  linux: '0FC63DAF-8483-4772-8E79-3D69D8477DE4',
+} as const;
+
+export interface PlannedPartition {
+  name: 'BIOS' | 'CAIRN_EFI' | 'CAIRN_STATE';
+  type: string;
+  uuid: string;
+  /** first sector */
+  start: number;
+  /** length in sectors */
+  size: number;
+}
+
+export interface DiskPlan {
+  /** total image size in bytes */
+  bytes: number;
+  labelId: string;
+  partitions: PlannedPartition[];
+}
+
+export interface DiskPlanInput {
+  arch: Arch;
+  /** bytes the EFI partition needs (rounded up to whole MiB; at least 64 MiB for FAT32) */
+  efiBytes: number;
+  /** bytes the state file system needs */
+  stateBytes: number;
+  /** seed for the disk's and partitions' ids (e.g. name, version, arch) */
+  seed: string;
+}
+
+function mibCeil(bytes: number): number {
+  return Math.max(1, Math.ceil(bytes / MIB));
+}
+
+/** Lays the partitions out on 1 MiB boundaries, with 1 MiB free at the end for the backup GPT. */
+export function planDisk(input: DiskPlanInput): DiskPlan {
+  const parts: PlannedPartition[] = [];
+  let next = MIB_SECTORS; // partitions start at 1 MiB
+  const add = (name: PlannedPartition['name'], type: string, mib: number): void => {
+    parts.push({ name, type, uuid: stableUuid(`${input.seed}/${name}`), start: next, size: mib * MIB_SECTORS });
+    next += mib * MIB_SECTORS;
+  };
+  if (input.arch === 'amd64') add('BIOS', GPT_TYPES.bios, 1);
+  add('CAIRN_EFI', GPT_TYPES.efi, Math.max(64, mibCeil(input.efiBytes)));
+  add('CAIRN_STATE', GPT_TYPES.linux, mibCeil(input.stateBytes));
+  return { bytes: (next + MIB_SECTORS) * SECTOR, labelId: stableUuid(`${input.seed}/disk`), partitions: parts };
+}
+
+/** The plan as an sfdisk script. */
+export function sfdiskScript(plan: DiskPlan): string {
+  const lines = ['label: gpt', `label-id: ${plan.labelId}`, 'unit: sectors', `first-lba: ${MIB_SECTORS}`, 'sector-size: 512', ''];
+  for (const p of plan.partitions) {
+    lines.push(`start=${p.start}, size=${p.size}, type=${p.type}, uuid=${p.uuid}, name="${p.name}"`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * Bytes an ext4 file system needs to hold `contentBytes` of files (in
+ * `files` files): the content rounded to blocks, inode tables, the journal,
+ * and room for the first boot to seed /var, /etc and /home.
+ */
+export function stateFsBytes(contentBytes: number, files: number): number {
+  const blocks = contentBytes + files * 4096;
+  const withOverhead = blocks * 1.08 + 64 * MIB; // metadata, journal (up to 64 MiB for large file systems)
+  return Math.max(256 * MIB, Math.ceil((withOverhead + 128 * MIB) / MIB) * MIB);
+}

@@ -1,0 +1,240 @@
+/**
+ * GRUB for the ISO and the raw disk: its configuration (pure text), the
+ * environment block that holds the version pointers, where its modules come
+ * from, and the core images (grub-mkimage) for BIOS and UEFI.
+ *
+ * Modules come from, in order: the image's root (if its spec installs a
+ * grub-*-bin package), the build host (/usr/lib/grub/<platform>), or the
+ * Debian package for the target arch unpacked once into the cache with
+ * `mmdebstrap --variant=extract` (arm64 and armhf GRUB cannot be installed
+ * on an amd64 host).
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { UserError } from '../../errors.js';
+import type { Arch, SystemArtifacts } from '../types.js';
+import { cacheDir, consoleArgs, joinArgs, run } from './common.js';
+
+export type GrubPlatform = 'i386-pc' | 'x86_64-efi' | 'arm64-efi' | 'arm-efi';
+
+/** The Debian package (and its arch) holding each platform's modules. */
+export const grubPackage: Record<GrubPlatform, { pkg: string; debArch: string }> = {
+  'i386-pc': { pkg: 'grub-pc-bin', debArch: 'amd64' },
+  'x86_64-efi': { pkg: 'grub-efi-amd64-bin', debArch: 'amd64' },
+  'arm64-efi': { pkg: 'grub-efi-arm64-bin', debArch: 'arm64' },
+  'arm-efi': { pkg: 'grub-efi-arm-bin', debArch: 'armhf' },
+};
+
+export const efiPlatform: Record<Arch, GrubPlatform> = { amd64: 'x86_64-efi', arm64: 'arm64-efi', armv7: 'arm-efi' };
+/** The removable-media boot file name UEFI firmware looks for. */
+export const efiBootFile: Record<Arch, string> = { amd64: 'BOOTX64.EFI', arm64: 'BOOTAA64.EFI', armv7: 'BOOTARM.EFI' };
+
+/** Modules built into every core image, so nothing is loaded from disk at boot. */
+export const CORE_MODULES: readonly string[] = [
+  'part_gpt', 'part_msdos', 'fat', 'ext2', 'iso9660', 'search', 'search_label', 'search_fs_uuid', 'search_fs_file',
+  'normal', 'configfile', 'linux', 'echo', 'test', 'loadenv', 'gzio', 'xzio', 'zstd', 'ls', 'cat', 'halt',
+  'reboot', 'sleep', 'true', 'terminal', 'regexp', 'minicmd',
+];
+const PLATFORM_MODULES: Record<GrubPlatform, readonly string[]> = {
+  'i386-pc': ['biosdisk', 'serial', 'vga', 'video', 'video_bochs', 'video_cirrus'],
+  'x86_64-efi': ['serial', 'efi_gop', 'efi_uga', 'all_video'],
+  'arm64-efi': ['serial', 'efi_gop', 'all_video'],
+  'arm-efi': ['serial', 'efi_gop', 'all_video'],
+};
+
+/** Where GRUB's files live on the state partition. */
+export const GRUB_DIR_ON_STATE = '/cairn/grub';
+
+export interface GrubDirOptions {
+  log?: (line: string) => void;
+  /** Debian mirror for fetching the modules (default deb.debian.org). */
+  mirror?: string;
+  suite?: string;
+}
+
+/** The folder with `<platform>`'s modules (…/usr/lib/grub/<platform>). */
+export async function grubModuleDir(platform: GrubPlatform, system: Pick<SystemArtifacts, 'rootfs'>, opts: GrubDirOptions = {}): Promise<string> {
+  const inRoot = path.join(system.rootfs, 'usr/lib/grub', platform);
+  if (existsSync(path.join(inRoot, 'kernel.img'))) return inRoot;
+  const onHost = path.join('/usr/lib/grub', platform);
+  if (existsSync(path.join(onHost, 'kernel.img'))) return onHost;
+  const { pkg, debArch } = grubPackage[platform];
+  const suite = opts.suite ?? 'trixie';
+  const dest = path.join(cacheDir(), 'grub', `${pkg}_${debArch}_${suite}`);
+  const dir = path.join(dest, 'usr/lib/grub', platform);
+  if (existsSync(path.join(dir, 'kernel.img'))) return dir;
+  opts.log?.(`grub: fetching ${pkg} (${debArch}) from Debian ${suite} into ${dest}`);
+  const tmp = `${dest}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(path.dirname(dest), { recursive: true });
+  try {
+    await run('mmdebstrap', [
+      '--quiet', '--variant=extract', `--architectures=${debArch}`, `--include=${pkg}`,
+      '--dpkgopt=path-exclude=/usr/share/doc/*', '--dpkgopt=path-exclude=/usr/share/locale/*',
+      suite, tmp, opts.mirror ?? 'http://deb.debian.org/debian',
+    ]);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    if (err instanceof UserError) throw err;
+    throw new UserError(
+      `GRUB for ${platform} is needed and could not be fetched (${pkg} for ${debArch}): ${(err as Error).message.split('\n')[0]}`,
+      `check the network, or add ${pkg} to the image spec's packages`,
+    );
+  }
+  await rm(dest, { recursive: true, force: true });
+  await rename(tmp, dest);
+  if (!existsSync(path.join(dir, 'kernel.img'))) throw new UserError(`${pkg} for ${debArch} has no ${platform} modules`, `report this: the package layout changed`);
+  return dir;
+}
+
+/** The GRUB core image for a platform: modules built in, the config embedded. */
+export async function grubMkimage(opts: {
+  platform: GrubPlatform;
+  moduleDir: string;
+  out: string;
+  embeddedConfig: string;
+  prefix: string;
+  workDir: string;
+}): Promise<void> {
+  const cfg = path.join(opts.workDir, `embedded-${opts.platform}.cfg`);
+  await writeFile(cfg, opts.embeddedConfig);
+  const available = CORE_MODULES.concat(PLATFORM_MODULES[opts.platform]).filter((m) => existsSync(path.join(opts.moduleDir, `${m}.mod`)));
+  const format = opts.platform === 'i386-pc' ? 'i386-pc' : opts.platform;
+  await run('grub-mkimage', ['-O', format, '-d', opts.moduleDir, '-p', opts.prefix, '-c', cfg, '-o', opts.out, ...available]);
+}
+
+/** The config built into a disk's core images: find CAIRN_STATE and read grub.cfg there. */
+export function renderEmbeddedConfig(): string {
+  return [
+    'search --no-floppy --label CAIRN_STATE --set=root',
+    `set prefix=($root)${GRUB_DIR_ON_STATE}`,
+    '',
+  ].join('\n');
+}
+
+function terminalSetup(arch: Arch): string[] {
+  if (arch === 'amd64') {
+    return ['serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1', 'terminal_input console serial', 'terminal_output console serial'];
+  }
+  return ['terminal_input console', 'terminal_output console'];
+}
+
+/** GRUB's menu for the live ISO: the system, and the same with a rescue shell and tracing. */
+export function renderLiveGrubCfg(system: Pick<SystemArtifacts, 'name' | 'version' | 'arch' | 'cmdline'>): string {
+  const args = joinArgs('cairn.mode=live', consoleArgs[system.arch], system.cmdline);
+  const title = `cairn ${system.name} ${system.version}`;
+  return [
+    '# cairn live medium',
+    ...terminalSetup(system.arch),
+    'set timeout=3',
+    'set default=0',
+    '',
+    `menuentry "${title} (live)" --id cairn-live {`,
+    `  linux /cairn/vmlinuz ${args}`,
+    '  initrd /cairn/initrd',
+    '}',
+    `menuentry "${title} (live, rescue shell)" --id cairn-rescue {`,
+    `  linux /cairn/vmlinuz ${joinArgs(args, 'cairn.rescue cairn.debug')}`,
+    '  initrd /cairn/initrd',
+    '}',
+    '',
+  ].join('\n');
+}
+
+/**
+ * GRUB's menu on the state partition. The versions come from the
+ * environment block next to it (grubenv): cairn_active, cairn_fallback, and
+ * an upgrade on trial, cairn_next with cairn_next_tries (3, 2, 1). Each boot
+ * of the trial version lowers the count before booting; at 0 the trial is
+ * over and the active version boots again. The init, once the new version is
+ * healthy, makes it cairn_active (and the old one cairn_fallback).
+ */
+export function renderDiskGrubCfg(system: Pick<SystemArtifacts, 'arch' | 'cmdline'>): string {
+  const args = joinArgs('cairn.mode=state', consoleArgs[system.arch], system.cmdline);
+  const env = `${GRUB_DIR_ON_STATE}/grubenv`;
+  const entry = (title: string, version: string, extra = ''): string[] => [
+    `menuentry "${title}" {`,
+    `  linux /cairn/system/${version}/kernel ${joinArgs(args, `cairn.version=${version}`, extra)}`,
+    `  initrd /cairn/system/${version}/initrd`,
+    '}',
+  ];
+  return [
+    '# cairn: boots the version named in grubenv (see cairn/system on this partition)',
+    ...terminalSetup(system.arch),
+    'set timeout=3',
+    'set default=0',
+    'set cairn_active=',
+    'set cairn_fallback=',
+    'set cairn_next=',
+    'set cairn_next_tries=',
+    `load_env -f ${env}`,
+    'set boot_version="$cairn_active"',
+    'set boot_note=""',
+    'if [ -n "$cairn_next" ]; then',
+    '  if [ "$cairn_next_tries" = 3 ]; then set cairn_next_tries=2; set boot_version="$cairn_next"',
+    '  elif [ "$cairn_next_tries" = 2 ]; then set cairn_next_tries=1; set boot_version="$cairn_next"',
+    '  elif [ "$cairn_next_tries" = 1 ]; then set cairn_next_tries=0; set boot_version="$cairn_next"',
+    '  else set cairn_next_tries=0',
+    '  fi',
+    '  if [ "$boot_version" = "$cairn_next" ]; then set boot_note=" (trial)"; fi',
+    `  save_env -f ${env} cairn_next_tries`,
+    'fi',
+    '# menu entries run in their own scope: only exported variables reach them',
+    'export boot_version cairn_active cairn_fallback',
+    '',
+    ...entry('cairn ${boot_version}${boot_note}', '${boot_version}'),
+    'if [ -n "$cairn_fallback" ]; then',
+    ...entry('cairn ${cairn_fallback} (fallback)', '${cairn_fallback}').map((l) => `  ${l}`),
+    'fi',
+    ...entry('cairn ${cairn_active} (rescue shell)', '${cairn_active}', 'cairn.rescue cairn.debug'),
+    '',
+  ].join('\n');
+}
+
+/** A GRUB environment block: exactly 1024 bytes, "#"-padded, as grub-editenv writes it. */
+export function renderGrubEnv(vars: Record<string, string>): Buffer {
+  let text = '# GRUB Environment Block\n# WARNING: Do not edit this file by tools other than grub-editenv!!!\n';
+  for (const [k, v] of Object.entries(vars)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || /[\n\\]/.test(v)) throw new Error(`grubenv: bad entry ${k}=${v}`);
+    text += `${k}=${v}\n`;
+  }
+  if (text.length > 1024) throw new Error('grubenv: more than 1024 bytes');
+  return Buffer.from(text.padEnd(1024, '#'), 'ascii');
+}
+
+/** Reads a GRUB environment block back into its variables. */
+export function parseGrubEnv(block: Buffer | string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of block.toString().split('\n')) {
+    if (line.startsWith('#')) continue;
+    const eq = line.indexOf('=');
+    if (eq > 0) out[line.slice(0, eq)] = line.slice(eq + 1);
+  }
+  return out;
+}
+
+const SECTOR = 512;
+
+/**
+ * Makes a disk image boot GRUB from BIOS, as grub-bios-setup would: boot.img's
+ * code into the MBR (the partition table is kept), pointing at core.img
+ * written whole into the BIOS boot partition at `coreSector`.
+ */
+export async function biosBootSectors(bootImgFile: string, coreImgFile: string, coreSector: number): Promise<{ mbrCode: Buffer; core: Buffer }> {
+  const boot = Buffer.from(await readFile(bootImgFile));
+  const core = Buffer.from(await readFile(coreImgFile));
+  if (boot.length !== SECTOR) throw new Error(`${bootImgFile} is not one sector`);
+  // boot.img: the sector to load diskboot.img (core's first sector) from
+  boot.writeBigUInt64LE(BigInt(coreSector), 0x5c);
+  // hard disk: ignore a BIOS that passes a wrong boot drive (as grub-bios-setup does)
+  boot[0x66] = 0x90;
+  boot[0x67] = 0x90;
+  // diskboot.img: the rest of core.img follows it directly
+  const list = SECTOR - 12;
+  core.writeBigUInt64LE(BigInt(coreSector + 1), list);
+  const len = core.readUInt16LE(list + 8);
+  const needed = Math.ceil(core.length / SECTOR) - 1;
+  if (len !== needed) throw new Error(`core.img blocklist says ${len} sectors, the file has ${needed}`);
+  return { mbrCode: boot.subarray(0, 440), core };
+}

@@ -1,0 +1,183 @@
+/**
+ * raw: a GPT disk image assembled from files, without loop devices:
+ *
+ *   BIOS boot (amd64 only, 1 MiB)  GRUB's core.img for BIOS
+ *   CAIRN_EFI (FAT32)              EFI/BOOT/BOOT{X64,AA64,ARM}.EFI; on armv7 also
+ *                                  cairn/{vmlinuz,initrd} and extlinux/extlinux.conf
+ *                                  for firmware that boots Linux itself (U-Boot)
+ *   CAIRN_STATE (ext4)             cairn/system/<version>/{kernel,initrd,rootfs.squashfs,release.json}
+ *                                  cairn/system/active        the version to boot
+ *                                  cairn/grub/{grub.cfg,grubenv}
+ *                                  cairn/data/                what persists (/etc, /var, /home, /opt)
+ *
+ * Each file system is made in its own file (mkfs.vfat + mmd/mcopy,
+ * mke2fs -d), the table written with sfdisk on the image file, and the
+ * pieces put in place with dd conv=notrunc. GRUB's core images embed a
+ * config that finds CAIRN_STATE by its label and reads cairn/grub/grub.cfg.
+ */
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import path from 'node:path';
+import type { Artifact, OutputWriter, SystemArtifacts } from '../types.js';
+import { artifactStem, clampTimes, consoleArgs, joinArgs, placeFile, run } from './common.js';
+import { type DiskPlan, MIB, SECTOR, planDisk, sfdiskScript, stateFsBytes } from './disk.js';
+import {
+  GRUB_DIR_ON_STATE,
+  biosBootSectors,
+  efiBootFile,
+  efiPlatform,
+  grubMkimage,
+  grubModuleDir,
+  renderDiskGrubCfg,
+  renderEmbeddedConfig,
+  renderGrubEnv,
+} from './grub.js';
+
+export const STATE_LABEL = 'CAIRN_STATE';
+export const EFI_LABEL = 'CAIRN_EFI';
+
+export interface RawImage {
+  file: string;
+  plan: DiskPlan;
+}
+
+/** Builds the raw disk image of a system at `out` (used by raw and qcow2). */
+export async function buildRawImage(system: SystemArtifacts, workDir: string, out: string, log: (l: string) => void): Promise<RawImage> {
+  const work = path.join(workDir, 'raw');
+  await rm(work, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  const epoch = system.sourceDateEpoch;
+  const seed = `${system.name}/${system.version}/${system.arch}/${epoch}`;
+
+  // the state partition's tree
+  const tree = path.join(work, 'state');
+  const vdir = path.join(tree, 'cairn/system', system.version);
+  await placeFile(system.kernel, path.join(vdir, 'kernel'));
+  await placeFile(system.initramfs, path.join(vdir, 'initrd'));
+  await placeFile(system.squashfs, path.join(vdir, 'rootfs.squashfs'));
+  await placeFile(system.release, path.join(vdir, 'release.json'));
+  await writeFile(path.join(tree, 'cairn/system/active'), `${system.version}\n`);
+  await mkdir(path.join(tree, 'cairn/data'), { recursive: true });
+  await mkdir(path.join(tree, `.${GRUB_DIR_ON_STATE}`), { recursive: true });
+  await writeFile(path.join(tree, `.${GRUB_DIR_ON_STATE}/grub.cfg`), renderDiskGrubCfg(system));
+  await writeFile(path.join(tree, `.${GRUB_DIR_ON_STATE}/grubenv`), renderGrubEnv({ cairn_active: system.version }));
+  await clampTimes(tree, epoch);
+  let content = 0;
+  for (const f of [system.kernel, system.initramfs, system.squashfs, system.release]) content += (await stat(f)).size;
+
+  // the EFI partition's files
+  const efiFiles: { src: string; dest: string }[] = [];
+  const efiName = efiBootFile[system.arch];
+  const efiImage = path.join(work, efiName);
+  const efiModules = await grubModuleDir(efiPlatform[system.arch], system, { log });
+  await grubMkimage({ platform: efiPlatform[system.arch], moduleDir: efiModules, out: efiImage, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir: work });
+  efiFiles.push({ src: efiImage, dest: `EFI/BOOT/${efiName}` });
+  let efiContent = (await stat(efiImage)).size;
+  if (system.arch === 'armv7') {
+    const ext = path.join(work, 'extlinux.conf');
+    await writeFile(ext, renderExtlinux(system));
+    efiFiles.push({ src: system.kernel, dest: 'cairn/vmlinuz' }, { src: system.initramfs, dest: 'cairn/initrd' }, { src: ext, dest: 'extlinux/extlinux.conf' });
+    efiContent += (await stat(system.kernel)).size + (await stat(system.initramfs)).size;
+  }
+
+  const plan = planDisk({ arch: system.arch, efiBytes: efiContent * 1.2 + 8 * MIB, stateBytes: stateFsBytes(content, 16), seed });
+  const part = (name: string) => plan.partitions.find((p) => p.name === name)!;
+
+  // CAIRN_EFI: FAT32
+  const efi = part(EFI_LABEL);
+  const efiImg = path.join(work, 'efi.img');
+  await makeSparse(efiImg, efi.size * SECTOR);
+  const volid = plan.partitions.find((p) => p.name === EFI_LABEL)!.uuid.replace(/-/g, '').slice(0, 8);
+  await run('mkfs.vfat', ['-F', '32', '-s', '1', '-n', EFI_LABEL, '-i', volid, '--invariant', efiImg]);
+  const mtoolsEnv = { MTOOLS_SKIP_CHECK: '1', SOURCE_DATE_EPOCH: String(epoch) };
+  const dirs = new Set<string>();
+  for (const f of efiFiles) {
+    let d = path.posix.dirname(f.dest);
+    const chain: string[] = [];
+    while (d !== '.' && !dirs.has(d)) {
+      chain.unshift(d);
+      d = path.posix.dirname(d);
+    }
+    for (const c of chain) {
+      await run('mmd', ['-i', efiImg, `::/${c}`], { env: mtoolsEnv });
+      dirs.add(c);
+    }
+    await run('mcopy', ['-i', efiImg, '-m', f.src, `::/${f.dest}`], { env: mtoolsEnv });
+  }
+
+  // CAIRN_STATE: ext4 from the tree
+  const state = part(STATE_LABEL);
+  const stateImg = path.join(work, 'state.img');
+  const blocks = (state.size * SECTOR) / 4096;
+  await run(
+    'mke2fs',
+    ['-q', '-F', '-t', 'ext4', '-b', '4096', '-L', STATE_LABEL, '-U', state.uuid, '-E', `root_owner=0:0,hash_seed=${state.uuid}`, '-d', tree, stateImg, String(blocks)],
+    { env: { E2FSPROGS_FAKE_TIME: String(epoch), SOURCE_DATE_EPOCH: String(epoch) } },
+  );
+
+  // the disk: table, then the pieces at their offsets
+  await rm(out, { force: true });
+  await makeSparse(out, plan.bytes);
+  const script = path.join(work, 'sfdisk.txt');
+  await writeFile(script, sfdiskScript(plan));
+  await run('sh', ['-c', 'sfdisk --quiet --no-reread --no-tell-kernel "$1" < "$2"', 'sfdisk', out, script]);
+  await ddInto(efiImg, out, efi.start);
+  await ddInto(stateImg, out, state.start);
+
+  if (system.arch === 'amd64') {
+    const pcModules = await grubModuleDir('i386-pc', system, { log });
+    const core = path.join(work, 'core.img');
+    await grubMkimage({ platform: 'i386-pc', moduleDir: pcModules, out: core, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir: work });
+    const bios = part('BIOS');
+    const { mbrCode, core: patched } = await biosBootSectors(path.join(pcModules, 'boot.img'), core, bios.start);
+    if (patched.length > bios.size * SECTOR) throw new Error(`GRUB core.img (${patched.length} bytes) does not fit the BIOS boot partition`);
+    const fh = await open(out, 'r+');
+    try {
+      await fh.write(mbrCode, 0, mbrCode.length, 0);
+      await fh.write(patched, 0, patched.length, bios.start * SECTOR);
+    } finally {
+      await fh.close();
+    }
+  }
+  await rm(work, { recursive: true, force: true });
+  return { file: out, plan };
+}
+
+/** extlinux.conf for firmware that boots Linux from the EFI partition itself (U-Boot's distro boot on armv7 boards). */
+export function renderExtlinux(system: Pick<SystemArtifacts, 'name' | 'version' | 'arch' | 'cmdline'>): string {
+  const args = joinArgs('cairn.mode=state', consoleArgs[system.arch], system.cmdline);
+  return [
+    'default cairn',
+    'timeout 3',
+    'menu title cairn',
+    'label cairn',
+    `  menu label cairn ${system.name} ${system.version}`,
+    '  kernel /cairn/vmlinuz',
+    '  initrd /cairn/initrd',
+    `  append ${args}`,
+    '',
+  ].join('\n');
+}
+
+async function makeSparse(file: string, bytes: number): Promise<void> {
+  await rm(file, { force: true });
+  const fh = await open(file, 'w');
+  try {
+    await fh.truncate(bytes);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function ddInto(src: string, disk: string, startSector: number): Promise<void> {
+  if (startSector % (MIB / SECTOR) !== 0) throw new Error('partitions must start on a MiB boundary');
+  await run('dd', [`if=${src}`, `of=${disk}`, 'bs=1M', `seek=${startSector / (MIB / SECTOR)}`, 'conv=notrunc,sparse', 'status=none']);
+}
+
+export const raw: OutputWriter = async (system, ctx) => {
+  const file = `${artifactStem(system)}.raw`;
+  ctx.log(`raw: assembling ${file}`);
+  await buildRawImage(system, ctx.workDir, path.join(ctx.outDir, file), ctx.log);
+  const artifacts: Artifact[] = [{ file, format: 'raw', arch: system.arch }];
+  return artifacts;
+};
