@@ -23,6 +23,9 @@ import { commandLine } from './profiles.js';
 import { qmp } from './qmp.js';
 
 export type { Artifact, MachineOptions } from './machine.js';
+export { overlay } from './machine.js';
+export { makeSeed, makeSeedFromText } from './seed.js';
+export { makeSshKey, sshRun, waitForSsh, type SshKey, type SshOptions, type SshResult } from './ssh.js';
 
 export interface BootOptions extends Omit<MachineOptions, 'console'> {
   /** Where the console log goes. Default: <tmp>/cairn-qemu-logs/<name>-<pid>-<n>.log, removed by close() unless a wait failed. */
@@ -318,6 +321,11 @@ export class Vm {
   /** Presses the ACPI power button (the guest decides what to do). */
   async powerButton(): Promise<void> {
     await this.qmp('system_powerdown');
+  }
+
+  /** A hard reset (the reset button): the guest reboots at once, without shutting down. */
+  async reset(): Promise<void> {
+    await this.qmp('system_reset');
   }
 
   /** Resolves when QEMU exits; undefined if it is still running after timeoutMs. */

@@ -21,8 +21,13 @@ import { makeSeed, makeSeedFromText } from './seed.js';
 /** What to boot. Files are never modified: disks get an overlay, PXE folders are served read-only. */
 export type Artifact =
   | { kind: 'iso'; path: string }
-  | { kind: 'raw'; path: string }
-  | { kind: 'qcow2'; path: string }
+  /**
+   * A disk image. It runs on a throwaway qcow2 overlay, unless `writable`:
+   * then the VM writes to the file itself (tests that reboot or cut the power
+   * and boot the same disk again make their own overlay with overlay() first).
+   */
+  | { kind: 'raw'; path: string; writable?: boolean }
+  | { kind: 'qcow2'; path: string; writable?: boolean }
   /**
    * A PXE folder, served over QEMU's TFTP (iPXE fetches `bootfile`, boot.ipxe
    * by default) and over HTTP from the host (10.0.2.2:<port> in the guest).
@@ -64,8 +69,12 @@ export interface MachineOptions {
   forwardPorts?: number[];
   /** Virtual size of the throwaway disk overlay (e.g. '8G'): tests of a state partition that grows. */
   diskSize?: string;
-  /** Extra blank or given disks: a size ('2G') makes a blank qcow2, a path attaches an overlay of that file. */
-  extraDisks?: string[];
+  /**
+   * More disks, virtio, after the boot disk and the seed: a size ('2G') is a
+   * blank throwaway qcow2; a path is attached through a throwaway overlay, or
+   * as it is with { path, writable: true } (it keeps what the VM wrote).
+   */
+  extraDisks?: (string | { path: string; writable?: boolean })[];
   /** Stop the VM instead of rebooting (-no-reboot). Default false: upgrades reboot. */
   noReboot?: boolean;
   /** 'serial' for the harness (pty + QMP), 'terminal' for a person at `cairn run`. */
@@ -178,6 +187,11 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
       case 'raw':
       case 'qcow2': {
         mustExist(art.path, 'disk image');
+        if (art.writable) {
+          if (opts.diskSize) await qemuImg(['resize', '-q', '-f', await detectDiskFormat(art.path), art.path, opts.diskSize]);
+          boot = { kind: 'disk', file: path.resolve(art.path), format: await detectDiskFormat(art.path) };
+          break;
+        }
         const file = path.join(dir, 'disk.qcow2');
         await overlay(art.path, file, opts.diskSize);
         boot = { kind: 'disk', file, format: 'qcow2' };
@@ -225,15 +239,20 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
     } else if (opts.configText !== undefined) {
       seed = (await makeSeedFromText(opts.configText, path.join(dir, 'seed.iso'))).out;
     }
-    const disks: string[] = [];
+    const disks: { file: string; format: 'raw' | 'qcow2' }[] = [];
     for (const [i, d] of (opts.extraDisks ?? []).entries()) {
       const file = path.join(dir, `extra${i}.qcow2`);
-      if (/^\d+[KMGT]?$/i.test(d)) await qemuImg(['create', '-q', '-f', 'qcow2', file, d]);
+      if (typeof d === 'string' && /^\d+[KMGT]?$/i.test(d)) await qemuImg(['create', '-q', '-f', 'qcow2', file, d]);
       else {
-        mustExist(d, 'disk image');
-        await overlay(d, file);
+        const src = typeof d === 'string' ? d : d.path;
+        mustExist(src, 'disk image');
+        if (typeof d !== 'string' && d.writable) {
+          disks.push({ file: path.resolve(src), format: await detectDiskFormat(src) });
+          continue;
+        }
+        await overlay(src, file);
       }
-      disks.push(file);
+      disks.push({ file, format: 'qcow2' });
     }
     const sshPort = opts.sshPort === 'auto' ? await freePort() : opts.sshPort;
     const forwards: Record<number, number> = {};

@@ -53,8 +53,8 @@ export interface MachineSpec {
   machine?: 'q35' | 'pc';
   /** A NoCloud seed (ISO9660 labelled cidata), attached read-only as a virtio disk. */
   seed?: string;
-  /** More disks (qcow2 or raw by extension), virtio, after the boot disk and the seed. */
-  disks?: string[];
+  /** More disks, virtio, after the boot disk and the seed (a bare path: qcow2 or raw by its extension). */
+  disks?: (string | { file: string; format: 'raw' | 'qcow2' })[];
   /** Host port forwarded (on 127.0.0.1) to the guest's port 22. */
   sshPort?: number;
   /** More host forwards: host port → guest port. */
@@ -204,7 +204,8 @@ export function machineArgv(spec: MachineSpec): { binary: string; args: string[]
   ];
   if (spec.seed) args.push('-drive', `file=${optValue(spec.seed)},format=raw,if=none,id=seed0,readonly=on`, '-device', 'virtio-blk-pci,drive=seed0');
   (spec.disks ?? []).forEach((d, i) => {
-    args.push('-drive', `file=${optValue(d)},format=${diskFormat(d)},if=none,id=data${i}`, '-device', `virtio-blk-pci,drive=data${i}`);
+    const { file, format } = typeof d === 'string' ? { file: d, format: diskFormat(d) } : d;
+    args.push('-drive', `file=${optValue(file)},format=${format},if=none,id=data${i}`, '-device', `virtio-blk-pci,drive=data${i}`);
   });
   args.push(...netArgs(spec));
   args.push('-device', 'virtio-rng-pci');

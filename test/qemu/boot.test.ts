@@ -3,13 +3,13 @@
 // OVMF, raw and qcow2 disks on overlays, PXE through iPXE; the console driven
 // both ways, the seed and the ssh forward, clean shutdown and cleanup.
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import * as pty from 'node-pty';
-import { bootForTest, ConsoleWaitError, type BootOptions, type Vm } from '../../qemu/harness.js';
+import { bootForTest, ConsoleWaitError, overlay, type BootOptions, type Vm } from '../../qemu/harness.js';
 import { MARKER, PROMPT, qemuFixture, type Fixture } from './fixture.js';
 
 const BOOT_MS = 60_000;
@@ -134,6 +134,41 @@ t.test('pxe: iPXE fetches the script over TFTP, the kernel and initramfs over HT
     { method: 'GET', path: '/initrd.gz', status: 200 },
   ]);
   t.ok(await vm.waitExit(10_000));
+});
+
+t.test('a writable disk keeps what the VM wrote across a reset and a power cut', async (t) => {
+  const dir = t.testdir();
+  const disk = path.join(dir, 'state.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M']);
+  const opts = { artifact: { kind: 'kernel' as const, kernel: fx.kernel, initrd: fx.initrd, append: 'quiet fixture=shell' }, extraDisks: [{ path: disk, writable: true }], noReboot: false };
+  const first = await bootToMarker(t, 'state-1', opts);
+  await first.waitFor(PROMPT, 10_000);
+  first.sendLine('echo "written at boot $((1+1-1))" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null; echo wrote-it');
+  await first.waitFor(/^wrote-it$/m, 10_000);
+  await first.reset();
+  await first.waitFor(MARKER, BOOT_MS);
+  await first.waitFor(PROMPT, 10_000);
+  first.sendLine('head -c 17 /dev/vda; echo');
+  await first.waitFor(/^written at boot 1$/m, 10_000);
+  await first.kill(); // a power cut: what was flushed (fsync) survives
+  await first.close();
+  const second = await bootToMarker(t, 'state-2', opts);
+  await second.waitFor(PROMPT, 10_000);
+  second.sendLine('head -c 17 /dev/vda; echo');
+  await second.waitFor(/^written at boot 1$/m, 10_000);
+  await second.close();
+  t.ok(existsSync(disk), 'the disk outlives the VMs');
+});
+
+t.test('a writable boot disk is used in place and grown to diskSize', async (t) => {
+  const dir = t.testdir();
+  const disk = path.join(dir, 'node.qcow2');
+  await overlay(fx.raw ?? '', disk);
+  const vm = await bootToMarker(t, 'writable-disk', { artifact: { kind: 'qcow2', path: disk, writable: true }, diskSize: '256M' });
+  t.ok(vm.args.includes(`file=${disk},format=qcow2,if=none,id=disk0`));
+  t.ok(await vm.waitExit(10_000));
+  const info = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', disk], { encoding: 'utf8' })) as { 'virtual-size': number };
+  t.equal(info['virtual-size'], 256 * 1024 * 1024);
 });
 
 t.test('a failed wait names the marker and shows the console tail; the log is kept', async (t) => {
