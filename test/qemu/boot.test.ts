@@ -76,7 +76,8 @@ t.test('direct PVH kernel: marker, the seed, ssh forward, a shell on the console
   t.ok(vm.sshPort, 'a free host port was chosen');
   t.equal(await readBanner(vm.sshPort ?? 0), 'SSH-2.0-cairn-fixture', 'the host port reaches the guest\'s port 22');
 
-  await vm.waitFor(PROMPT, 10_000);
+  const any = await vm.waitForAny([/no such line/, PROMPT], 10_000);
+  t.equal(any.which, 1, 'waitForAny says which marker came');
   vm.sendLine('echo $((6*7)) > /dev/console; echo "sum=$((40+2))"');
   const sum = await vm.waitFor(/sum=(\d+)/, 10_000);
   t.same(sum.groups, ['42'], 'typed into the console, answered on it');
