@@ -105,6 +105,9 @@ export function registerRun(program: Command): void {
         const forward = (sig: NodeJS.Signals): void => {
           child.kill(sig);
         };
+        // QEMU owns the terminal (raw mode: Ctrl-C goes to the guest); signals sent to
+        // cairn are passed on, and the temp files are removed once QEMU has gone.
+        process.on('SIGINT', forward);
         process.on('SIGTERM', forward);
         process.on('SIGHUP', forward);
         try {
@@ -112,6 +115,7 @@ export function registerRun(program: Command): void {
           if (r.failed && r.exitCode === undefined && !r.signal) throw new UserError(`${vm.binary} did not start: ${r.shortMessage}`);
           if (r.exitCode) process.exitCode = r.exitCode;
         } finally {
+          process.off('SIGINT', forward);
           process.off('SIGTERM', forward);
           process.off('SIGHUP', forward);
         }
