@@ -114,10 +114,11 @@ export function renderEmbeddedConfig(): string {
 }
 
 function terminalSetup(arch: Arch): string[] {
+  const video = ['if [ "$grub_platform" = efi ]; then insmod all_video; fi'];
   if (arch === 'amd64') {
-    return ['serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1', 'terminal_input console serial', 'terminal_output console serial'];
+    return [...video, 'serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1', 'terminal_input console serial', 'terminal_output console serial'];
   }
-  return ['terminal_input console', 'terminal_output console'];
+  return [...video, 'terminal_input console', 'terminal_output console'];
 }
 
 /** GRUB's menu for the live ISO: the system, and the same with a rescue shell and tracing. */
