@@ -82,6 +82,13 @@ export interface MachineOptions {
   /** Force an accelerator; default: kvm only where the host really has it. */
   accel?: 'kvm' | 'tcg';
   extraArgs?: string[];
+  /**
+   * A folder to serve over HTTP from the host for any boot (pxe boots serve
+   * their own folder): the guest reaches it at http://10.0.2.2:<port>, which
+   * `${cairn-http}` or `{{http}}` in a kernel's `append` become (for example
+   * `cairn.root_url={{http}}/rootfs.squashfs`).
+   */
+  serveDir?: string;
   /** Temp folder parent, default os.tmpdir(). */
   tmpRoot?: string;
 }
@@ -179,6 +186,13 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
   try {
     let boot: BootMedium;
     let http: PreparedMachine['http'];
+    const serve = async (folder: string): Promise<string> => {
+      mustExist(folder, 'folder to serve');
+      server = await serveFolder(path.resolve(folder));
+      http = { port: server.port, guestUrl: `http://10.0.2.2:${server.port}`, requests: server.requests };
+      return http.guestUrl;
+    };
+    if (opts.serveDir && art.kind !== 'pxe') await serve(opts.serveDir);
     switch (art.kind) {
       case 'iso':
         mustExist(art.path, 'ISO image');
@@ -202,9 +216,7 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
         if (arch !== 'amd64') throw new UserError(`pxe boots of ${arch} images are not supported: QEMU's iPXE ROMs are for x86 only`, 'boot the kernel and initramfs directly, or the iso or raw image');
         const bootfile = art.bootfile ?? 'boot.ipxe';
         mustExist(path.join(art.dir, bootfile), 'PXE boot script');
-        server = await serveFolder(path.resolve(art.dir));
-        const guestUrl = `http://10.0.2.2:${server.port}`;
-        http = { port: server.port, guestUrl, requests: server.requests };
+        const guestUrl = await serve(art.dir);
         const script = await readFile(path.join(art.dir, bootfile), 'utf8');
         let tftpDir = path.resolve(art.dir);
         let served = script.replace(BOOT_SCRIPT_VARS, guestUrl);
@@ -226,7 +238,10 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
         if (art.initrd) mustExist(art.initrd, 'initramfs');
         let kernel = path.resolve(art.kernel);
         if (arch === 'amd64' && art.pvh !== false) kernel = (await pvhKernel(kernel).catch(() => undefined)) ?? kernel;
-        boot = { kind: 'kernel', kernel, initrd: art.initrd && path.resolve(art.initrd), append: withConsole(art.append, arch) };
+        let append = withConsole(art.append, arch);
+        if (http) append = append.replace(BOOT_SCRIPT_VARS, http.guestUrl);
+        else if (append.replace(BOOT_SCRIPT_VARS, '') !== append) throw new UserError('the kernel command line uses {{http}} but nothing is served', 'give serveDir');
+        boot = { kind: 'kernel', kernel, initrd: art.initrd && path.resolve(art.initrd), append };
         break;
       }
     }

@@ -172,6 +172,14 @@ t.test('a writable boot disk is used in place and grown to diskSize', async (t) 
   t.equal(info['virtual-size'], 256 * 1024 * 1024);
 });
 
+t.test('a folder served over HTTP to a direct kernel boot; {{http}} filled into its command line', async (t) => {
+  const dir = t.testdir({ 'hello.txt': 'hello from the host\n' });
+  const vm = await bootToMarker(t, 'serve', { artifact: { kind: 'kernel', kernel: fx.kernel, initrd: fx.initrd, append: 'quiet fixture.fetch={{http}}/hello.txt' }, serveDir: dir });
+  t.match(vm.args[vm.args.indexOf('-append') + 1], new RegExp(`fixture\\.fetch=http://10\\.0\\.2\\.2:${vm.http?.port}/hello\\.txt`));
+  t.match(vm.output, /fixture: fetched hello from the host/);
+  t.match(vm.http?.requests, [{ method: 'GET', path: '/hello.txt', status: 200 }]);
+});
+
 t.test('a failed wait names the marker and shows the console tail; the log is kept', async (t) => {
   const vm = await bootForTest(t, { name: 'fail', artifact: { kind: 'kernel', kernel: fx.kernel, initrd: fx.initrd, append: 'quiet fixture=shell' }, noReboot: true });
   await vm.waitFor(PROMPT, BOOT_MS);

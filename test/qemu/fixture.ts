@@ -49,7 +49,8 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mode=poweroff
-for a in $(cat /proc/cmdline); do case $a in fixture=*) mode=\${a#fixture=} ;; esac; done
+fetch=
+for a in $(cat /proc/cmdline); do case $a in fixture=*) mode=\${a#fixture=} ;; fixture.fetch=*) fetch=\${a#fixture.fetch=} ;; esac; done
 for m in $(cat /lib/modules/order); do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null; done
 echo "fixture: up after $(cut -d' ' -f1 /proc/uptime) s, mode $mode"
 sleep 0.2
@@ -64,6 +65,7 @@ if ip link show eth0 >/dev/null 2>&1; then
   ip route add default via 10.0.2.2
   (while true; do nc -l -p 22 -e echo SSH-2.0-cairn-fixture; done) >/dev/null 2>&1 &
   echo "fixture: network up, port 22 answers"
+  [ -n "$fetch" ] && echo "fixture: fetched $(wget -q -O - "$fetch" 2>&1)"
 fi
 for e in /sys/class/input/event*; do
   if grep -q 'Power Button' "$e/device/name" 2>/dev/null; then
