@@ -2,7 +2,7 @@
  * The initramfs builder and the output writers the pipeline calls by
  * default (src/builder/initramfs, src/builder/outputs).
  */
-import { existsSync } from 'node:fs';
+import { outputs } from './outputs/index.js';
 import type { Arch, Format, OutputWriter } from './types.js';
 
 export interface InitramfsRequest {
@@ -21,14 +21,5 @@ export async function defaultInitramfs(): Promise<InitramfsFn> {
 }
 
 export async function defaultOutputs(): Promise<Partial<Record<Format, OutputWriter>>> {
-  // Loaded by a computed name while the writers are being written beside this file.
-  const spec = ['.', 'outputs', 'index.js'].join('/');
-  const here = new URL(spec, import.meta.url);
-  if (here.protocol === 'file:' && !existsSync(here) && !existsSync(here.pathname.replace(/\.js$/, '.ts'))) return {};
-  try {
-    const mod = (await import(spec)) as { outputs?: Partial<Record<Format, OutputWriter>> };
-    return mod.outputs ?? {};
-  } catch {
-    return {};
-  }
+  return outputs;
 }
