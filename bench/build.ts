@@ -16,7 +16,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { defaultCacheDir } from '../src/builder/cache.js';
 import { packageList } from '../src/builder/debian.js';
-import { build } from '../src/builder/pipeline.js';
+import { build, resolveSourceDateEpoch } from '../src/builder/pipeline.js';
 import { createReporter } from '../src/builder/progress.js';
 import { repoRoot } from '../src/builder/paths.js';
 import { loadSpec } from '../src/builder/spec.js';
@@ -50,6 +50,8 @@ if (!writers[format]) {
 const k3sDouble = path.join(root, 'test/fixtures/k3s-double');
 const debs = path.join(sharedCache, 'debs', 'amd64');
 await mkdir(debs, { recursive: true });
+// One time stamp for both builds: the warm build has exactly the cold one's inputs.
+const sourceDateEpoch = await resolveSourceDateEpoch();
 const work = await mkdtemp(path.join(tmpdir(), 'cairn-bench-'));
 const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
 const secs = async (fn: () => Promise<unknown>) => {
@@ -104,6 +106,7 @@ try {
         cacheDir,
         outDir: path.join(work, out),
         k3s: k3sDouble,
+        sourceDateEpoch,
         squashfs: level ? { level } : undefined,
         reporter: createReporter({ tty: false }),
         outputs: writers,

@@ -2,6 +2,7 @@
  * The initramfs builder and the output writers the pipeline calls by
  * default (src/builder/initramfs, src/builder/outputs).
  */
+import { buildInitramfs } from './initramfs/index.js';
 import { outputs } from './outputs/index.js';
 import type { Arch, Format, OutputWriter } from './types.js';
 
@@ -16,10 +17,9 @@ export interface InitramfsRequest {
 export type InitramfsFn = (req: InitramfsRequest) => Promise<void>;
 
 export async function defaultInitramfs(): Promise<InitramfsFn> {
-  const mod = await import('./initramfs/index.js');
-  return (req) => mod.buildInitramfs(req);
+  return (req) => buildInitramfs(req);
 }
 
 export async function defaultOutputs(): Promise<Partial<Record<Format, OutputWriter>>> {
-  return outputs;
+  return { ...outputs };
 }
