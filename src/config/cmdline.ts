@@ -9,14 +9,15 @@
  *                                      a map entry; double quotes group words
  *
  * Boot parameters that are not config (cairn.debug, cairn.rescue,
- * cairn.root_url) are read by the first stage and the init, not here.
+ * cairn.mode, cairn.root_url, ...) are read by the first stage and the
+ * init, not here.
  */
 import { configSchema, looseKey, spellings } from './schema.js';
 import { readValue, type RawPath, type ReadResult } from './read.js';
 import type { JsonObject } from './types.js';
 
 /** Boot parameters under `cairn.` that are not config keys. */
-export const BOOT_PARAMS = ['debug', 'rescue', 'root_url', 'upgrade'];
+export const BOOT_PARAMS = ['debug', 'rescue', 'root_url', 'root_sha256', 'mode', 'version', 'wait'];
 
 export interface CmdlineToken {
   key: string;

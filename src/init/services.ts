@@ -5,10 +5,11 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { at, type NodeContext } from './context.js';
 import { consoleAutologin, USER } from './apply/users.js';
 
-/** The consoles the kernel writes to, e.g. ["tty1", "ttyS0"]. */
+/** The consoles the kernel writes to, e.g. ["tty1", "ttyS0"]; tty0 (whichever VT is in front) is tty1 for a getty. */
 export function activeConsoles(root: string): string[] {
   try {
-    return readFileSync(`${root}/sys/class/tty/console/active`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    const names = readFileSync(`${root}/sys/class/tty/console/active`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    return [...new Set(names.map((n) => (n === 'tty0' ? 'tty1' : n)))];
   } catch {
     return [];
   }

@@ -13,15 +13,18 @@ import { repoRoot } from '../paths.js';
 export const INIT_PATH = 'usr/lib/cairn/init.js';
 const ENTRIES = ['src/init/main.ts', 'src/init/index.ts'];
 
+export const CLI_PATH = 'usr/lib/cairn/cairn.js';
+const CLI_ENTRY = 'src/init/cli.ts';
+
 export interface InitBundle {
   /** undefined when the checkout has no init yet. */
   code?: string;
+  /** The node's `cairn` command (status, poweroff, reboot, config). */
+  cli?: string;
   sha256: string;
 }
 
-export async function bundleInit(): Promise<InitBundle> {
-  const entry = ENTRIES.map((e) => path.join(repoRoot(), e)).find((e) => existsSync(e));
-  if (!entry) return { sha256: 'none' };
+async function bundle(entry: string): Promise<string> {
   const result = await build({
     entryPoints: [entry],
     bundle: true,
@@ -35,8 +38,16 @@ export async function bundleInit(): Promise<InitBundle> {
     banner: { js: "import { createRequire as __cairnRequire } from 'node:module'; const require = __cairnRequire(import.meta.url);" },
     absWorkingDir: repoRoot(),
   });
-  const code = result.outputFiles[0]?.text ?? '';
-  return { code, sha256: hashValue(code) };
+  return result.outputFiles[0]?.text ?? '';
+}
+
+export async function bundleInit(): Promise<InitBundle> {
+  const entry = ENTRIES.map((e) => path.join(repoRoot(), e)).find((e) => existsSync(e));
+  if (!entry) return { sha256: 'none' };
+  const code = await bundle(entry);
+  const cliEntry = path.join(repoRoot(), CLI_ENTRY);
+  const cli = existsSync(cliEntry) ? await bundle(cliEntry) : undefined;
+  return { code, cli, sha256: hashValue(`${code}\0${cli ?? ''}`) };
 }
 
 export async function installInit(root: string, bundle: InitBundle, log: (l: string) => void): Promise<void> {
@@ -46,5 +57,9 @@ export async function installInit(root: string, bundle: InitBundle, log: (l: str
   }
   await writeFresh(root, INIT_PATH, { content: bundle.code }, { mode: 0o644, uid: 0, gid: 0 });
   await writeFresh(root, 'usr/lib/cairn/package.json', { content: '{ "type": "module" }\n' }, { mode: 0o644, uid: 0, gid: 0 });
+  if (bundle.cli !== undefined) {
+    await writeFresh(root, CLI_PATH, { content: bundle.cli }, { mode: 0o644, uid: 0, gid: 0 });
+    await writeFresh(root, 'usr/local/bin/cairn', { content: `#!/bin/sh\nexec /usr/bin/node /${CLI_PATH} "$@"\n` }, { mode: 0o755, uid: 0, gid: 0 });
+  }
   log(`init: ${(bundle.code.length / 1024).toFixed(0)} KiB bundle`);
 }
