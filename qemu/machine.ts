@@ -162,6 +162,8 @@ function withConsole(append: string | undefined, arch: Arch): string {
 }
 
 const BOOT_SCRIPT_VARS = /\$\{cairn-http\}|\{\{http\}\}/g;
+/** The TFTP boot file that sets ${cairn-base} and chains a cairn pxe folder's boot.ipxe. */
+export const CHAIN_SCRIPT = 'cairn-chain.ipxe';
 
 /** Builds everything a VM needs; on error, what was made so far is removed. */
 export async function prepareMachine(opts: MachineOptions): Promise<PreparedMachine> {
@@ -221,16 +223,20 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
         let tftpDir = path.resolve(art.dir);
         let served = script.replace(BOOT_SCRIPT_VARS, guestUrl);
         if (art.rewrite) served = art.rewrite(served, guestUrl);
-        if (served !== script) {
-          // A TFTP folder of our own: links to the artifacts, and the script with the URL filled in.
+        // cairn's own pxe output takes its HTTP base from ${cairn-base}, set by a script that
+        // chains it (see src/builder/outputs/pxe.ts): QEMU boots such a chain script first.
+        const chain = served.includes('${cairn-base}') ? CHAIN_SCRIPT : undefined;
+        if (served !== script || chain) {
+          // A TFTP folder of our own: links to the artifacts, and the scripts with the URL filled in.
           tftpDir = path.join(dir, 'tftp');
           await mkdir(tftpDir);
           for (const name of await readdir(art.dir)) {
             if (name !== bootfile) await symlink(path.resolve(art.dir, name), path.join(tftpDir, name));
           }
           await writeFile(path.join(tftpDir, bootfile), served);
+          if (chain) await writeFile(path.join(tftpDir, chain), `#!ipxe\nset cairn-base ${guestUrl}\nchain ${bootfile}\n`);
         }
-        boot = { kind: 'pxe', tftpDir, bootfile };
+        boot = { kind: 'pxe', tftpDir, bootfile: chain ?? bootfile };
         break;
       }
       case 'kernel': {

@@ -5,11 +5,12 @@
 import t, { type Test } from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import * as pty from 'node-pty';
 import { bootForTest, ConsoleWaitError, overlay, type BootOptions, type Vm } from '../../qemu/harness.js';
+import { renderIpxe } from '../../src/builder/outputs/pxe.js';
 import { MARKER, PROMPT, qemuFixture, type Fixture } from './fixture.js';
 
 const BOOT_MS = 60_000;
@@ -134,6 +135,19 @@ t.test('pxe: iPXE fetches the script over TFTP, the kernel and initramfs over HT
     { method: 'GET', path: '/vmlinuz', status: 200 },
     { method: 'GET', path: '/initrd.gz', status: 200 },
   ]);
+  t.ok(await vm.waitExit(10_000));
+});
+
+t.test('pxe: a folder as cairn build writes it (boot.ipxe reads ${cairn-base}) boots through a chain script', async (t) => {
+  const dir = t.testdir();
+  copyFileSync(fx.kernel, path.join(dir, 'vmlinuz'));
+  copyFileSync(fx.initrd, path.join(dir, 'initrd'));
+  writeFileSync(path.join(dir, 'boot.ipxe'), renderIpxe({ name: 'fixture', version: '0.0.1', arch: 'amd64', cmdline: 'quiet' }, 'fixture-0.0.1-amd64-pxe', '0'.repeat(64)));
+  const vm = await bootToMarker(t, 'pxe-cairn', { artifact: { kind: 'pxe', dir } });
+  t.same(vm.args.filter((a) => a.startsWith('user,')).map((a) => /bootfile=([^,]+)/.exec(a)?.[1]), ['cairn-chain.ipxe']);
+  t.match(vm.output, new RegExp(`fixture: cmdline .*cairn\\.root_url=http://10\\.0\\.2\\.2:${vm.http?.port}/rootfs\\.squashfs`));
+  t.match(vm.http?.requests, [{ path: '/vmlinuz', status: 200 }, { path: '/initrd', status: 200 }]);
+  t.same(readdirSync(dir).sort(), ['boot.ipxe', 'initrd', 'vmlinuz'], 'the folder is left as it was');
   t.ok(await vm.waitExit(10_000));
 });
 

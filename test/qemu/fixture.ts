@@ -48,11 +48,14 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# /dev/console is the last console= (tty0 when a command line ends with it): talk on the serial port.
+for c in $(cat /sys/class/tty/console/active); do case $c in ttyS*|ttyAMA*) exec </dev/$c >/dev/$c 2>&1; break ;; esac; done
 mode=poweroff
 fetch=
 for a in $(cat /proc/cmdline); do case $a in fixture=*) mode=\${a#fixture=} ;; fixture.fetch=*) fetch=\${a#fixture.fetch=} ;; esac; done
 for m in $(cat /lib/modules/order); do [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null; done
 echo "fixture: up after $(cut -d' ' -f1 /proc/uptime) s, mode $mode"
+echo "fixture: cmdline $(cat /proc/cmdline)"
 sleep 0.2
 seed=$(findfs LABEL=cidata 2>/dev/null) && mkdir -p /seed && mount -t iso9660 -o ro "$seed" /seed && {
   echo "fixture: seed on $seed: $(tr '\\n' ' ' </seed/meta-data)"
