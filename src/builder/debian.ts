@@ -27,6 +27,10 @@ export const BASE_PACKAGES = [
   'nodejs',
   'tini',
   'openssh-server',
+  // the console login (agetty runs login) and the cairn user's password (chpasswd), sudo for the cairn user
+  'login',
+  'passwd',
+  'sudo',
   'chrony',
   'sqlite3',
   'iproute2',

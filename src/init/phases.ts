@@ -9,7 +9,7 @@ import { formatDiagnostic } from '../config/diagnostics.js';
 import { at, type NodeContext } from './context.js';
 import { phase, type Phase } from './phase.js';
 import { applyWriteFiles } from './apply/files.js';
-import { applyDns, applyEnvironment, applyHostname, applyModules, applyNtp, applySysctls } from './apply/system.js';
+import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applyNtp, applySysctls } from './apply/system.js';
 import { applyNetwork } from './apply/network.js';
 import { fetchDataSources } from './apply/datasources.js';
 import { applyUsers } from './apply/users.js';
@@ -47,7 +47,9 @@ export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
   });
   await attempt('hostname', () => applyHostname(ctx));
   await attempt('environment', () => applyEnvironment(ctx));
+  await attempt('image modules', () => applyImageModules(ctx));
   await attempt('modules', () => applyModules(ctx));
+  await attempt('image sysctls', () => applyImageSysctls(ctx));
   await attempt('sysctls', () => applySysctls(ctx));
   await attempt('dns', () => applyDns(ctx));
   if (problems.length) throw new Error(problems.join('; '));

@@ -151,3 +151,18 @@ t.test('data sources: NoCloud volumes are found by label and mounted read-only',
   t.same(calls.filter((c) => c.file === 'mount').map((c) => c.args.slice(0, 3)), [['-o', 'ro', '/dev/sr1']]);
   t.ok(calls.some((c) => c.file === 'umount'));
 });
+
+t.test("the image's own modules-load.d and sysctl.d are applied (nothing else reads them without systemd)", async (t) => {
+  const { applyImageModules, applyImageSysctls } = await import('../../src/init/apply/system.js');
+  const root = nodeRoot(t.testdir());
+  put(root, 'etc/modules-load.d/k3s.conf', '# k3s\noverlay\nbr_netfilter\n');
+  put(root, 'etc/sysctl.d/90-k3s.conf', 'net.ipv4.ip_forward = 1\n-net.no.such = 1\n');
+  put(root, 'proc/sys/net/ipv4/ip_forward', '0');
+  const { ctx, calls } = testContext(root, {});
+  await applyImageModules(ctx);
+  t.same(calls.map((c) => c.args[0]), ['overlay', 'br_netfilter']);
+  await applyImageSysctls(ctx);
+  t.equal(readFileSync(join(root, 'proc/sys/net/ipv4/ip_forward'), 'utf8'), '1');
+  put(root, 'etc/sysctl.d/99-bad.conf', 'net.missing.key = 1\n');
+  await t.rejects(applyImageSysctls(ctx), /not set: net\.missing\.key/);
+});

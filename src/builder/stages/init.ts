@@ -4,6 +4,7 @@
  * initramfs starts it under tini: tini -- node /usr/lib/cairn/init.js.
  */
 import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { build } from 'esbuild';
 import { hashValue } from '../hash.js';
@@ -56,6 +57,8 @@ export async function installInit(root: string, bundle: InitBundle, log: (l: str
     return;
   }
   await writeFresh(root, INIT_PATH, { content: bundle.code }, { mode: 0o644, uid: 0, gid: 0 });
+  // The first stage binds the state partition's cairn/ folder here.
+  await mkdir(path.join(root, 'cairn'), { recursive: true, mode: 0o755 });
   await writeFresh(root, 'usr/lib/cairn/package.json', { content: '{ "type": "module" }\n' }, { mode: 0o644, uid: 0, gid: 0 });
   if (bundle.cli !== undefined) {
     await writeFresh(root, CLI_PATH, { content: bundle.cli }, { mode: 0o644, uid: 0, gid: 0 });

@@ -3,7 +3,8 @@
  * servers and NTP servers. Each is a small function of the config.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { at, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
 
@@ -107,4 +108,41 @@ export function renderChronyConf(servers: string[]): string {
 
 export async function applyNtp(ctx: NodeContext): Promise<void> {
   writeFileAtomic(at(ctx, '/etc/chrony/chrony.conf'), renderChronyConf(ctx.config.cairn?.ntp_servers ?? []));
+}
+
+/** `*.conf` files of a folder, in name order, without comments and blank lines. */
+function confLines(dir: string): string[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith('.conf')).sort();
+  } catch {
+    return [];
+  }
+  return names.flatMap((n) => readFileSync(join(dir, n), 'utf8').split('\n')).map((l) => l.trim()).filter((l) => l && !l.startsWith('#') && !l.startsWith(';'));
+}
+
+/** What the image itself asks for in /etc/modules-load.d (what k3s needs), before the config's modules. */
+export async function applyImageModules(ctx: NodeContext): Promise<void> {
+  const failed: string[] = [];
+  for (const m of confLines(at(ctx, '/etc/modules-load.d'))) {
+    const r = await ctx.exec('modprobe', [m], { timeoutMs: 15_000 });
+    if (r.code !== 0) failed.push(m);
+  }
+  if (failed.length) throw new Error(`not loaded: ${failed.join(', ')}`);
+}
+
+/** /etc/sysctl.d/*.conf (`key = value` lines), before the config's sysctls. */
+export async function applyImageSysctls(ctx: NodeContext): Promise<void> {
+  const failed: string[] = [];
+  for (const line of confLines(at(ctx, '/etc/sysctl.d'))) {
+    const m = /^-?([^=\s]+)\s*=\s*(.*)$/.exec(line);
+    if (!m) continue;
+    try {
+      writeFileSync(at(ctx, sysctlPath(m[1]!)), m[2]!);
+    } catch {
+      // a leading "-" means: ignore when the key does not exist
+      if (!line.startsWith('-')) failed.push(m[1]!);
+    }
+  }
+  if (failed.length) throw new Error(`not set: ${failed.join(', ')}`);
 }
