@@ -3,7 +3,7 @@
 // trixie kernel and checked by the tools that consume it, then firmware
 // boots under QEMU (TCG): SeaBIOS and OVMF on amd64, AAVMF on arm64, and a
 // real iPXE network boot.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createServer } from 'node:http';
 import { copyFileSync, createReadStream, existsSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -14,10 +14,13 @@ import { buildInitramfs } from '../../src/builder/initramfs/index.js';
 import { IMPLEMENTED_FORMATS, outputs } from '../../src/builder/outputs/index.js';
 import { artifactStem, stableUuid } from '../../src/builder/outputs/common.js';
 import { GPT_TYPES, planDisk, sfdiskScript, stateFsBytes, MIB } from '../../src/builder/outputs/disk.js';
-import { biosBootSectors, parseGrubEnv, renderDiskGrubCfg, renderGrubEnv, renderLiveGrubCfg } from '../../src/builder/outputs/grub.js';
+import { biosBootSectors, grubModuleDir, parseGrubEnv, renderDiskGrubCfg, renderGrubEnv, renderLiveGrubCfg } from '../../src/builder/outputs/grub.js';
 import { renderIpxe } from '../../src/builder/outputs/pxe.js';
 import { FORMATS, type Arch, type OutputContext, type SystemArtifacts } from '../../src/builder/types.js';
 import { SOURCE_DATE_EPOCH, fixtureSquashfs, fixtureSystem, qemuBoot } from '../fixtures/outputs/fixture.js';
+
+// Boots under TCG on a busy 2-core machine: allow more than the per-file default.
+t.setTimeout(1_800_000);
 
 const sys = { name: 'default', version: '1.2.3', arch: 'amd64' as Arch, cmdline: 'quiet' };
 
@@ -106,10 +109,10 @@ interface Built {
   outDir: string;
   files: string[];
 }
-const built: Partial<Record<'amd64' | 'arm64', Built>> = {};
+const built: Partial<Record<Arch, Built>> = {};
 let top = '';
 
-async function build(arch: 'amd64' | 'arm64'): Promise<Built | undefined> {
+async function build(arch: Arch): Promise<Built | undefined> {
   if (built[arch]) return built[arch];
   try {
     const dir = path.join(top, arch);
@@ -120,6 +123,7 @@ async function build(arch: 'amd64' | 'arm64'): Promise<Built | undefined> {
     await mkdir(outDir, { recursive: true });
     const files: string[] = [];
     for (const f of IMPLEMENTED_FORMATS) {
+      if (f === 'iso' && arch === 'armv7') continue;
       const workDir = path.join(dir, `work-${f}`);
       await mkdir(workDir, { recursive: true });
       const started = Date.now();
@@ -157,7 +161,17 @@ async function putPartition(img: string, name: string, file: string): Promise<vo
   await execa('dd', [`if=${file}`, `of=${img}`, 'bs=512', `seek=${p.start}`, 'conv=notrunc', 'status=none']);
 }
 
-for (const arch of ['amd64', 'arm64'] as const) {
+async function checkIso(t: Test, iso: string, arch: Arch): Promise<void> {
+  const el = (await execa('xorriso', ['-indev', iso, '-report_el_torito', 'plain'], { stdin: 'ignore' })).stdout;
+  if (arch === 'amd64') t.match(el, /El Torito boot img :\s+\d+\s+BIOS\s+y/, 'BIOS boot image');
+  t.match(el, /El Torito boot img :\s+\d+\s+UEFI\s+y/, 'UEFI boot image');
+  const pvd = (await execa('xorriso', ['-indev', iso, '-pvd_info'], { stdin: 'ignore' })).stdout;
+  t.match(pvd, /Volume Id\s+:\s+CAIRN_LIVE/);
+  const isoLs = (await execa('xorriso', ['-indev', iso, '-find', '/cairn', '-type', 'f'], { stdin: 'ignore' })).stdout;
+  for (const f of ['vmlinuz', 'initrd', 'rootfs.squashfs', 'version', 'release.json']) t.match(isoLs, new RegExp(`/cairn/${f.replace('.', '\\.')}'?$`, 'm'), `iso has /cairn/${f}`);
+}
+
+for (const arch of ['amd64', 'arm64', 'armv7'] as const) {
   t.test(`${arch}: every format, checked by the tools that read it`, async (t) => {
     const b = await build(arch);
     if (!b) return t.plan(0, `no ${arch} fixture (build-fixture.sh needs deb.debian.org)`);
@@ -165,17 +179,11 @@ for (const arch of ['amd64', 'arm64'] as const) {
     const at = (f: string) => path.join(b.outDir, f);
     t.same(b.files.sort(), [
       `${stem}-pxe/boot.ipxe`, `${stem}-pxe/initrd`, `${stem}-pxe/release.json`, `${stem}-pxe/rootfs.squashfs`, `${stem}-pxe/vmlinuz`,
-      `${stem}.iso`, `${stem}.oci.tar`, `${stem}.qcow2`, `${stem}.raw`,
+      ...(arch === 'armv7' ? [] : [`${stem}.iso`]), `${stem}.oci.tar`, `${stem}.qcow2`, `${stem}.raw`,
     ].sort());
 
     // iso
-    const el = (await execa('xorriso', ['-indev', at(`${stem}.iso`), '-report_el_torito', 'plain'], { stdin: 'ignore' })).stdout;
-    if (arch === 'amd64') t.match(el, /El Torito boot img :\s+\d+\s+BIOS\s+y/, 'BIOS boot image');
-    t.match(el, /El Torito boot img :\s+\d+\s+UEFI\s+y/, 'UEFI boot image');
-    const pvd = (await execa('xorriso', ['-indev', at(`${stem}.iso`), '-pvd_info'], { stdin: 'ignore' })).stdout;
-    t.match(pvd, /Volume Id\s+:\s+CAIRN_LIVE/);
-    const isoLs = (await execa('xorriso', ['-indev', at(`${stem}.iso`), '-find', '/cairn', '-type', 'f'], { stdin: 'ignore' })).stdout;
-    for (const f of ['vmlinuz', 'initrd', 'rootfs.squashfs', 'version', 'release.json']) t.match(isoLs, new RegExp(`/cairn/${f.replace('.', '\\.')}'?$`, 'm'), `iso has /cairn/${f}`);
+    if (arch !== 'armv7') await checkIso(t, at(`${stem}.iso`), arch);
 
     // pxe
     const sq = await execa('unsquashfs', ['-s', at(`${stem}-pxe/rootfs.squashfs`)]);
@@ -197,7 +205,12 @@ for (const arch of ['amd64', 'arm64'] as const) {
     const fsckVfat = await execa('fsck.vfat', ['-n', efi], { reject: false });
     t.equal(fsckVfat.exitCode, 0, `fsck.vfat -n passes ${fsckVfat.stdout}`);
     const mdir = (await execa('mdir', ['-i', efi, '-b', '::/EFI/BOOT'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
-    t.match(mdir, arch === 'amd64' ? /BOOTX64\.EFI/ : /BOOTAA64\.EFI/);
+    t.match(mdir, { amd64: /BOOTX64\.EFI/, arm64: /BOOTAA64\.EFI/, armv7: /BOOTARM\.EFI/ }[arch]);
+    if (arch === 'armv7') {
+      const ext = (await execa('mtype', ['-i', efi, '::/extlinux/extlinux.conf'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout;
+      t.match(ext, /kernel \/cairn\/vmlinuz/, 'extlinux.conf for U-Boot');
+      t.match((await execa('mdir', ['-i', efi, '-b', '::/cairn'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout, /vmlinuz/);
+    }
     const label = (await execa('fatlabel', [efi], { reject: false })).stdout.trim();
     t.equal(label, 'CAIRN_EFI');
     const state = await partition(raw, 'CAIRN_STATE', dir);
@@ -223,7 +236,7 @@ for (const arch of ['amd64', 'arm64'] as const) {
     const inspect = await execa('skopeo', ['inspect', `oci-archive:${at(`${stem}.oci.tar`)}`], { reject: false });
     t.equal(inspect.exitCode, 0, `skopeo inspect reads it ${inspect.stderr}`);
     const meta = JSON.parse(inspect.stdout || '{}') as { Architecture?: string; Os?: string; Labels?: Record<string, string>; Layers?: string[] };
-    t.equal(meta.Architecture, arch);
+    t.equal(meta.Architecture, arch === 'armv7' ? 'arm' : arch);
     t.equal(meta.Os, 'linux');
     t.equal(meta.Labels?.['org.opencontainers.image.version'], b.system.version);
     t.equal(meta.Layers?.length, 1);
@@ -371,3 +384,44 @@ for (const kind of ['iso', 'raw'] as const) {
     t.match(r.output, kind === 'iso' ? /live system 0\.0\.1 on \/dev\/sr0/ : /system 0\.0\.1 on \/dev\/vda2/);
   });
 }
+
+t.test('boot armv7 raw (UEFI: AAVMF32 and GRUB arm-efi, TCG)', async (t) => {
+  const b = await build('armv7');
+  const code = '/usr/share/AAVMF/AAVMF32_CODE.fd';
+  if (!b || !existsSync('/usr/bin/qemu-system-arm') || !existsSync(code)) return t.plan(0, 'needs the armv7 fixture, qemu-system-arm and AAVMF32');
+  const vars = path.join(top, 'aavmf32-vars.fd');
+  copyFileSync('/usr/share/AAVMF/AAVMF32_VARS.fd', vars);
+  const file = path.join(b.outDir, `${artifactStem(b.system)}.raw`);
+  const r = await qemuBoot(
+    ['-drive', `if=pflash,format=raw,readonly=on,file=${code}`, '-drive', `if=pflash,format=raw,file=${vars}`, '-drive', `file=${file},format=raw,if=virtio,snapshot=on`],
+    { arch: 'armv7', timeoutMs: 240_000 },
+  );
+  t.comment(`armv7 raw, UEFI: ${r.ms} ms`);
+  if (!t.ok(r.ok, 'armv7 raw came up')) console.error(r.output);
+  t.match(r.output, /system 0\.0\.1 on \/dev\/vda2/);
+});
+
+t.test('GRUB modules for a foreign arch: fetched from Debian once, then from the cache', async (t) => {
+  if (!existsSync('/usr/bin/mmdebstrap')) return t.plan(0, 'no mmdebstrap');
+  const cache = await mkdtemp(path.join(tmpdir(), 'cairn-grubcache-'));
+  t.teardown(() => rm(cache, { recursive: true, force: true }));
+  const before = process.env.CAIRN_CACHE;
+  process.env.CAIRN_CACHE = cache;
+  t.teardown(() => {
+    if (before === undefined) delete process.env.CAIRN_CACHE;
+    else process.env.CAIRN_CACHE = before;
+  });
+  const lines: string[] = [];
+  let dir: string;
+  try {
+    dir = await grubModuleDir('arm64-efi', { rootfs: path.join(cache, 'no-root') }, { log: (l) => lines.push(l) });
+  } catch (err) {
+    return t.plan(0, `Debian not reachable: ${(err as Error).message}`);
+  }
+  t.ok(dir.startsWith(cache), 'unpacked into the cache');
+  t.ok(existsSync(path.join(dir, 'kernel.img')) && existsSync(path.join(dir, 'linux.mod')));
+  t.match(lines.join('\n'), /fetching grub-efi-arm64-bin \(arm64\)/);
+  const again: string[] = [];
+  t.equal(await grubModuleDir('arm64-efi', { rootfs: path.join(cache, 'no-root') }, { log: (l) => again.push(l) }), dir);
+  t.same(again, [], 'no second download');
+});
