@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import { writeCpio } from '../../src/builder/initramfs/cpio.js';
 import { buildInitramfs, elfIsDynamic, initramfsModules } from '../../src/builder/initramfs/index.js';
 import { renderInitScript } from '../../src/builder/initramfs/init-script.js';
-import { depmodOrder, makeIndex, modinfoDepends, moduleName, renderModulesDep, selectModules } from '../../src/builder/initramfs/modules.js';
+import { depmodOrder, dropMissing, makeIndex, modinfoDepends, moduleName, renderModulesDep, selectModules } from '../../src/builder/initramfs/modules.js';
 import { SOURCE_DATE_EPOCH, fixtureRoot, fixtureSquashfs, kernelOf, qemuBoot } from '../fixtures/outputs/fixture.js';
 
 const haveQemu = existsSync('/usr/bin/qemu-system-x86_64');
@@ -76,6 +76,14 @@ t.test('modules: dependencies, soft dependencies, aliases, built-ins, absent one
   t.match(dep, /^kernel\/fs\/ext4\/ext4\.ko: kernel\/lib\/crc16\.ko kernel\/fs\/mbcache\.ko kernel\/fs\/jbd2\/jbd2\.ko$/m);
   t.notMatch(dep, /\.xz/);
   t.equal(moduleName('kernel/fs/nls/nls_iso8859-1.ko.zst'), 'nls_iso8859_1');
+});
+
+t.test('modules: a stale modules.dep (files pruned) leaves out what is gone and what needs it', async (t) => {
+  const index = dropMissing(makeIndex({ dep: DEP }), (f) => f !== 'kernel/fs/jbd2/jbd2.ko.xz');
+  const sel = selectModules(['ext4', 'squashfs'], index);
+  t.same(sel.load, ['squashfs']);
+  t.same(sel.absent, ['ext4']);
+  t.notOk(sel.files.some((f) => f.includes('jbd2')));
 });
 
 t.test('modules: depends= from .modinfo, ordered as depmod orders it', async (t) => {

@@ -23,6 +23,7 @@ import {
   type ModuleIndex,
   type ModuleSelection,
   depmodOrder,
+  dropMissing,
   makeIndex,
   modinfoDepends,
   moduleName,
@@ -250,8 +251,9 @@ async function loadModuleIndex(moduleDir: string): Promise<ModuleIndex> {
   const alias = (await readText(path.join(moduleDir, 'modules.alias'))) ?? '';
   const softdep = (await readText(path.join(moduleDir, 'modules.softdep'))) ?? '';
   const builtin = (await readText(path.join(moduleDir, 'modules.builtin'))) ?? '';
-  if (dep !== undefined && dep.trim() !== '') return makeIndex({ dep, alias, softdep, builtin });
-  return makeIndex({ dep: await depFromModinfo(moduleDir), alias, softdep, builtin });
+  const index = makeIndex({ dep: dep !== undefined && dep.trim() !== '' ? dep : await depFromModinfo(moduleDir), alias, softdep, builtin });
+  const present = new Set(await walkModules(moduleDir));
+  return dropMissing(index, (f) => present.has(f));
 }
 
 async function walkModules(dir: string, rel = ''): Promise<string[]> {

@@ -115,6 +115,27 @@ export function makeIndex(texts: { dep: string; alias?: string; softdep?: string
   };
 }
 
+/**
+ * Leaves out of the index the modules whose file is gone (a pruned root
+ * with a stale modules.dep), and those that need one that is gone.
+ */
+export function dropMissing(index: ModuleIndex, present: (file: string) => boolean): ModuleIndex {
+  const gone = new Set([...index.deps.keys()].filter((f) => !present(f)));
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const [file, deps] of index.deps) {
+      if (!gone.has(file) && deps.some((d) => gone.has(d) || !index.deps.has(d))) {
+        gone.add(file);
+        changed = true;
+      }
+    }
+  }
+  if (gone.size === 0) return index;
+  const deps = new Map([...index.deps].filter(([f]) => !gone.has(f)));
+  const byName = new Map([...index.byName].filter(([, f]) => !gone.has(f)));
+  return { ...index, deps, byName };
+}
+
 export interface ModuleSelection {
   /** Every module file to ship (the wanted ones and all they depend on), sorted. */
   files: string[];
