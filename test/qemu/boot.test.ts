@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import * as pty from 'node-pty';
@@ -201,7 +201,8 @@ t.test('a failed wait names the marker and shows the console tail; the log is ke
   t.type(timeout, ConsoleWaitError);
   const err = timeout as ConsoleWaitError;
   t.match(err.message, /fail: "NO SUCH MARKER" did not show on the console within 1500 ms/);
-  t.match(err.message, /--- console log: .*fail-\d+-\d+\.log; its last lines: ---/);
+  t.match(err.message, `--- console log: ${vm.logFile}; its last lines: ---`);
+  t.match(vm.logFile, /cairn-qemu-logs\/fail-\d+-\d+\.log$/);
   t.match(err.tail, MARKER, 'the tail shows what the console said');
   t.ok(err.tail.split('\n').length <= 60, 'at most 60 lines');
   vm.sendLine('poweroff -f');
@@ -212,6 +213,7 @@ t.test('a failed wait names the marker and shows the console tail; the log is ke
   await vm.close();
   t.ok(existsSync(log), 'the log of a failed wait is kept');
   t.match(readFileSync(log, 'utf8'), MARKER);
+  rmSync(log);
 });
 
 t.test('cairn run boots a raw image with the console on the terminal', async (t) => {
