@@ -129,6 +129,9 @@ const K3S = [
   'drivers/md/dm-mod.*',
   'drivers/block/rbd.*',
   'kernel/**',
+  // virtualisation on the node (KubeVirt, Kata): kvm and its vendor modules
+  'arch/*/kvm/**',
+  'virt/**',
 ];
 
 /** ARM boards: clocks, regulators, PCIe and PHY drivers the SoC needs to reach storage and network. */

@@ -1,0 +1,29 @@
+// The image the boot tests start: the default spec, amd64, with the k3s test
+// double as its k3s (the release cannot be downloaded here). Built once per
+// run through the normal stage cache, so later runs only check it.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = fileURLToPath(new URL('../..', import.meta.url));
+export const K3S_DOUBLE = join(REPO, 'test/fixtures/k3s-double');
+
+export interface TestImage {
+  iso: string;
+  raw: string;
+}
+
+export function buildTestImage(): TestImage {
+  const out = join(REPO, '.tap', 'boot-image');
+  mkdirSync(out, { recursive: true });
+  const r = spawnSync(
+    join(REPO, 'bin/cairn'),
+    ['build', join(REPO, 'images/default.yaml'), '--arch', 'amd64', '--format', 'iso,raw', '--k3s', K3S_DOUBLE, '--level', '3', '--out', out, '--quiet'],
+    { encoding: 'utf8', stdio: ['ignore', 'inherit', 'pipe'], timeout: 40 * 60_000 },
+  );
+  if (r.status !== 0) throw new Error(`building the test image failed (exit ${r.status}):\n${r.stderr}`);
+  const image = { iso: join(out, 'default-0.1.0-amd64.iso'), raw: join(out, 'default-0.1.0-amd64.raw') };
+  for (const f of Object.values(image)) if (!existsSync(f)) throw new Error(`the build did not write ${f}`);
+  return image;
+}
