@@ -33,12 +33,12 @@ function sampleConfig(): string {
 
 /** The assertions these tests use (a tap subtest has them all). */
 interface Check {
-  ok(v: unknown, m?: string): unknown;
-  pass(m?: string): unknown;
-  equal(a: unknown, b: unknown, m?: string): unknown;
-  same(a: unknown, b: unknown, m?: string): unknown;
-  match(a: unknown, re: RegExp, m?: string): unknown;
-  notMatch(a: unknown, re: RegExp, m?: string): unknown;
+  ok(v: unknown, ...m: [] | [string]): unknown;
+  pass(...m: [] | [string]): unknown;
+  equal(a: unknown, b: unknown, ...m: [] | [string]): unknown;
+  same(a: unknown, b: unknown, ...m: [] | [string]): unknown;
+  match(a: unknown, re: RegExp, ...m: [] | [string]): unknown;
+  notMatch(a: unknown, re: RegExp, ...m: [] | [string]): unknown;
 }
 
 async function bootNode(tt: Parameters<typeof bootForTest>[0], artifact: Parameters<typeof bootForTest>[1]['artifact'], configText: string, name: string): Promise<Node> {
