@@ -20,6 +20,7 @@ import { createReporter, type Reporter } from './progress.js';
 import { installedPackages, type ArtifactRecord, type BuildRecord, type ReleaseRecord, type StageRecord } from './record.js';
 import { loadSpec, type ImageSpec } from './spec.js';
 import { bundleInit } from './stages/init.js';
+import { moduleProfile } from './profiles.js';
 import { fetchK3s } from './stages/k3s.js';
 import { checkOverlayInputs, overlayInputs } from './stages/overlay.js';
 import { buildRootfs, rootfsInputs, rootfsKey } from './stages/rootfs.js';
@@ -143,7 +144,8 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         overlay: await overlayInputs(spec),
         runtime: await runtimeInputs(spec, k3s.meta.data.sha256),
         init: init.sha256,
-        modules: spec.modules,
+        // The profile's globs, not only its name: a changed profile prunes anew.
+        modules: { ...spec.modules, globs: moduleProfile(spec.modules.profile, arch) },
       };
       // The rootfs is only read (and checked) when the system tree must be made anew.
       const cachedSystem = await cache.lookup<SystemData>('system', systemKey(sysIn));

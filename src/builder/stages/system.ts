@@ -35,7 +35,7 @@ export interface SystemInputs {
   overlay: unknown;
   runtime: unknown;
   init: string;
-  modules: ImageSpec['modules'];
+  modules: ImageSpec['modules'] & { globs?: unknown };
 }
 
 export function systemKey(inputs: SystemInputs): string {
