@@ -12,6 +12,7 @@ import { execCommand } from './exec.js';
 import { createLogger } from './log.js';
 import { runPhases } from './phase.js';
 import { boot } from './phases.js';
+import { startGettys } from './services.js';
 import { INIT_PID, SHUTDOWN_REQUEST, shutdown, watchPowerButton, type ShutdownAction } from './shutdown.js';
 import { StatusStore, readJson } from './status.js';
 import { Supervisor } from './supervisor.js';
@@ -89,6 +90,7 @@ export async function runInit(root = '/'): Promise<void> {
   status.update({ phases: results, bootComplete: true });
   const failed = results.filter((r) => !r.ok).map((r) => r.name);
   log.info(`boot complete ${version}${failed.length ? ` (failed phases: ${failed.join(', ')})` : ''}`);
+  startGettys(ctx);
   setInterval(() => {
     if (status.status.k3s?.mode !== 'server') return;
     snapshot(ctx.exec, at(ctx, STATE_DB), at(ctx, SNAPSHOTS), { reason: 'periodic' }).catch((e: Error) => log.info(`datastore: ${e.message}`));

@@ -31,10 +31,23 @@ export async function startServices(ctx: NodeContext): Promise<string> {
   mkdirSync(at(ctx, '/var/lib/chrony'), { recursive: true });
   ctx.services.start({ name: 'chronyd', command: '/usr/sbin/chronyd', args: ['-d', '-f', '/etc/chrony/chrony.conf'] });
   started.push('chronyd');
+  // The login prompt comes last, under the boot's lines, not in the middle of them;
+  // should the rest of the boot hang, it comes after GETTY_FALLBACK_MS anyway.
+  setTimeout(() => startGettys(ctx), GETTY_FALLBACK_MS).unref();
+  return started.join(', ');
+}
+
+export const GETTY_FALLBACK_MS = 120_000;
+
+/** A getty on every console (once). */
+export function startGettys(ctx: NodeContext): string[] {
+  const started: string[] = [];
   const auto = consoleAutologin(ctx);
   for (const tty of activeConsoles(ctx.root)) {
-    ctx.services.start({ name: `getty-${tty}`, command: '/sbin/agetty', args: gettyArgs(tty, auto), env: { TERM: 'vt100', PATH: process.env.PATH ?? '/usr/bin:/bin' } });
-    started.push(`getty-${tty}`);
+    const name = `getty-${tty}`;
+    if (ctx.services.get(name)) continue;
+    ctx.services.start({ name, command: '/sbin/agetty', args: gettyArgs(tty, auto), env: { TERM: 'vt100', PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+    started.push(name);
   }
-  return started.join(', ');
+  return started;
 }

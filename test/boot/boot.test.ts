@@ -46,16 +46,22 @@ async function bootNode(tt: Parameters<typeof bootForTest>[0], artifact: Paramet
   return new Node(vm, key);
 }
 
+/** A console line, also when it follows a login prompt that a getty printed without a newline. */
+function L(re: RegExp): RegExp {
+  return new RegExp(`(?:^|login: )${re.source}`, 'm');
+}
+const line = (source: string): RegExp => L(new RegExp(source));
+
 const PHASES = ['mounts', 'config', 'initrd-keys', 'init-cmd', 'network', 'data-sources', 'users', 'time', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
 
 /** Every phase printed its line, in order, and the boot completed. */
 async function bootsThrough(tt: Check, vm: Vm, failing: string[] = []): Promise<void> {
   for (const p of PHASES) {
-    const r = await vm.waitFor(new RegExp(`^cairn: ${p} (ok \\(\\d+ ms\\)|FAILED: .*)$`, 'm'), BOOT_TIMEOUT);
+    const r = await vm.waitFor(line(`cairn: ${p} (ok \\(\\d+ ms\\).*|FAILED: .*)$`), BOOT_TIMEOUT);
     const ok = r.match.includes(' ok (');
     tt.ok(failing.includes(p) ? !ok : ok, `${p}: ${r.match.slice(7)}`);
   }
-  await vm.waitFor(/^cairn: boot complete 0\.1\.0/m, 60_000);
+  await vm.waitFor(L(/cairn: boot complete 0\.1\.0/), 60_000);
 }
 
 /** What the k3OS sample config asks for, checked on the node. */
@@ -97,9 +103,9 @@ t.test("ISO: k3OS' README sample config", async (tt) => {
   await bootsThrough(tt, node.vm);
   await checkSampleApplied(tt, node);
   tt.ok(await node.vm.shutdown(90_000), 'clean poweroff on the ACPI power button');
-  tt.match(node.vm.output, /^cairn: power button pressed$/m);
-  tt.match(node.vm.output, /^cairn: shutting down \(poweroff\): stopping services$/m);
-  tt.match(node.vm.output, /^cairn: powering off$/m, 'the init stopped the services and powered off');
+  tt.match(node.vm.output, L(/cairn: power button pressed$/));
+  tt.match(node.vm.output, L(/cairn: shutting down \(poweroff\): stopping services$/));
+  tt.match(node.vm.output, L(/cairn: powering off$/), 'the init stopped the services and powered off');
 });
 
 t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) => {
@@ -110,9 +116,9 @@ t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) =
   await checkSampleApplied(tt, first);
   tt.match(await first.sh('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
   await first.sh('sudo cairn reboot');
-  await first.vm.waitFor(/^cairn: shutting down \(reboot\)/m, 60_000);
-  await first.vm.waitFor(/^cairn: rebooting$/m, 120_000);
-  await first.vm.waitFor(/^cairn: boot complete 0\.1\.0/m, BOOT_TIMEOUT);
+  await first.vm.waitFor(L(/cairn: shutting down \(reboot\)/), 60_000);
+  await first.vm.waitFor(L(/cairn: rebooting$/), 120_000);
+  await first.vm.waitFor(L(/cairn: boot complete 0\.1\.0/), BOOT_TIMEOUT);
   tt.equal((await first.sh('hostname')).trim(), 'myhost', 'hostname kept');
   const history = JSON.parse(await first.sh('cairn status --json')) as { history: { result: string }[] };
   tt.same(history.history.map((h) => h.result), ['good', 'good'], 'two good boots in the history');
@@ -122,9 +128,9 @@ t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) =
 t.test('agent: server_url and token', async (tt) => {
   const config = `hostname: agent-1\nssh_authorized_keys: ["${key.publicKey.trim()}"]\nk3os:\n  server_url: https://10.0.2.2:6443\n  token: s3cret-token\n  labels: {role: edge}\n`;
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'agent');
-  const runtime = await node.vm.waitFor(/^cairn: runtime ok .*$/m, BOOT_TIMEOUT);
+  const runtime = await node.vm.waitFor(L(/cairn: runtime ok .*$/), BOOT_TIMEOUT);
   tt.match(runtime.match, /k3s agent --server https:\/\/10\.0\.2\.2:6443 --token <redacted> --node-label role=edge/, 'agent mode, token not shown');
-  await node.vm.waitFor(/^cairn: boot complete/m, BOOT_TIMEOUT);
+  await node.vm.waitFor(L(/cairn: boot complete/), BOOT_TIMEOUT);
   await node.waitSsh();
   const inv = JSON.parse(await node.sh('sudo tail -n 1 /var/lib/rancher/k3s/double/invocations.jsonl')) as { argv: string[] };
   tt.same(inv.argv.slice(0, 5), ['agent', '--server', 'https://10.0.2.2:6443', '--token', 's3cret-token'], 'k3s started in agent mode with them');
@@ -135,9 +141,9 @@ t.test('agent: server_url and token', async (tt) => {
 t.test('a broken config: the node still comes up, reachable, the errors named', async (tt) => {
   const config = `hostname: "not a hostname"\nssh_authorized_keys: ["${key.publicKey.trim()}"]\nk3os:\n  modules: {x: 1}\n  sysctls: {kernel.printk: "4 4 1 7"}\n  dns_nameservers: [1.2.3]\n`;
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'broken');
-  const err = await node.vm.waitFor(/^cairn: config: \/var\/lib\/cairn\/userdata\/\S+:1:11: error: hostname: .*$/m, BOOT_TIMEOUT);
+  const err = await node.vm.waitFor(L(/cairn: config: \/var\/lib\/cairn\/userdata\/\S+:1:11: error: hostname: .*$/), BOOT_TIMEOUT);
   tt.pass(`named on the console: ${err.match}`);
-  await node.vm.waitFor(/^cairn: boot complete 0\.1\.0/m, BOOT_TIMEOUT);
+  await node.vm.waitFor(L(/cairn: boot complete 0\.1\.0/), BOOT_TIMEOUT);
   await node.waitSsh();
   tt.pass('reachable by ssh');
   const status = await node.sh('cairn status');
@@ -148,21 +154,21 @@ t.test('a broken config: the node still comes up, reachable, the errors named', 
   tt.equal((await node.sh('cat /proc/sys/kernel/printk')).trim().split(/\s+/).join(' '), '4 4 1 7', 'the valid keys were applied');
   tt.match(await node.sh('sudo cat /var/log/cairn/boot.log'), /hostname: expected a hostname/, 'the error in the boot log');
   await node.sh('sudo cairn poweroff');
-  await node.vm.waitFor(/^cairn: shutting down \(poweroff\): stopping services$/m, 60_000);
-  await node.vm.waitFor(/^cairn: powering off$/m, 120_000);
+  await node.vm.waitFor(L(/cairn: shutting down \(poweroff\): stopping services$/), 60_000);
+  await node.vm.waitFor(L(/cairn: powering off$/), 120_000);
   tt.ok(await node.vm.waitExit(60_000), 'QEMU exits: the machine powered off');
 });
 
 t.test('k3s crashes: restarted with back-off; the boot still completes', async (tt) => {
   const config = `hostname: crashy\nssh_authorized_keys: ["${key.publicKey.trim()}"]\nwrite_files:\n- path: /var/lib/rancher/k3s/double/crash-once\n  content: "crash on the first start"\n`;
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'crash');
-  await node.vm.waitFor(/^cairn: service k3s exited \(code 1\); restarting in 1\.0 s$/m, BOOT_TIMEOUT);
+  await node.vm.waitFor(L(/cairn: service k3s exited \(code 1\); restarting in 1\.0 s$/), BOOT_TIMEOUT);
   tt.pass('k3s exited and is restarted after 1 s');
-  await node.vm.waitFor(/^cairn: mark-good ok/m, BOOT_TIMEOUT);
+  await node.vm.waitFor(L(/cairn: mark-good ok/), BOOT_TIMEOUT);
   await node.waitSsh();
   // [/] keeps the pattern from matching sudo's own command line.
   await node.sh('sudo pkill -KILL -f "[/]usr/local/bin/k3s server"');
-  await node.vm.waitFor(/^cairn: service k3s exited \(signal SIGKILL\); restarting in [\d.]+ s$/m, 60_000);
+  await node.vm.waitFor(L(/cairn: service k3s exited \(signal SIGKILL\); restarting in [\d.]+ s$/), 60_000);
   tt.pass('killed with SIGKILL, restarted');
   const status = JSON.parse(await node.sh('cairn status --json')) as { services: { name: string; restarts: number }[] };
   tt.ok((status.services.find((s) => s.name === 'k3s')?.restarts ?? 0) >= 2, 'cairn status counts the restarts');
@@ -182,13 +188,13 @@ t.test('a damaged state.db is restored from the newest snapshot', async (tt) => 
     '',
   ].join('\n');
   const node = await bootNode(tt, { kind: 'qcow2', path: disk, writable: true }, config, 'damaged-db');
-  await node.vm.waitFor(/^cairn: mark-good ok .*datastore snapshot state-\S+-boot\.db$/m, BOOT_TIMEOUT);
-  await node.vm.waitFor(/^cairn: boot complete/m, 60_000);
+  await node.vm.waitFor(L(/cairn: mark-good ok .*datastore snapshot state-\S+-boot\.db$/), BOOT_TIMEOUT);
+  await node.vm.waitFor(L(/cairn: boot complete/), 60_000);
   await node.vm.reset();
-  await node.vm.waitFor(/^cairn: boot_cmd\[0\]: damaged the datastore$/m, BOOT_TIMEOUT);
-  const restored = await node.vm.waitFor(/^cairn: datastore: state\.db was damaged .*restored state-\S+\.db$/m, 120_000);
+  await node.vm.waitFor(L(/cairn: boot_cmd\[0\]: damaged the datastore$/), BOOT_TIMEOUT);
+  const restored = await node.vm.waitFor(L(/cairn: datastore: state\.db was damaged .*restored state-\S+\.db$/), 120_000);
   tt.pass(restored.match);
-  await node.vm.waitFor(/^cairn: boot complete/m, BOOT_TIMEOUT);
+  await node.vm.waitFor(L(/cairn: boot complete/), BOOT_TIMEOUT);
   await node.waitSsh();
   tt.equal((await node.sh('sudo sqlite3 /var/lib/rancher/k3s/server/db/state.db "PRAGMA quick_check"')).trim(), 'ok', 'the restored datastore is sound');
   tt.match(await node.sh('sudo ls /var/lib/rancher/k3s/server/db/'), /state\.db\.damaged-/, 'the damaged file kept aside');

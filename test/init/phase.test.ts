@@ -71,3 +71,14 @@ t.test('getty: serial consoles at serial speeds; autologin only when asked', asy
   t.same(gettyArgs('ttyS0', true), ['--noclear', '--autologin', 'cairn', '-L', 'ttyS0', '115200,57600,38400,9600', 'vt100']);
   t.same(gettyArgs('tty1', false), ['--noclear', 'tty1', 'linux']);
 });
+
+t.test("a good trial boot chosen by GRUB is promoted in GRUB's environment block too", async (t) => {
+  const { renderGrubEnv, parseGrubEnv } = await import('../../src/system/grubenv.js');
+  const root = t.testdir();
+  put(root, 'cairn/grub/grubenv', renderGrubEnv({ cairn_active: '0.1.0', cairn_next: '0.2.0', cairn_next_tries: '2' }).toString());
+  t.equal(commitTrialBoot(root, '0.1.0'), undefined, 'booting the old version (a fallback) promotes nothing');
+  t.equal(commitTrialBoot(root, '0.2.0'), '0.2.0');
+  const env = readFileSync(join(root, 'cairn/grub/grubenv'));
+  t.equal(env.length, 1024, 'still one 1024-byte block');
+  t.same(parseGrubEnv(env), { cairn_active: '0.2.0', cairn_fallback: '0.1.0' });
+});
