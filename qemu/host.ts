@@ -4,24 +4,15 @@
  */
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, open, rename, rm, stat } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { UserError } from '../src/errors.js';
 import { fallbackCacheDir } from './pvh.js';
+import { nodeArch } from '../src/builder/types.js';
 import { qemuBinaries, uefiFirmware, type Accel, type Arch, type FirmwareFiles } from './profiles.js';
 
 /** The host's own arch in cairn's names, if it is one of them. */
 export function hostArch(): Arch | undefined {
-  switch (os.arch()) {
-    case 'x64':
-      return 'amd64';
-    case 'arm64':
-      return 'arm64';
-    case 'arm':
-      return 'armv7';
-    default:
-      return undefined;
-  }
+  return nodeArch();
 }
 
 /**

@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { UserError } from '../errors.js';
-import type { Arch } from './types.js';
+import { nodeArch, type Arch } from './types.js';
 
 const BINFMT = '/proc/sys/fs/binfmt_misc';
 
@@ -15,16 +15,9 @@ const BINFMT = '/proc/sys/fs/binfmt_misc';
 export const qemuName: Record<Arch, string | undefined> = { amd64: undefined, arm64: 'aarch64', armv7: 'arm' };
 
 export function hostArch(): Arch {
-  switch (process.arch) {
-    case 'x64':
-      return 'amd64';
-    case 'arm64':
-      return 'arm64';
-    case 'arm':
-      return 'armv7';
-    default:
-      throw new UserError(`cairn builds on amd64, arm64 or armv7 hosts, not ${process.arch}`);
-  }
+  const arch = nodeArch();
+  if (!arch) throw new UserError(`cairn builds on amd64, arm64 or armv7 hosts, not ${process.arch}`);
+  return arch;
 }
 
 /** The handler line from qemu-user-static's binfmt.d file, or undefined. */

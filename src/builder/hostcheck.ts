@@ -38,6 +38,16 @@ const BASE: HostTool[] = [
   { need: 'zstd', pkg: 'zstd', why: 'compression' },
 ];
 
+/** What every disk image is assembled with (no loop devices: partition table and file systems from files). */
+function diskTools(why: Format): HostTool[] {
+  return [
+    { need: 'sfdisk', pkg: 'fdisk', why },
+    { need: 'mkfs.vfat', pkg: 'dosfstools', why },
+    { need: 'mcopy', pkg: 'mtools', why },
+    { need: 'mke2fs', pkg: 'e2fsprogs', why },
+  ];
+}
+
 const FORMAT_TOOLS: Record<Format, HostTool[]> = {
   iso: [
     { need: 'xorriso', pkg: 'xorriso', why: 'iso' },
@@ -46,33 +56,11 @@ const FORMAT_TOOLS: Record<Format, HostTool[]> = {
     { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'iso (UEFI image)' },
   ],
   pxe: [],
-  raw: [
-    { need: 'sfdisk', pkg: 'fdisk', why: 'raw' },
-    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'raw' },
-    { need: 'mcopy', pkg: 'mtools', why: 'raw' },
-    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'raw' },
-    { need: 'grub-mkimage', pkg: 'grub-common', why: 'raw' },
-  ],
-  qcow2: [
-    { need: 'sfdisk', pkg: 'fdisk', why: 'qcow2' },
-    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'qcow2' },
-    { need: 'mcopy', pkg: 'mtools', why: 'qcow2' },
-    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'qcow2' },
-    { need: 'qemu-img', pkg: 'qemu-utils', why: 'qcow2' },
-  ],
+  raw: [...diskTools('raw'), { need: 'grub-mkimage', pkg: 'grub-common', why: 'raw' }],
+  qcow2: [...diskTools('qcow2'), { need: 'qemu-img', pkg: 'qemu-utils', why: 'qcow2' }],
   oci: [],
-  rpi4: [
-    { need: 'sfdisk', pkg: 'fdisk', why: 'rpi4' },
-    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'rpi4' },
-    { need: 'mcopy', pkg: 'mtools', why: 'rpi4' },
-    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'rpi4' },
-  ],
-  jetson: [
-    { need: 'sfdisk', pkg: 'fdisk', why: 'jetson' },
-    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'jetson' },
-    { need: 'mcopy', pkg: 'mtools', why: 'jetson' },
-    { need: 'mke2fs', pkg: 'e2fsprogs', why: 'jetson' },
-  ],
+  rpi4: diskTools('rpi4'),
+  jetson: diskTools('jetson'),
 };
 
 /** GRUB platform folders per arch for the formats that boot through GRUB. */

@@ -11,6 +11,12 @@ export const ARCHES: readonly Arch[] = ['amd64', 'arm64', 'armv7'];
 /** Debian's name for each arch (mmdebstrap --architectures). */
 export const debianArch: Record<Arch, string> = { amd64: 'amd64', arm64: 'arm64', armv7: 'armhf' };
 
+/** The arch of the machine this runs on, in cairn's names; undefined for any other. */
+export function nodeArch(nodeName: string = process.arch): Arch | undefined {
+  const names: Record<string, Arch> = { x64: 'amd64', arm64: 'arm64', arm: 'armv7' };
+  return names[nodeName];
+}
+
 export type Format = 'iso' | 'pxe' | 'raw' | 'qcow2' | 'oci' | 'rpi4' | 'jetson';
 
 export const FORMATS: readonly Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci', 'rpi4', 'jetson'];
