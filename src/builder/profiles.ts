@@ -36,6 +36,10 @@ const BOOT = [
   'drivers/nvme/**',
   'drivers/char/virtio_console.*',
   'drivers/char/hw_random/**',
+  // the ACPI power button (and gpio-keys on ARM boards) through evdev: clean shutdowns
+  'drivers/acpi/button.*',
+  'drivers/input/evdev.*',
+  'drivers/input/keyboard/gpio_keys.*',
   'lib/**',
   'crypto/**',
   'arch/*/crypto/**',

@@ -11,7 +11,7 @@ import { phase, type Phase } from './phase.js';
 import { applyWriteFiles } from './apply/files.js';
 import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applyNtp, applySysctls } from './apply/system.js';
 import { applyNetwork } from './apply/network.js';
-import { fetchDataSources } from './apply/datasources.js';
+import { fetchDataSources, isLocalSource } from './apply/datasources.js';
 import { applyUsers } from './apply/users.js';
 import { runCommands } from './apply/commands.js';
 import { startServices } from './services.js';
@@ -19,16 +19,28 @@ import { startK3s } from '../runtime/k3s.js';
 import { k3sHealthy, markGood } from './mark-good.js';
 
 /** Loads every config source; problems are logged and kept for `cairn status`, never fatal. */
-export async function loadNodeConfig(ctx: NodeContext): Promise<string> {
+export async function loadNodeConfig(ctx: NodeContext, opts: { quiet?: boolean } = {}): Promise<string> {
   const r = await loadConfig({ root: ctx.root, cmdline: ctx.cmdline });
   ctx.config = r.config;
   ctx.configProblems = r.diagnostics;
   ctx.status.update({ configProblems: r.diagnostics });
-  for (const d of r.diagnostics) ctx.log.info(`config: ${formatDiagnostic(d)}`);
+  if (!opts.quiet) for (const d of r.diagnostics) ctx.log.info(`config: ${formatDiagnostic(d)}`);
   const read = r.sources.filter((s) => s.status !== 'missing').map((s) => s.file);
   const errors = r.diagnostics.filter((d) => d.severity === 'error').length;
   if (errors) throw new Error(`${errors} problem${errors > 1 ? 's' : ''} in the config (see above); the valid keys are applied`);
   return `from ${read.join(', ')}`;
+}
+
+/**
+ * The config phase: every source, including user-data on a local volume
+ * (a NoCloud seed, a config CD), which needs no network and so applies to
+ * this boot from its first phase on.
+ */
+export async function configPhase(ctx: NodeContext): Promise<string> {
+  // Which data sources to read is itself config: a first, quiet look.
+  await loadNodeConfig(ctx, { quiet: true }).catch(() => undefined);
+  const local = await fetchDataSources(ctx, 'local');
+  return local.length ? `${await loadNodeConfig(ctx)} (user-data from ${local.join(', ')})` : loadNodeConfig(ctx);
 }
 
 /** The keys k3OS applied in its initrd stage: write_files, hostname, modules, sysctls, environment. */
@@ -56,13 +68,19 @@ export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
   return `hostname ${ctx.status.status.hostname ?? '?'}, ${(ctx.config.write_files ?? []).length} files`;
 }
 
-/** Data sources, then the config again (user-data may have changed it), and the early keys once more. */
+/**
+ * Network data sources (URLs, cloud metadata), then the config again: what
+ * they bring applies from here on, with the early keys and any new init_cmd
+ * applied now.
+ */
 export async function dataSources(ctx: NodeContext): Promise<string> {
-  if (!(ctx.config.cairn?.data_sources ?? []).length) return 'none configured';
-  const found = await fetchDataSources(ctx);
+  if (!(ctx.config.cairn?.data_sources ?? []).some((s) => !isLocalSource(s))) return 'no network sources configured';
+  const found = await fetchDataSources(ctx, 'network');
   if (!found.length) return 'no user-data found';
+  const ranInit = JSON.stringify(ctx.config.init_cmd ?? []);
   await loadNodeConfig(ctx).catch((e: Error) => ctx.log.info(`config: ${e.message}`));
   await applyEarlyKeys(ctx).catch((e: Error) => ctx.log.info(`initrd-keys: ${e.message}`));
+  if (JSON.stringify(ctx.config.init_cmd ?? []) !== ranInit) await runCommands(ctx, 'init_cmd').catch((e: Error) => ctx.log.info(`init-cmd: ${e.message}`));
   return `user-data from ${found.join(', ')}`;
 }
 
@@ -75,7 +93,7 @@ export const boot: Phase<NodeContext>[] = [
     ctx.status.startBoot();
     return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}`;
   }),
-  phase('config', 30_000, loadNodeConfig),
+  phase('config', 60_000, configPhase),
   phase('initrd-keys', 30_000, applyEarlyKeys),
   phase('init-cmd', 600_000, (ctx) => runCommands(ctx, 'init_cmd')),
   phase('network', 60_000, (ctx) => applyNetwork(ctx)),

@@ -55,11 +55,20 @@ async function fromVolume(ctx: NodeContext, kind: string): Promise<string | unde
   return undefined;
 }
 
-/** Fetches user-data from every configured source; returns the names of the sources that gave some. */
-export async function fetchDataSources(ctx: NodeContext): Promise<string[]> {
+/** Sources on the machine itself (a volume): read before the network is up. */
+export function isLocalSource(source: string): boolean {
+  return source in VOLUME_LABELS;
+}
+
+/**
+ * Fetches user-data from the configured sources (`which`: the local ones,
+ * the network ones, or all); returns the names of the sources that gave some.
+ */
+export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'network' | 'all' = 'all'): Promise<string[]> {
   const found: string[] = [];
   const sources = ctx.config.cairn?.data_sources ?? [];
   for (const [i, source] of sources.entries()) {
+    if (which !== 'all' && isLocalSource(source) !== (which === 'local')) continue;
     let data: string | undefined;
     let name = source;
     try {
