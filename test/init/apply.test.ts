@@ -166,3 +166,24 @@ t.test("the image's own modules-load.d and sysctl.d are applied (nothing else re
   put(root, 'etc/sysctl.d/99-bad.conf', 'net.missing.key = 1\n');
   await t.rejects(applyImageSysctls(ctx), /not set: net\.missing\.key/);
 });
+
+t.test('the config phase reads a NoCloud seed before the network is up, so its config applies to the whole boot', async (t) => {
+  const { configPhase, dataSources } = await import('../../src/init/phases.js');
+  const root = nodeRoot(t.testdir());
+  mkdirSync(join(root, 'run/cairn'), { recursive: true });
+  put(root, 'usr/lib/cairn/config.yaml', 'hostname: image\nk3os:\n  data_sources: [cdrom, https://cfg.example/x]\n');
+  const { ctx } = testContext(root, {}, {
+    exec: (file, args) => {
+      if (file === 'blkid') return args[1] === 'cidata' ? { stdout: '/dev/sr0' } : { code: 2 };
+      if (file === 'mount') writeFileSync(join(args[3]!, 'user-data'), '#cloud-config\nhostname: seeded\ninit_cmd: [echo early]\n');
+      return undefined;
+    },
+    fetch: () => {
+      throw new Error('no network yet');
+    },
+  });
+  t.match(await configPhase(ctx), /user-data from cdrom/);
+  t.equal(ctx.config.hostname, 'seeded');
+  t.same(ctx.config.init_cmd, ['echo early']);
+  t.equal(await dataSources(ctx), 'no user-data found', 'the URL source is tried later, after the network');
+});
