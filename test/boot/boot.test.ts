@@ -141,7 +141,7 @@ t.test('agent: server_url and token', async (tt) => {
 t.test('a broken config: the node still comes up, reachable, the errors named', async (tt) => {
   const config = `hostname: "not a hostname"\nssh_authorized_keys: ["${key.publicKey.trim()}"]\nk3os:\n  modules: {x: 1}\n  sysctls: {kernel.printk: "4 4 1 7"}\n  dns_nameservers: [1.2.3]\n`;
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'broken');
-  const err = await node.vm.waitFor(L(/cairn: config: \/var\/lib\/cairn\/userdata\/\S+:1:11: error: hostname: .*$/), BOOT_TIMEOUT);
+  const err = await node.vm.waitFor(L(/cairn: config: \/var\/lib\/cairn\/userdata\/\S+:\d+:11: error: hostname: .*$/), BOOT_TIMEOUT);
   tt.pass(`named on the console: ${err.match}`);
   await node.vm.waitFor(L(/cairn: boot complete 0\.1\.0/), BOOT_TIMEOUT);
   await node.waitSsh();
