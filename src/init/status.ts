@@ -4,8 +4,9 @@
  * /run/cairn/status.json (rewritten atomically on every change); the boot
  * history persists in /var/lib/cairn/boot-history.json.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileAtomic } from './apply/files.js';
 import type { Diagnostic } from '../config/diagnostics.js';
 import type { PhaseResult } from './phase.js';
 import type { ServiceState } from './supervisor.js';
@@ -38,10 +39,7 @@ export interface NodeStatus {
 }
 
 export function writeJsonAtomic(path: string, value: unknown, mode = 0o644): void {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`, { mode });
-  renameSync(tmp, path);
+  writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`, { mode });
 }
 
 export function readJson<T>(path: string): T | undefined {

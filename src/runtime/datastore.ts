@@ -8,6 +8,7 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, copyFileSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Exec } from '../init/exec.js';
+import { fsyncPath } from '../init/apply/files.js';
 
 export const KEEP_SNAPSHOTS = 5;
 
@@ -51,7 +52,10 @@ export async function snapshot(exec: Exec, db: string, dir: string, opts: { reas
     rmSync(tmp, { force: true });
     throw new Error(`snapshot of ${db} failed: ${(r.stderr || `exit ${r.code}`).trim()}`);
   }
+  // A snapshot is only worth having if a power cut right after it keeps it.
+  fsyncPath(tmp);
   renameSync(tmp, target);
+  fsyncPath(dir);
   for (const old of listSnapshots(dir).slice(opts.keep ?? KEEP_SNAPSHOTS)) rmSync(old, { force: true });
   return target;
 }
@@ -73,7 +77,9 @@ export async function checkDatastore(exec: Exec, db: string, snapshots: string):
     if (!good.ok) continue;
     mkdirSync(dirname(db), { recursive: true });
     copyFileSync(snap, `${db}.restoring`);
+    fsyncPath(`${db}.restoring`);
     renameSync(`${db}.restoring`, db);
+    fsyncPath(dirname(db));
     return { state: 'restored', detail: `state.db was damaged (${check.detail}); moved to ${basename(aside)}, restored ${basename(snap)}` };
   }
   return { state: 'damaged', detail: `state.db was damaged (${check.detail}); moved to ${basename(aside)}; no good snapshot to restore: k3s starts with an empty datastore` };

@@ -3,7 +3,7 @@
  * place), with owner and mode, owners looked up in the node's own
  * /etc/passwd and /etc/group.
  */
-import { chownSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, fchmodSync, fchownSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { decodeContent } from '../../config/write-files.js';
 import type { WriteFile } from '../../config/types.js';
@@ -39,14 +39,36 @@ export function resolveOwner(root: string, owner: string | undefined): { uid: nu
   return { uid: u.id, gid: g.id };
 }
 
-/** Writes a file so that readers see the old content or the new one, never a part. */
+/** Flushes a file or folder to the disk (a folder: so that a rename in it survives a power cut). */
+export function fsyncPath(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Writes a file so that readers see the old content or the new one, never a
+ * part, also across a power cut: the new content is flushed before it is
+ * renamed into place, and the rename is flushed after.
+ */
 export function writeFileAtomic(path: string, data: string | Buffer, opts: { mode?: number; uid?: number; gid?: number } = {}): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = join(dirname(path), `.${basename(path)}.cairn-tmp`);
   try {
-    writeFileSync(tmp, data, { mode: opts.mode ?? 0o644 });
-    if (opts.uid !== undefined && process.getuid?.() === 0) chownSync(tmp, opts.uid, opts.gid ?? opts.uid);
+    const fd = openSync(tmp, 'w', opts.mode ?? 0o644);
+    try {
+      writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
+      fchmodSync(fd, opts.mode ?? 0o644);
+      if (opts.uid !== undefined && process.getuid?.() === 0) fchownSync(fd, opts.uid, opts.gid ?? opts.uid);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, path);
+    fsyncPath(dirname(path));
   } catch (e) {
     rmSync(tmp, { force: true });
     throw e;
