@@ -73,8 +73,9 @@ function grubTools(arch: Arch, formats: Format[]): HostTool[] {
       { need: '/usr/lib/grub/x86_64-efi/modinfo.sh', pkg: 'grub-efi-amd64-bin', why: 'UEFI boot' },
     ];
   }
-  if (arch === 'arm64') return [{ need: '/usr/lib/grub/arm64-efi/modinfo.sh', pkg: 'grub-efi-arm64-bin', why: 'UEFI boot' }];
-  return [{ need: '/usr/lib/grub/arm-efi/modinfo.sh', pkg: 'grub-efi-arm-bin', why: 'UEFI boot' }];
+  // ARM GRUB packages do not install on other hosts: the writers take the
+  // modules from the image's root or fetch them from Debian (outputs/grub.ts).
+  return [];
 }
 
 function foreignTools(arch: Arch): HostTool[] {
