@@ -39,6 +39,11 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
+# node-pty builds against Node's headers: use the installed ones when there
+# are (no download from nodejs.org needed).
+if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node_version.h ]; then
+  export npm_config_nodedir=/usr
+fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "cairn setup: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
