@@ -2,7 +2,7 @@
  * The init's log: one line per event on the console (what an operator at the
  * site sees) and the same lines in /var/log/cairn/boot.log once /var is there.
  */
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export interface Logger {
@@ -47,5 +47,38 @@ export function createLogger(opts: { debug: boolean; write?: (s: string) => void
         // keep logging to the console only
       }
     },
+  };
+}
+
+/**
+ * A writer for every console the kernel writes to (/sys/class/tty/console/active,
+ * e.g. "ttyAMA0 tty1"): /dev/console is only the last of them, and an operator
+ * may be on any. Falls back to stdout when none can be opened.
+ */
+export function consoleWriter(root = '/'): (s: string) => void {
+  const fds: number[] = [];
+  try {
+    const names = readFileSync(`${root}/sys/class/tty/console/active`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    // tty0 is whichever VT is in front: the same screen as a ttyN beside it.
+    const screens = names.filter((n) => /^tty\d+$/.test(n) && n !== 'tty0');
+    for (const name of new Set(names.filter((n) => !(n === 'tty0' && screens.length)))) {
+      try {
+        fds.push(openSync(`${root}/dev/${name}`, 'w'));
+      } catch {
+        // a console that cannot be opened (no such device here)
+      }
+    }
+  } catch {
+    // no sysfs: not on a node
+  }
+  if (fds.length === 0) return (s) => process.stdout.write(s);
+  return (s) => {
+    for (const fd of fds) {
+      try {
+        writeSync(fd, s);
+      } catch {
+        // a console that went away must not stop the others
+      }
+    }
   };
 }

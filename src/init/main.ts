@@ -9,7 +9,7 @@ import { bootParams } from '../config/cmdline.js';
 import { readBootInfo } from './bootinfo.js';
 import { at, httpFetch, type NodeContext } from './context.js';
 import { execCommand } from './exec.js';
-import { createLogger } from './log.js';
+import { consoleWriter, createLogger } from './log.js';
 import { runPhases } from './phase.js';
 import { boot } from './phases.js';
 import { startGettys } from './services.js';
@@ -34,7 +34,7 @@ export async function runInit(root = '/'): Promise<void> {
     // not on a node
   }
   const params = bootParams(cmdline);
-  const log = createLogger({ debug: params.debug !== undefined });
+  const log = createLogger({ debug: params.debug !== undefined, write: consoleWriter(root) });
   const bootInfo = readBootInfo(at({ root }, '/run/cairn/boot.env'));
   const version = bootInfo.version || imageVersion(root);
   const status = new StatusStore(root, { version, bootMode: bootInfo.mode });

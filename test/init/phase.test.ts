@@ -82,3 +82,14 @@ t.test("a good trial boot chosen by GRUB is promoted in GRUB's environment block
   t.equal(env.length, 1024, 'still one 1024-byte block');
   t.same(parseGrubEnv(env), { cairn_active: '0.2.0', cairn_fallback: '0.1.0' });
 });
+
+t.test('log lines go to every active console', async (t) => {
+  const { consoleWriter } = await import('../../src/init/log.js');
+  const root = t.testdir();
+  put(root, 'sys/class/tty/console/active', 'ttyAMA0 tty1\n');
+  put(root, 'dev/ttyAMA0', '');
+  put(root, 'dev/tty1', '');
+  consoleWriter(root)('cairn: hello\n');
+  t.equal(readFileSync(join(root, 'dev/ttyAMA0'), 'utf8'), 'cairn: hello\n');
+  t.equal(readFileSync(join(root, 'dev/tty1'), 'utf8'), 'cairn: hello\n');
+});
