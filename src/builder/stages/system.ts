@@ -19,7 +19,7 @@ import { installInit, type InitBundle } from './init.js';
 import { componentSizes, prune, type PruneResult } from './prune.js';
 
 /** Bump when the overlay, runtime, init or prune steps change what they make. */
-export const SYSTEM_STAGE_VERSION = 1;
+export const SYSTEM_STAGE_VERSION = 2;
 
 export interface SystemData {
   kernelRelease: string;
@@ -82,6 +82,8 @@ export async function buildSystem(
         const kernel = path.join(root, kernelInRoot(kr));
         if (!(await lstat(kernel).catch(() => undefined))) throw new Error(`the rootfs has no ${kernelInRoot(kr)}`);
         await rename(kernel, path.join(dir, 'vmlinuz'));
+        // tiny-initramfs' hook writes an initrd of its own (with time stamps in it); cairn boots its own.
+        await rm(path.join(root, `boot/initrd.img-${kr}`), { force: true });
         return prune(root, ctx.spec, ctx.arch, kr, ctx.log);
       });
       await rm(path.join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
