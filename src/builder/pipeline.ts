@@ -200,7 +200,9 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         stages,
       };
       const releaseFile = path.join(archWork, 'release.json');
-      await writeFile(releaseFile, `${JSON.stringify(release, null, 2)}\n`);
+      // What ships with the version is reproducible: the timings stay in build.json.
+      const { stages: _timings, ...shipped } = release;
+      await writeFile(releaseFile, `${JSON.stringify(shipped, null, 2)}\n`);
       const k3sCopy = path.join(archWork, 'k3s');
       await copyFile(path.join(k3s.dir, 'k3s'), k3sCopy);
 
