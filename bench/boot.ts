@@ -60,10 +60,10 @@ async function main(): Promise<void> {
       base.push((await b.waitFor(MARKER, 120_000)).elapsedMs / 1000);
       await b.close();
 
-      // The same kernel and boot path; the system from the ISO attached as a disk (the first stage finds CAIRN_LIVE).
+      // The same kernel and boot path; the system from the ISO in a CD drive (the first stage finds CAIRN_LIVE).
       const vm = await boot({
         artifact: { kind: 'kernel', kernel: k.kernel, initrd: k.initrd, append: `cairn.mode=live ${k.cmdline}` },
-        extraDisks: [image.iso],
+        extraArgs: ['-drive', `file=${image.iso},media=cdrom,readonly=on,format=raw`],
         memMb: 2048,
         cpus: 2,
         name: 'bench-cairn',
