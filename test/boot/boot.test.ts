@@ -34,6 +34,7 @@ function sampleConfig(): string {
 /** The assertions these tests use (a tap subtest has them all). */
 interface Check {
   ok(v: unknown, ...m: [] | [string]): unknown;
+  notOk(v: unknown, ...m: [] | [string]): unknown;
   pass(...m: [] | [string]): unknown;
   equal(a: unknown, b: unknown, ...m: [] | [string]): unknown;
   same(a: unknown, b: unknown, ...m: [] | [string]): unknown;
@@ -41,8 +42,8 @@ interface Check {
   notMatch(a: unknown, re: RegExp, ...m: [] | [string]): unknown;
 }
 
-async function bootNode(tt: Parameters<typeof bootForTest>[0], artifact: Parameters<typeof bootForTest>[1]['artifact'], configText: string, name: string): Promise<Node> {
-  const vm = await bootForTest(tt, { artifact, configText, sshPort: 'auto', memMb: 2048, cpus: 2, name, timeoutMs: BOOT_TIMEOUT });
+async function bootNode(tt: Parameters<typeof bootForTest>[0], artifact: Parameters<typeof bootForTest>[1]['artifact'], configText: string, name: string, more: Partial<Parameters<typeof bootForTest>[1]> = {}): Promise<Node> {
+  const vm = await bootForTest(tt, { artifact, configText, sshPort: 'auto', memMb: 2048, cpus: 2, name, timeoutMs: BOOT_TIMEOUT, ...more });
   return new Node(vm, key);
 }
 
@@ -51,6 +52,15 @@ function L(re: RegExp): RegExp {
   return new RegExp(`(?:^|login: )${re.source}`, 'm');
 }
 const line = (source: string): RegExp => L(new RegExp(source));
+/**
+ * Waits for the boot's last line and checks it exactly: `boot complete 0.1.0`,
+ * or with the failed phases named when a test expects some.
+ */
+async function bootComplete(tt: Check, vm: Vm, timeoutMs = BOOT_TIMEOUT, failing: string[] = [], opts: { from?: 'start' } = {}): Promise<void> {
+  const r = await vm.waitFor(L(/cairn: boot complete .*$/), timeoutMs, opts);
+  const want = `cairn: boot complete 0.1.0${failing.length ? ` (failed phases: ${failing.join(', ')})` : ''}`;
+  tt.equal(r.match.replace(/^login: /, ''), want, 'the boot completed as expected');
+}
 
 const PHASES = ['mounts', 'config', 'initrd-keys', 'init-cmd', 'network', 'data-sources', 'users', 'time', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
 
@@ -61,7 +71,7 @@ async function bootsThrough(tt: Check, vm: Vm, failing: string[] = []): Promise<
     const ok = r.match.includes(' ok (');
     tt.ok(failing.includes(p) ? !ok : ok, `${p}: ${r.match.slice(7)}`);
   }
-  await vm.waitFor(L(/cairn: boot complete 0\.1\.0/), 60_000);
+  await bootComplete(tt, vm, 60_000, failing);
 }
 
 /** What the k3OS sample config asks for, checked on the node. */
@@ -92,6 +102,28 @@ async function checkSampleApplied(tt: Check, node: Node): Promise<void> {
   tt.equal((await node.sh('sudo stat -c %a /etc/rancher/k3s/k3s.yaml')).trim(), '600', 'the kubeconfig is 0600');
   const env = JSON.parse((await node.sh('sudo tail -n 1 /var/lib/rancher/k3s/double/invocations.jsonl')) || '{}') as { env?: Record<string, string> };
   tt.equal(env.env?.http_proxy, 'http://myserver', 'environment handed to k3s');
+  tt.same(
+    (await node.sh('cat /etc/resolv.conf')).split('\n').filter((l) => l.startsWith('nameserver ')).slice(0, 2),
+    ['nameserver 8.8.8.8', 'nameserver 1.1.1.1'],
+    'dns_nameservers first in resolv.conf, in order',
+  );
+  const chrony = await node.sh('cat /etc/chrony/chrony.conf');
+  tt.same(chrony.split('\n').filter((l) => /^(server|pool) /.test(l)), ['server 0.us.pool.ntp.org iburst', 'server 1.us.pool.ntp.org iburst'], 'ntp_servers are chrony\'s only sources');
+  // The sample's token: handed to k3s in a root-only file, never on its command line or in a log.
+  const pid = (await node.sh('pgrep -o -f "[/]usr/local/bin/k3s server"')).trim();
+  const cmdline = await node.sh(`tr '\\0' ' ' < /proc/${pid}/cmdline`);
+  tt.notMatch(cmdline, /TOKEN_VALUE/, "the token is not on k3s' command line");
+  const tokenFile = /--token-file[= ](\S+)/.exec(cmdline)?.[1];
+  tt.ok(tokenFile, `k3s reads its token from a file (${cmdline.trim()})`);
+  if (tokenFile) {
+    tt.equal((await node.sh(`sudo stat -c "%a %U" ${tokenFile}`)).trim(), '600 root', 'the token file is 0600, root');
+    tt.equal((await node.sh(`sudo cat ${tokenFile}`)).trim(), 'TOKEN_VALUE', 'the token file holds the token');
+  }
+  tt.notMatch(await node.sh('sudo grep -rl TOKEN_VALUE /var/log /run/cairn/status.json || true'), /\S/, 'no log and no status file holds the token');
+  tt.equal((await node.sh('stat -c %a /var/log/cairn')).trim(), '750', '/var/log/cairn is 0750');
+  const modes = (await node.sh('sudo find /var/log/cairn -type f -printf "%m %p\\n"')).trim().split('\n');
+  tt.same(modes.filter((m) => !/^(640|600) /.test(m)), [], `every log file is 0640 or tighter (${modes.length} files)`);
+  tt.match(await node.sh('cat /var/log/cairn/k3s.log', { ok: false }), /^$/, 'cairn cannot read the k3s log');
   const status = JSON.parse(await node.sh('cairn status --json')) as { version: string; services: { name: string; state: string }[]; bootComplete: boolean };
   tt.equal(status.version, '0.1.0');
   tt.ok(status.bootComplete);
@@ -102,6 +134,9 @@ t.test("ISO: k3OS' README sample config", async (tt) => {
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, sampleConfig(), 'iso-sample');
   await bootsThrough(tt, node.vm);
   await checkSampleApplied(tt, node);
+  // The sample's password is cairn's on the console (no autologin once a password is set).
+  await node.consoleLogin('cairn', 'rancher', 'myhost');
+  tt.equal((await node.consoleRun('id -un')).trim(), 'cairn', "logged in on the console with the sample's password");
   tt.ok(await node.vm.shutdown(90_000), 'clean poweroff on the ACPI power button');
   tt.match(node.vm.output, L(/cairn: power button pressed$/));
   tt.match(node.vm.output, L(/cairn: shutting down \(poweroff\): stopping services$/));
@@ -118,7 +153,7 @@ t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) =
   await first.sh('sudo cairn reboot');
   await first.vm.waitFor(L(/cairn: shutting down \(reboot\)/), 60_000);
   await first.vm.waitFor(L(/cairn: rebooting$/), 120_000);
-  await first.vm.waitFor(L(/cairn: boot complete 0\.1\.0/), BOOT_TIMEOUT);
+  await bootComplete(tt, first.vm);
   tt.equal((await first.sh('hostname')).trim(), 'myhost', 'hostname kept');
   const history = JSON.parse(await first.sh('cairn status --json')) as { history: { result: string }[] };
   tt.same(history.history.map((h) => h.result), ['good', 'good'], 'two good boots in the history');
@@ -129,12 +164,18 @@ t.test('agent: server_url and token', async (tt) => {
   const config = `hostname: agent-1\nssh_authorized_keys: ["${key.publicKey.trim()}"]\nk3os:\n  server_url: https://10.0.2.2:6443\n  token: s3cret-token\n  labels: {role: edge}\n`;
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'agent');
   const runtime = await node.vm.waitFor(L(/cairn: runtime ok .*$/), BOOT_TIMEOUT);
-  tt.match(runtime.match, /k3s agent --server https:\/\/10\.0\.2\.2:6443 --token <redacted> --node-label role=edge/, 'agent mode, token not shown');
-  await node.vm.waitFor(L(/cairn: boot complete/), BOOT_TIMEOUT);
+  tt.match(runtime.match, /k3s agent --server https:\/\/10\.0\.2\.2:6443 --token-file \S+ .*--node-label role=edge/, 'agent mode, the token in a file');
+  tt.notMatch(runtime.match, /s3cret-token/, 'the token is not shown');
+  await bootComplete(tt, node.vm);
   await node.waitSsh();
   const inv = JSON.parse(await node.sh('sudo tail -n 1 /var/lib/rancher/k3s/double/invocations.jsonl')) as { argv: string[] };
-  tt.same(inv.argv.slice(0, 5), ['agent', '--server', 'https://10.0.2.2:6443', '--token', 's3cret-token'], 'k3s started in agent mode with them');
-  tt.match(await node.sh('sudo cat /var/log/cairn/k3s.log'), /agent joining https:\/\/10\.0\.2\.2:6443/);
+  tt.same(inv.argv.slice(0, 3), ['agent', '--server', 'https://10.0.2.2:6443'], 'k3s started in agent mode with the server');
+  tt.notOk(inv.argv.some((a) => a.includes('s3cret-token')), "the token is not in k3s' argv");
+  const tokenFile = inv.argv[inv.argv.indexOf('--token-file') + 1] ?? '';
+  tt.equal((await node.sh(`sudo stat -c %a ${tokenFile}`)).trim(), '600', 'the token file is 0600');
+  const k3sLog = await node.sh('sudo cat /var/log/cairn/k3s.log');
+  tt.match(k3sLog, /agent joining https:\/\/10\.0\.2\.2:6443 with a token of 12 characters/, 'k3s read the token from its file');
+  tt.notMatch(k3sLog, /s3cret-token/, 'the token is not in the k3s log');
   tt.notMatch(await node.sh('cairn status'), /s3cret-token/, 'cairn status does not show the token');
 });
 
@@ -143,7 +184,7 @@ t.test('a broken config: the node still comes up, reachable, the errors named', 
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'broken');
   const err = await node.vm.waitFor(L(/cairn: config: \/var\/lib\/cairn\/userdata\/\S+:\d+:11: error: hostname: .*$/), BOOT_TIMEOUT);
   tt.pass(`named on the console: ${err.match}`);
-  await node.vm.waitFor(L(/cairn: boot complete 0\.1\.0/), BOOT_TIMEOUT);
+  await bootComplete(tt, node.vm, BOOT_TIMEOUT, ['config']);
   await node.waitSsh();
   tt.pass('reachable by ssh');
   const status = await node.sh('cairn status');
@@ -165,7 +206,7 @@ t.test('k3s crashes: restarted with back-off; the boot still completes', async (
   await node.vm.waitFor(L(/cairn: service k3s exited \(code 1\); restarting in 1\.0 s$/), BOOT_TIMEOUT);
   tt.pass('k3s exited and is restarted after 1 s');
   // The first crash comes 2 s after k3s starts, before or after the boot is marked good.
-  await node.vm.waitFor(L(/cairn: boot complete/), BOOT_TIMEOUT, { from: 'start' });
+  await bootComplete(tt, node.vm, BOOT_TIMEOUT, [], { from: 'start' });
   await node.waitSsh();
   // [/] keeps the pattern from matching sudo's own command line.
   await node.sh('sudo pkill -KILL -f "[/]usr/local/bin/k3s server"');
@@ -175,6 +216,26 @@ t.test('k3s crashes: restarted with back-off; the boot still completes', async (
   tt.ok((status.services.find((s) => s.name === 'k3s')?.restarts ?? 0) >= 2, 'cairn status counts the restarts');
   const runs = (await node.sh('sudo grep -c "server starting" /var/log/cairn/k3s.log')).trim();
   tt.ok(Number(runs) >= 2, `k3s started ${runs} times`);
+
+  // A crash that persists: each restart waits twice as long as the one before.
+  await node.sh('sudo touch /var/lib/rancher/k3s/double/crash');
+  await node.sh('sudo pkill -KILL -f "[/]usr/local/bin/k3s server"');
+  const announced: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await node.vm.waitFor(L(/cairn: service k3s exited \((?:code 1|signal SIGKILL)\); restarting in ([\d.]+) s$/), 120_000);
+    announced.push(Number(r.groups[0]));
+  }
+  tt.same(announced.slice(1), [announced[0]! * 2, announced[0]! * 4], `the announced delays double: ${announced.join(', ')} s`);
+  await node.vm.waitFor(L(/cairn: service k3s exited \(code 1\); restarting in [\d.]+ s$/), 120_000);
+  // The supervisor's own lines in the service log: the real time from each exit to the next start.
+  const log = await node.sh('sudo cat /var/log/cairn/k3s.log');
+  const events = [...log.matchAll(/^--- (\S+) (starting|exited)/gm)].map((m) => ({ at: Date.parse(m[1]!), what: m[2]! }));
+  const gaps: number[] = [];
+  for (let i = 1; i < events.length; i++) if (events[i - 1]!.what === 'exited' && events[i]!.what === 'starting') gaps.push((events[i]!.at - events[i - 1]!.at) / 1000);
+  const measured = gaps.slice(-3);
+  tt.equal(measured.length, 3, `three restarts measured (${gaps.join(', ')} s)`);
+  for (const [i, want] of announced.entries()) tt.ok(Math.abs((measured[i] ?? 0) - want) < 0.5, `restart ${i + 1} came ${measured[i]} s after the exit (announced ${want} s)`);
+  await node.sh('sudo rm /var/lib/rancher/k3s/double/crash');
 });
 
 t.test('a damaged state.db is restored from the newest snapshot', async (tt) => {
@@ -190,13 +251,67 @@ t.test('a damaged state.db is restored from the newest snapshot', async (tt) => 
   ].join('\n');
   const node = await bootNode(tt, { kind: 'qcow2', path: disk, writable: true }, config, 'damaged-db');
   await node.vm.waitFor(L(/cairn: mark-good ok .*datastore snapshot state-\S+-boot\.db$/), BOOT_TIMEOUT);
-  await node.vm.waitFor(L(/cairn: boot complete/), 60_000);
+  await bootComplete(tt, node.vm, 60_000);
   await node.vm.reset();
   await node.vm.waitFor(L(/cairn: boot_cmd\[0\]: damaged the datastore$/), BOOT_TIMEOUT);
   const restored = await node.vm.waitFor(L(/cairn: datastore: state\.db was damaged .*restored state-\S+\.db$/), 120_000);
   tt.pass(restored.match);
-  await node.vm.waitFor(L(/cairn: boot complete/), BOOT_TIMEOUT);
+  await bootComplete(tt, node.vm);
   await node.waitSsh();
   tt.equal((await node.sh('sudo sqlite3 /var/lib/rancher/k3s/server/db/state.db "PRAGMA quick_check"')).trim(), 'ok', 'the restored datastore is sound');
+  // The snapshot's rows came back: a fresh datastore would get new random values.
+  const rows = (db: string) => node.sh(`sudo sqlite3 ${db} "SELECT name || ' ' || hex(value) FROM kine WHERE name NOT LIKE '%/start' ORDER BY id"`);
+  const snapshots = (await node.sh('sudo ls -1 /var/lib/cairn/db-snapshots')).trim().split('\n').filter((n) => n.endsWith('.db'));
+  const newest = snapshots.sort().at(-1);
+  tt.ok(newest, `a snapshot is there (${snapshots.join(', ')})`);
+  const restoredRows = await rows('/var/lib/rancher/k3s/server/db/state.db');
+  tt.equal(restoredRows.trim().split('\n').length, 300, 'the restored datastore holds the snapshot\'s 300 rows');
+  tt.equal(restoredRows, await rows(`/var/lib/cairn/db-snapshots/${newest}`), 'the same rows as the snapshot');
+  tt.equal((await node.sh('sudo stat -c %a /var/lib/cairn/db-snapshots')).trim(), '700', 'the snapshot folder is 0700');
+  tt.same((await node.sh('sudo find /var/lib/cairn/db-snapshots -type f -printf "%m\\n"')).trim().split('\n').filter((m) => m !== '600'), [], 'every snapshot is 0600');
   tt.match(await node.sh('sudo ls /var/lib/rancher/k3s/server/db/'), /state\.db\.damaged-/, 'the damaged file kept aside');
+});
+
+t.test('raw disk under OVMF (UEFI): the default image boots from the state partition', async (tt) => {
+  const config = `hostname: uefi-node\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
+  const node = await bootNode(tt, { kind: 'raw', path: image.raw }, config, 'raw-uefi', { firmware: 'uefi' });
+  await bootsThrough(tt, node.vm);
+  await node.waitSsh();
+  tt.equal((await node.sh('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');
+  tt.equal((JSON.parse(await node.sh('cairn status --json')) as { bootMode: string }).bootMode, 'state', 'from the state partition');
+  tt.match(await node.sh('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
+});
+
+t.test('PXE: the folder cairn build writes, over TFTP and HTTP, to a complete boot', async (tt) => {
+  const config = `hostname: pxe-node\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
+  const node = await bootNode(tt, { kind: 'pxe', dir: image.pxe }, config, 'pxe');
+  await bootsThrough(tt, node.vm);
+  await node.waitSsh();
+  const status = JSON.parse(await node.sh('cairn status --json')) as { version: string; bootMode: string };
+  tt.same([status.version, status.bootMode], ['0.1.0', 'net'], 'a net boot of version 0.1.0');
+  tt.ok(node.vm.http?.requests.some((r) => r.path.endsWith('/rootfs.squashfs') && r.status === 200), 'the first stage fetched the squashfs over HTTP');
+});
+
+t.test('a first boot at 1970 without a reachable key source: the clock, the way in, files owned by cairn', async (tt) => {
+  // No RTC time to speak of and no internet: the github: key cannot be fetched.
+  const config = [
+    'hostname: clockless',
+    'ssh_authorized_keys: ["github:cairn-test-no-such-user"]',
+    'write_files:',
+    '- path: /home/cairn/notes.txt',
+    '  owner: cairn:cairn',
+    '  permissions: "0600"',
+    '  content: written for cairn on the first boot',
+    '',
+  ].join('\n');
+  const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'clockless', { extraArgs: ['-rtc', 'base=1970-01-01'] });
+  await bootComplete(tt, node.vm);
+  // No key could be installed and no password is set: the console logs in by itself.
+  node.vm.sendLine('');
+  await node.vm.waitFor(/@clockless:[^\n]*\$ $/m, 60_000);
+  const now = Number((await node.consoleRun('date +%s')).trim());
+  tt.ok(now >= image.sourceDateEpoch, `the clock (${now}) is not before the image's build time (${image.sourceDateEpoch})`);
+  tt.equal((await node.consoleRun('stat -c %U:%G:%a /home/cairn/notes.txt')).trim(), 'cairn:cairn:600', 'the file is cairn\'s on the first boot');
+  tt.equal((await node.consoleRun('cat /home/cairn/notes.txt')).trim(), 'written for cairn on the first boot');
+  tt.equal((await node.consoleRun('cat ~/.ssh/authorized_keys 2>/dev/null | wc -l')).trim(), '0', 'no key was installed from a failed fetch');
 });
