@@ -5,6 +5,7 @@
  * pure function of the config and the interfaces present; applying it is
  * running the commands and starting the supervised clients.
  */
+import { pbkdf2Sync } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NetInterface, Wifi } from '../../config/types.js';
@@ -131,15 +132,49 @@ export function planNetwork(interfaces: Record<string, NetInterface>, links: Lin
 
 export const WPA_CONF = '/run/cairn/wpa_supplicant.conf';
 
-function quote(s: string): string {
-  return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+/**
+ * What is wrong with a Wi-Fi entry, in words that never contain the
+ * passphrase; undefined when wpa_supplicant can use it.
+ */
+export function wifiProblem(n: Wifi): string | undefined {
+  const ssid = Buffer.byteLength(n.name ?? '');
+  if (ssid < 1 || ssid > 32) return `wifi "${n.name}": an SSID is 1 to 32 bytes, this one is ${ssid}; fix cairn.wifi[].name`;
+  if (n.passphrase === undefined || /^[0-9a-fA-F]{64}$/.test(n.passphrase)) return undefined;
+  const len = Buffer.byteLength(n.passphrase);
+  if (len < 8 || len > 63) return `wifi "${n.name}": a WPA passphrase is 8 to 63 characters (or a PSK of 64 hex digits), this one is ${len} bytes; fix cairn.wifi[].passphrase`;
+  return undefined;
 }
 
-export function renderWpaConf(networks: Wifi[]): string {
-  const blocks = networks.map((n, i) =>
-    [`network={`, `  ssid=${quote(n.name)}`, n.passphrase ? `  psk=${quote(n.passphrase)}` : '  key_mgmt=NONE', `  priority=${networks.length - i}`, '}'].join('\n'),
-  );
-  return ['ctrl_interface=/run/wpa_supplicant', 'update_config=0', ...blocks, ''].join('\n');
+/**
+ * The 256-bit PSK, as wpa_passphrase derives it (IEEE 802.11i:
+ * PBKDF2-HMAC-SHA1 of the passphrase, the SSID as salt, 4096 rounds); a
+ * passphrase of 64 hex digits is already a PSK and is used as given.
+ */
+export function wpaPsk(ssid: string, passphrase: string): string {
+  if (/^[0-9a-fA-F]{64}$/.test(passphrase)) return passphrase.toLowerCase();
+  return pbkdf2Sync(Buffer.from(passphrase, 'utf8'), Buffer.from(ssid, 'utf8'), 4096, 32, 'sha1').toString('hex');
+}
+
+/**
+ * wpa_supplicant.conf for the configured networks, first listed first
+ * tried. The SSID is written hex-encoded and the passphrase as its derived
+ * PSK, so that no character of either (quotes, backslashes, `#`, UTF-8)
+ * needs quoting, and the passphrase itself is not in the file.
+ */
+export function renderWpaConf(networks: Wifi[], opts: { ctrlInterface?: string } = {}): string {
+  const blocks = networks.map((n, i) => {
+    const problem = wifiProblem(n);
+    if (problem) throw new Error(problem);
+    return [
+      `# ${JSON.stringify(n.name).replace(/[^\x20-\x7e]/g, '?')}`,
+      'network={',
+      `  ssid=${Buffer.from(n.name, 'utf8').toString('hex')}`,
+      n.passphrase !== undefined ? `  psk=${wpaPsk(n.name, n.passphrase)}` : '  key_mgmt=NONE',
+      `  priority=${networks.length - i}`,
+      '}',
+    ].join('\n');
+  });
+  return [`ctrl_interface=${opts.ctrlInterface ?? '/run/wpa_supplicant'}`, 'update_config=0', ...blocks, ''].join('\n');
 }
 
 /** Waits until some interface other than lo has a global address, or the time is up. */
@@ -154,7 +189,12 @@ async function waitForAddress(ctx: NodeContext, ms: number): Promise<boolean> {
 }
 
 export async function applyNetwork(ctx: NodeContext, waitMs = 20_000): Promise<string> {
-  const wifi = ctx.config.cairn?.wifi ?? [];
+  const wifi: Wifi[] = [];
+  for (const n of ctx.config.cairn?.wifi ?? []) {
+    const problem = wifiProblem(n);
+    if (problem) ctx.log.info(`network: ${problem}; this network is left out`);
+    else wifi.push(n);
+  }
   const plan = planNetwork(ctx.config.cairn?.network?.interfaces ?? {}, listLinks(ctx.root), wifi, ctx.config.hostname);
   writeFileAtomic(at(ctx, UDHCPC_SCRIPT), UDHCPC_SCRIPT_TEXT, { mode: 0o755 });
   if (wifi.length) writeFileAtomic(at(ctx, WPA_CONF), renderWpaConf(wifi), { mode: 0o600 });
