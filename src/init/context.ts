@@ -35,6 +35,8 @@ export interface NodeContext {
   version: string;
   config: CairnConfig;
   configProblems: Diagnostic[];
+  /** User-data `#!` scripts (paths on the node) that end run_cmd; they run as programs, not through /bin/sh -c. */
+  scripts?: string[];
   /** Environment for boot commands and k3s: the config's `environment` over a clean base. */
   env: Record<string, string>;
   services: Supervisor;

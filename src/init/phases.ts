@@ -11,7 +11,7 @@ import { phase, type Phase } from './phase.js';
 import { applyWriteFiles } from './apply/files.js';
 import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applyNtp, applySysctls } from './apply/system.js';
 import { applyNetwork } from './apply/network.js';
-import { fetchDataSources, isLocalSource } from './apply/datasources.js';
+import { fetchDataSources, isLocalSource, pruneUserdata } from './apply/datasources.js';
 import { applyUsers } from './apply/users.js';
 import { runCommands } from './apply/commands.js';
 import { startServices } from './services.js';
@@ -23,6 +23,7 @@ export async function loadNodeConfig(ctx: NodeContext, opts: { quiet?: boolean }
   const r = await loadConfig({ root: ctx.root, cmdline: ctx.cmdline });
   ctx.config = r.config;
   ctx.configProblems = r.diagnostics;
+  ctx.scripts = r.scripts;
   ctx.status.update({ configProblems: r.diagnostics });
   if (!opts.quiet) for (const d of r.diagnostics) ctx.log.info(`config: ${formatDiagnostic(d)}`);
   const read = r.sources.filter((s) => s.status !== 'missing').map((s) => s.file);
@@ -39,6 +40,8 @@ export async function loadNodeConfig(ctx: NodeContext, opts: { quiet?: boolean }
 export async function configPhase(ctx: NodeContext): Promise<string> {
   // Which data sources to read is itself config: a first, quiet look.
   await loadNodeConfig(ctx, { quiet: true }).catch(() => undefined);
+  // Saved user-data of a source that left data_sources stops applying (and may itself have listed sources: look again).
+  for (let round = 0; round < 3 && pruneUserdata(ctx).length > 0; round++) await loadNodeConfig(ctx, { quiet: true }).catch(() => undefined);
   const local = await fetchDataSources(ctx, 'local');
   return local.length ? `${await loadNodeConfig(ctx)} (user-data from ${local.join(', ')})` : loadNodeConfig(ctx);
 }

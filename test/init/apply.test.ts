@@ -6,7 +6,7 @@ import { applyWriteFiles, resolveOwner } from '../../src/init/apply/files.js';
 import { applyDns, applyEnvironment, applyHostname, applyModules, applySysctls, chooseHostname, renderChronyConf, sysctlPath } from '../../src/init/apply/system.js';
 import { applyUsers, consoleAutologin, isCryptHash, keySource } from '../../src/init/apply/users.js';
 import { runCommands } from '../../src/init/apply/commands.js';
-import { fetchDataSources } from '../../src/init/apply/datasources.js';
+import { fetchDataSources, userdataName } from '../../src/init/apply/datasources.js';
 import { nodeRoot, put, testContext } from './support.js';
 
 t.test('write_files: every encoding, owner and mode, atomically', async (t) => {
@@ -133,7 +133,8 @@ t.test('data sources: a URL and a metadata service write user-data for the loade
   });
   t.same(await fetchDataSources(ctx), ['aws', 'https://cfg.example/node.yaml']);
   t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-aws'), 'utf8'), '#cloud-config\nhostname: from-aws\n');
-  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/02-url-2'), 'utf8'), 'run_cmd: [hi]\n');
+  t.equal(readFileSync(join(root, `var/lib/cairn/userdata/${userdataName(2, 'https://cfg.example/node.yaml')}`), 'utf8'), 'run_cmd: [hi]\n');
+  t.equal(statSync(join(root, 'var/lib/cairn/userdata/00-aws')).mode & 0o777, 0o600, 'user-data may hold secrets: root only');
 });
 
 t.test('data sources: NoCloud volumes are found by label and mounted read-only', async (t) => {

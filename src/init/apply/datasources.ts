@@ -1,10 +1,16 @@
 /**
  * Data sources: where a node finds more config at boot (user-data), as k3OS'
- * `data_sources`. What is found is saved in /var/lib/cairn/userdata/<source>,
- * which the config loader reads after the node's own config.yaml.
+ * `data_sources`. What is found is saved in /var/lib/cairn/userdata/NN-<source>
+ * (NN: the source's place in `data_sources`), which the config loader reads
+ * after the node's own config.yaml. A saved copy belongs to its source: it
+ * keeps applying while the source is listed, also when the source is not
+ * there at a boot (a seed stick taken out, a metadata service down), and
+ * stops applying when the source leaves `data_sources`.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Diagnostic } from '../../config/diagnostics.js';
 import { at, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
 import { CONFIG_PATHS } from '../../config/loader.js';
@@ -60,6 +66,76 @@ export function isLocalSource(source: string): boolean {
   return source in VOLUME_LABELS;
 }
 
+/** The part of a saved copy's name that says which source it came from: the source's name, or `url-<hash>` for a URL. */
+export function sourceKey(source: string): string {
+  if (/^https?:\/\//.test(source)) return `url-${createHash('sha256').update(source).digest('hex').slice(0, 16)}`;
+  return source.replace(/[^A-Za-z0-9_.-]/g, '_');
+}
+
+/** The saved copy of the `index`th source: `NN-<key>`, so that the loader reads them in `data_sources` order. */
+export function userdataName(index: number, source: string): string {
+  return `${String(index).padStart(2, '0')}-${sourceKey(source)}`;
+}
+
+export interface UserdataPlan {
+  /** Saved copies whose source is still listed, at a new place in the list: old name to new name. */
+  rename: [string, string][];
+  /** Saved copies whose source left `data_sources`. */
+  remove: string[];
+}
+
+/**
+ * Which saved copies still belong to a listed source (pure). Copies named
+ * `NN-url-NN` (an index rather than a hash) belong to the URL at that index.
+ */
+export function planUserdata(saved: string[], sources: string[]): UserdataPlan {
+  const plan: UserdataPlan = { rename: [], remove: [] };
+  const placeOf = new Map<string, number>();
+  for (const [i, s] of sources.entries()) if (!placeOf.has(sourceKey(s))) placeOf.set(sourceKey(s), i);
+  for (const name of saved) {
+    const m = /^(\d+)-(.+)$/.exec(name);
+    let key = m?.[2];
+    const legacy = key && /^url-(\d+)$/.exec(key);
+    if (legacy && Number(legacy[1]) === Number(m![1]) && /^https?:\/\//.test(sources[Number(legacy[1])] ?? '')) key = sourceKey(sources[Number(legacy[1])]!);
+    const place = key === undefined ? undefined : placeOf.get(key);
+    if (place === undefined) plan.remove.push(name);
+    else if (userdataName(place, sources[place]!) !== name) plan.rename.push([name, userdataName(place, sources[place]!)]);
+  }
+  return plan;
+}
+
+/** Whether the config's own list of data sources may be wrong this boot (an error in it, or a file that did not read). */
+function sourcesUncertain(problems: Diagnostic[]): boolean {
+  return problems.some((d) => d.severity === 'error' && !d.file.startsWith(CONFIG_PATHS.userdata) && (d.path === '' || /data_?sources?|datasource/i.test(d.path)));
+}
+
+/**
+ * Drops the saved user-data of sources no longer in `data_sources`, and
+ * renames the copies of sources that moved in the list. Nothing is dropped
+ * while the config that lists the sources has errors (a typo must not lose
+ * a node's user-data). Returns the names it dropped.
+ */
+export function pruneUserdata(ctx: NodeContext): string[] {
+  if (sourcesUncertain(ctx.configProblems)) {
+    ctx.log.info('data sources: saved user-data kept as it is: the config that lists data_sources has errors');
+    return [];
+  }
+  const dir = at(ctx, CONFIG_PATHS.userdata);
+  let saved: string[] = [];
+  try {
+    saved = readdirSync(dir).filter((n) => !n.startsWith('.'));
+  } catch {
+    return [];
+  }
+  const plan = planUserdata(saved, ctx.config.cairn?.data_sources ?? []);
+  for (const name of plan.remove) {
+    rmSync(join(dir, name), { force: true });
+    ctx.log.info(`data sources: the user-data saved as ${name} no longer applies: its source is not in data_sources`);
+  }
+  for (const [from, to] of plan.rename) renameSync(join(dir, from), join(dir, to));
+  return plan.remove;
+}
+
 /**
  * Fetches user-data from the configured sources (`which`: the local ones,
  * the network ones, or all); returns the names of the sources that gave some.
@@ -70,10 +146,8 @@ export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'netwo
   for (const [i, source] of sources.entries()) {
     if (which !== 'all' && isLocalSource(source) !== (which === 'local')) continue;
     let data: string | undefined;
-    let name = source;
     try {
       if (/^https?:\/\//.test(source)) {
-        name = `url-${i}`;
         data = await ctx.fetch(source, { timeoutMs: 10_000 });
       } else if (METADATA[source]) {
         data = await ctx.fetch(METADATA[source].url, { timeoutMs: 3000, headers: METADATA[source].headers });
@@ -84,7 +158,8 @@ export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'netwo
       ctx.log.debug(`data source ${source}: ${(e as Error).message}`);
     }
     if (data !== undefined && data.trim()) {
-      writeFileAtomic(at(ctx, `${CONFIG_PATHS.userdata}/${String(i).padStart(2, '0')}-${name}`), data, { mode: 0o600 });
+      // A `#!` script runs as the last run_cmd: executable, by root only.
+      writeFileAtomic(at(ctx, `${CONFIG_PATHS.userdata}/${userdataName(i, source)}`), data, { mode: data.startsWith('#!') ? 0o700 : 0o600 });
       found.push(source);
     }
   }
