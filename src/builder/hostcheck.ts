@@ -45,6 +45,7 @@ function diskTools(why: Format): HostTool[] {
     { need: 'mkfs.vfat', pkg: 'dosfstools', why },
     { need: 'mcopy', pkg: 'mtools', why },
     { need: 'mke2fs', pkg: 'e2fsprogs', why },
+    { need: 'debugfs', pkg: 'e2fsprogs', why },
   ];
 }
 

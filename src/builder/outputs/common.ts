@@ -28,6 +28,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   'mkfs.vfat': 'dosfstools',
   sfdisk: 'fdisk',
   mke2fs: 'e2fsprogs',
+  debugfs: 'e2fsprogs',
   'qemu-img': 'qemu-utils',
   mmdebstrap: 'mmdebstrap',
   dd: 'coreutils',
@@ -71,6 +72,17 @@ export async function sha256File(file: string): Promise<string> {
   const h = createHash('sha256');
   for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
   return h.digest('hex');
+}
+
+/**
+ * The seed every id of a system's images is derived from (disk and
+ * partition uuids, file system uuids and serials): its release record, which
+ * names every input (spec, packages, k3s, squashfs checksum,
+ * SOURCE_DATE_EPOCH). The same inputs give the same ids; another image,
+ * other ids.
+ */
+export async function imageSeed(system: Pick<SystemArtifacts, 'name' | 'version' | 'arch' | 'release' | 'sourceDateEpoch'>): Promise<string> {
+  return `${artifactStem(system)}/${system.sourceDateEpoch}/${await sha256File(system.release)}`;
 }
 
 /** A UUID derived from a seed: the same inputs give the same disk and file-system ids. */

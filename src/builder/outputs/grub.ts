@@ -96,11 +96,13 @@ export async function grubMkimage(opts: {
   embeddedConfig: string;
   prefix: string;
   workDir: string;
+  /** The image format when it is not the platform's own (i386-pc-eltorito for a CD). */
+  format?: string;
 }): Promise<void> {
-  const cfg = path.join(opts.workDir, `embedded-${opts.platform}.cfg`);
+  const cfg = path.join(opts.workDir, `embedded-${opts.format ?? opts.platform}.cfg`);
   await writeFile(cfg, opts.embeddedConfig);
   const available = CORE_MODULES.concat(PLATFORM_MODULES[opts.platform]).filter((m) => existsSync(path.join(opts.moduleDir, `${m}.mod`)));
-  const format = opts.platform === 'i386-pc' ? 'i386-pc' : opts.platform;
+  const format = opts.format ?? opts.platform;
   await run('grub-mkimage', ['-O', format, '-d', opts.moduleDir, '-p', opts.prefix, '-c', cfg, '-o', opts.out, ...available]);
 }
 

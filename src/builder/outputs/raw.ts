@@ -15,11 +15,11 @@
  * pieces put in place with dd conv=notrunc. GRUB's core images embed a
  * config that finds CAIRN_STATE by its label and reads cairn/grub/grub.cfg.
  */
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Artifact, OutputWriter, SystemArtifacts } from '../types.js';
-import { artifactStem, clampTimes, consoleArgs, joinArgs, placeFile, run } from './common.js';
+import { artifactStem, clampTimes, consoleArgs, imageSeed, joinArgs, placeFile, run } from './common.js';
 import { type DiskPlan, MIB, SECTOR, planDisk, sfdiskScript, stateFsBytes } from './disk.js';
 import {
   GRUB_DIR_ON_STATE,
@@ -47,7 +47,7 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   await rm(work, { recursive: true, force: true });
   await mkdir(work, { recursive: true });
   const epoch = system.sourceDateEpoch;
-  const seed = `${system.name}/${system.version}/${system.arch}/${epoch}`;
+  const seed = await imageSeed(system);
 
   // the state partition's tree
   const tree = path.join(work, 'state');
@@ -87,33 +87,13 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   const efi = part(EFI_LABEL);
   const efiImg = path.join(work, 'efi.img');
   await makeSparse(efiImg, efi.size * SECTOR);
-  const volid = plan.partitions.find((p) => p.name === EFI_LABEL)!.uuid.replace(/-/g, '').slice(0, 8);
-  await run('mkfs.vfat', ['-F', '32', '-s', '1', '-n', EFI_LABEL, '-i', volid, '--invariant', efiImg]);
-  const mtoolsEnv = { MTOOLS_SKIP_CHECK: '1', SOURCE_DATE_EPOCH: String(epoch) };
-  const dirs = new Set<string>();
-  for (const f of efiFiles) {
-    let d = path.posix.dirname(f.dest);
-    const chain: string[] = [];
-    while (d !== '.' && !dirs.has(d)) {
-      chain.unshift(d);
-      d = path.posix.dirname(d);
-    }
-    for (const c of chain) {
-      await run('mmd', ['-i', efiImg, `::/${c}`], { env: mtoolsEnv });
-      dirs.add(c);
-    }
-    await run('mcopy', ['-i', efiImg, '-m', f.src, `::/${f.dest}`], { env: mtoolsEnv });
-  }
+  await makeFat(efiImg, { label: EFI_LABEL, serial: fatSerial(efi.uuid), fat: 32 });
+  await copyIntoFat(efiImg, efiFiles, epoch);
 
   // CAIRN_STATE: ext4 from the tree
   const state = part(STATE_LABEL);
   const stateImg = path.join(work, 'state.img');
-  const blocks = (state.size * SECTOR) / 4096;
-  await run(
-    'mke2fs',
-    ['-q', '-F', '-t', 'ext4', '-b', '4096', '-L', STATE_LABEL, '-U', state.uuid, '-E', `root_owner=0:0,hash_seed=${state.uuid}`, '-d', tree, stateImg, String(blocks)],
-    { env: { E2FSPROGS_FAKE_TIME: String(epoch), SOURCE_DATE_EPOCH: String(epoch) } },
-  );
+  await makeExt4(stateImg, tree, { label: STATE_LABEL, uuid: state.uuid, bytes: state.size * SECTOR, epoch });
 
   // the disk: table, then the pieces at their offsets
   await rm(out, { force: true });
@@ -157,6 +137,84 @@ export function renderExtlinux(system: Pick<SystemArtifacts, 'name' | 'version' 
     `  append ${args}`,
     '',
   ].join('\n');
+}
+
+/** The FAT volume serial of a partition: the first 32 bits of its (input-derived) uuid. */
+export function fatSerial(uuid: string): string {
+  return uuid.replace(/-/g, '').slice(0, 8);
+}
+
+/**
+ * An empty FAT file system in `file` (its size is the file's). --invariant
+ * fixes the boot sector's and root folder's time based values; the serial
+ * given after it wins over its constant one.
+ */
+export async function makeFat(file: string, opts: { label: string; serial: string; fat?: 12 | 16 | 32; bytes?: number }): Promise<void> {
+  if (opts.bytes !== undefined) await makeSparse(file, opts.bytes);
+  const fat = opts.fat ? ['-F', String(opts.fat)] : [];
+  await run('mkfs.vfat', [...fat, '-s', '1', '-n', opts.label, '--invariant', '-i', opts.serial, file]);
+}
+
+/**
+ * Copies files into a FAT image with mtools, folders made on the way. Every
+ * entry gets SOURCE_DATE_EPOCH as its time (mtools reads it; no -m: the
+ * sources' own times are those of this build).
+ */
+export async function copyIntoFat(img: string, files: readonly { src: string; dest: string }[], epoch: number): Promise<void> {
+  const env = { MTOOLS_SKIP_CHECK: '1', SOURCE_DATE_EPOCH: String(epoch), TZ: 'UTC' };
+  const dirs = new Set<string>();
+  for (const f of files) {
+    let d = path.posix.dirname(f.dest);
+    const chain: string[] = [];
+    while (d !== '.' && !dirs.has(d)) {
+      chain.unshift(d);
+      d = path.posix.dirname(d);
+    }
+    for (const c of chain) {
+      await run('mmd', ['-i', img, `::/${c}`], { env });
+      dirs.add(c);
+    }
+    await run('mcopy', ['-i', img, f.src, `::/${f.dest}`], { env });
+  }
+}
+
+/** `YYYYMMDDHHMMSS` in UTC, as debugfs takes times. */
+function debugfsTime(epoch: number): string {
+  return new Date(epoch * 1000).toISOString().replace(/\.\d+Z$/, '').replace(/[-T:]/g, '');
+}
+
+/**
+ * An ext4 file system holding `tree`, byte-identical for the same inputs:
+ * uuid and directory hash seed given, mke2fs' own times at the epoch
+ * (E2FSPROGS_FAKE_TIME), and each inode's change time, which mke2fs -d
+ * copies from the source files (it cannot be set on them), set to the epoch
+ * afterwards with debugfs.
+ */
+export async function makeExt4(img: string, tree: string, opts: { label: string; uuid: string; bytes: number; epoch: number }): Promise<void> {
+  const env = { E2FSPROGS_FAKE_TIME: String(opts.epoch), SOURCE_DATE_EPOCH: String(opts.epoch), TZ: 'UTC' };
+  await rm(img, { force: true });
+  await run(
+    'mke2fs',
+    ['-q', '-F', '-t', 'ext4', '-b', '4096', '-L', opts.label, '-U', opts.uuid, '-E', `root_owner=0:0,hash_seed=${opts.uuid}`, '-d', tree, img, String(opts.bytes / 4096)],
+    { env },
+  );
+  const when = debugfsTime(opts.epoch);
+  const cmds: string[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    const inFs = rel === '' ? '/' : rel;
+    for (const field of ['ctime', 'atime', 'mtime']) cmds.push(`set_inode_field "${inFs}" ${field} ${when}`);
+    const st = await lstat(path.join(tree, rel));
+    if (!st.isDirectory()) return;
+    for (const e of (await readdir(path.join(tree, rel))).sort()) {
+      if (/["\s\\]/.test(e)) throw new Error(`${path.join(tree, rel, e)}: a name debugfs cannot be given`);
+      await walk(`${rel}/${e}`);
+    }
+  };
+  await walk('');
+  const script = `${img}.debugfs`;
+  await writeFile(script, cmds.join('\n') + '\n');
+  await run('debugfs', ['-w', '-f', script, img], { env });
+  await rm(script, { force: true });
 }
 
 async function makeSparse(file: string, bytes: number): Promise<void> {
