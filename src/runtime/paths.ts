@@ -12,3 +12,8 @@ export const IMAGE_AIRGAP = '/usr/lib/cairn/images';
 export const IMAGE_REGISTRIES = '/usr/lib/cairn/registries.yaml';
 
 export const SNAPSHOTS = '/var/lib/cairn/db-snapshots';
+
+/** Secrets cairn hands to k3s as files (--token-file, --agent-token-file): a root-only folder on tmpfs, written on every boot from the config. */
+export const K3S_SECRETS_DIR = '/run/cairn/k3s';
+export const TOKEN_FILE = `${K3S_SECRETS_DIR}/token`;
+export const AGENT_TOKEN_FILE = `${K3S_SECRETS_DIR}/agent-token`;
