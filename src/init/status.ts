@@ -34,7 +34,10 @@ export interface NodeStatus {
   services: ServiceState[];
   configProblems: Diagnostic[];
   history: BootRecord[];
-  k3s?: { mode: 'server' | 'agent'; args: string[] };
+  /** k3s' arguments and its environment from the config, secrets redacted. */
+  k3s?: { mode: 'server' | 'agent'; args: string[]; env?: Record<string, string> };
+  /** Set when the init started to shut down (what `cairn poweroff`/`reboot` wait for). */
+  shutdown?: { action: 'poweroff' | 'reboot'; at: string };
   updatedAt: string;
 }
 
