@@ -1,9 +1,11 @@
 /**
  * The init's log: one line per event on the console (what an operator at the
- * site sees) and the same lines in /var/log/cairn/boot.log once /var is there.
+ * site sees) and the same lines in /var/log/cairn/boot.log once /var is there
+ * (the folder 0750, the file 0640).
  */
-import { appendFileSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { appendFileSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { LOG_FILE_MODE, secureLogDir, secureLogFile } from './rotating-log.js';
 
 export interface Logger {
   /** A line for the console and the boot log. */
@@ -27,7 +29,7 @@ export function createLogger(opts: { debug: boolean; write?: (s: string) => void
       return;
     }
     try {
-      appendFileSync(file, stamped);
+      appendFileSync(file, stamped, { mode: LOG_FILE_MODE });
     } catch {
       // The console still has it; a full or read-only /var must not stop the boot.
     }
@@ -39,8 +41,9 @@ export function createLogger(opts: { debug: boolean; write?: (s: string) => void
     },
     toFile(path) {
       try {
-        mkdirSync(dirname(path), { recursive: true });
-        appendFileSync(path, pending.join(''));
+        secureLogDir(dirname(path));
+        secureLogFile(path);
+        appendFileSync(path, pending.join(''), { mode: LOG_FILE_MODE });
         pending.length = 0;
         file = path;
       } catch {

@@ -1,13 +1,22 @@
 /**
  * A small service supervisor: starts long-running processes, restarts them
  * with exponential back-off and a rate limit, sends their output to
- * /var/log/cairn/<service>.log (rotated by size), and stops them in reverse
- * order with a timeout before SIGKILL.
+ * /var/log/cairn/<service>.log (rotated by size, 0640), and stops them in
+ * reverse order.
+ *
+ * - A service's exit is seen on the process' `exit`, not when its output
+ *   closes: a child it forked may hold stdout open long after it died.
+ * - Each service runs in its own process group (detached); stopping it
+ *   signals the whole group: SIGTERM, SIGKILL after its stop timeout, then a
+ *   bounded wait. No wait is unbounded: a process stuck in the kernel is
+ *   reported and left behind rather than hanging the shutdown.
+ * - Its argv is logged with secrets redacted; its environment never.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import type { Logger } from './log.js';
 import { RotatingLog } from './rotating-log.js';
+import { redactK3sArgs } from '../runtime/k3s-args.js';
 
 export interface ServiceSpec {
   name: string;
@@ -45,6 +54,8 @@ export interface SupervisorOptions {
   burst?: number;
   windowMs?: number;
   maxLogBytes?: number;
+  /** How long to wait for a process after SIGKILL before giving up on it. */
+  killWaitMs?: number;
   onChange?: () => void;
 }
 
@@ -58,6 +69,26 @@ interface Entry {
   started: number;
   out: RotatingLog;
   exited?: Promise<void>;
+  /** Process groups this service started (one per run) that may still hold processes. */
+  groups: Set<number>;
+}
+
+/** True when `p` settles within `ms`, false when the time runs out first (the timer is cleared either way). */
+async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const out = await Promise.race([p.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
+  clearTimeout(timer);
+  return out;
+}
+
+/** Signals a whole process group; false when it is gone. */
+function killGroup(pgid: number, sig: NodeJS.Signals): boolean {
+  try {
+    process.kill(-pgid, sig);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export class Supervisor {
@@ -73,6 +104,7 @@ export class Supervisor {
       burst: 10,
       windowMs: 300_000,
       maxLogBytes: 5 * 1024 * 1024,
+      killWaitMs: 5_000,
       ...opts,
     };
   }
@@ -86,6 +118,7 @@ export class Supervisor {
       restartTimes: [],
       started: 0,
       out: new RotatingLog(join(this.o.logDir, `${spec.name}.log`), this.o.maxLogBytes),
+      groups: new Set(),
     };
     this.entries.set(spec.name, entry);
     this.order.push(spec.name);
@@ -99,27 +132,34 @@ export class Supervisor {
   private launch(entry: Entry): void {
     const { spec } = entry;
     entry.timer = undefined;
-    entry.out.write(`--- ${new Date().toISOString()} starting ${spec.command} ${spec.args.join(' ')}\n`);
+    entry.out.write(`--- ${new Date().toISOString()} starting ${spec.command} ${redactK3sArgs(spec.args).join(' ')}\n`);
     let child: ChildProcess;
     try {
-      child = spawn(spec.command, spec.args, { env: spec.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+      child = spawn(spec.command, spec.args, { env: spec.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     } catch (e) {
-      this.exitedWith(entry, null, null, (e as Error).message);
+      this.exitedWith(entry, null, null, `cannot start: ${(e as Error).message}`);
       return;
     }
     entry.child = child;
     entry.started = Date.now();
+    if (child.pid) entry.groups.add(child.pid);
     entry.state = { ...entry.state, state: 'running', pid: child.pid, startedAt: new Date().toISOString(), nextStartAt: undefined };
     child.stdout?.on('data', (d: Buffer) => entry.out.write(d));
     child.stderr?.on('data', (d: Buffer) => entry.out.write(d));
     entry.exited = new Promise((resolve) => {
+      let settled = false;
+      const settle = (code: number | null, signal: string | null, error?: string) => {
+        if (settled) return;
+        settled = true;
+        this.exitedWith(entry, code, signal, error);
+        resolve();
+      };
       child.once('error', (err) => {
         entry.out.write(`--- cannot start: ${err.message}\n`);
+        // A child that never started emits no `exit`; one that did, does.
+        if (child.pid === undefined) settle(null, null, `cannot start: ${err.message}`);
       });
-      child.once('close', (code, signal) => {
-        this.exitedWith(entry, code, signal);
-        resolve();
-      });
+      child.once('exit', (code, signal) => settle(code, signal));
     });
     this.o.log.debug(`service ${spec.name} started (pid ${child.pid ?? '?'})`);
     this.changed();
@@ -129,7 +169,8 @@ export class Supervisor {
     entry.child = undefined;
     const at = new Date().toISOString();
     entry.state = { ...entry.state, pid: undefined, lastExit: { code, signal, at } };
-    entry.out.write(`--- ${at} exited (${error ?? (signal ? `signal ${signal}` : `code ${code}`)})\n`);
+    const how = error ?? (signal ? `signal ${signal}` : `code ${code}`);
+    entry.out.write(`--- ${at} exited (${how})\n`);
     if (entry.state.state === 'stopping' || entry.state.state === 'stopped') {
       entry.state.state = 'stopped';
       this.changed();
@@ -150,12 +191,16 @@ export class Supervisor {
     entry.state.state = 'backoff';
     entry.state.restarts++;
     entry.state.nextStartAt = new Date(now + delay).toISOString();
-    this.o.log.info(`service ${entry.spec.name} exited (${error ?? (signal ? `signal ${signal}` : `code ${code}`)}); restarting in ${(delay / 1000).toFixed(1)} s`);
+    this.o.log.info(`service ${entry.spec.name} exited (${how}); restarting in ${(delay / 1000).toFixed(1)} s`);
     entry.timer = setTimeout(() => this.launch(entry), delay);
     this.changed();
   }
 
-  /** Stops one service: SIGTERM, then SIGKILL after its stop timeout. */
+  /**
+   * Stops one service: SIGTERM to its process group, SIGKILL to the group
+   * after its stop timeout, then at most killWaitMs more. Groups that earlier
+   * runs left behind are killed too.
+   */
   async stop(name: string): Promise<void> {
     const entry = this.entries.get(name);
     if (!entry) return;
@@ -164,18 +209,24 @@ export class Supervisor {
     const child = entry.child;
     entry.state.state = 'stopping';
     this.changed();
-    if (!child || child.exitCode !== null || child.signalCode !== null) {
+    const current = child && child.exitCode === null && child.signalCode === null ? child.pid : undefined;
+    if (current !== undefined) {
+      killGroup(current, 'SIGTERM');
+      const timeout = entry.spec.stopTimeoutMs ?? 10_000;
+      const stopped = await within(entry.exited!, timeout);
+      if (!stopped) {
+        this.o.log.info(`service ${name} did not stop within ${timeout} ms; killing it`);
+        killGroup(current, 'SIGKILL');
+        const killed = await within(entry.exited!, this.o.killWaitMs);
+        if (!killed) this.o.log.info(`service ${name} (pid ${current}) did not die within ${this.o.killWaitMs} ms of SIGKILL; left behind`);
+      }
+    }
+    // What is left in its groups (children that outlived their parent) goes too.
+    for (const pgid of entry.groups) if (!killGroup(pgid, 'SIGKILL')) entry.groups.delete(pgid);
+    entry.groups.clear();
+    if (entry.state.state === 'stopping') {
       entry.state.state = 'stopped';
       this.changed();
-      return;
-    }
-    child.kill('SIGTERM');
-    const timeout = entry.spec.stopTimeoutMs ?? 10_000;
-    const killed = await Promise.race([entry.exited!.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), timeout))]);
-    if (killed) {
-      this.o.log.info(`service ${name} did not stop within ${timeout} ms; killing it`);
-      child.kill('SIGKILL');
-      await entry.exited;
     }
   }
 
