@@ -60,9 +60,9 @@ t.test('shutdown: unmount order and the request to the init', async (t) => {
   t.same(unmountOrder(mounts), ['/tmp', '/cairn', '/var', '/etc', '/run/cairn/state']);
   const root = t.testdir();
   put(root, 'run/cairn/init.pid', '4242\n');
-  const sent: [number, string][] = [];
+  const sent: [number, string | number][] = [];
   requestShutdown(root, 'reboot', (pid, sig) => sent.push([pid, sig]));
-  t.same(sent, [[4242, 'SIGUSR1']]);
+  t.same(sent, [[4242, 0], [4242, 'SIGUSR1']], 'checks that the init is there, then signals it');
   t.equal(readFileSync(join(root, 'run/cairn/shutdown'), 'utf8'), 'reboot');
   t.throws(() => requestShutdown(t.testdir(), 'poweroff', () => undefined), /the cairn init is not running here/);
 });
