@@ -276,3 +276,71 @@ t.test('datastore with the real sqlite3: a missing binary and a locked database 
   t.ok(existsSync(db), 'still in place');
   t.same(readdirSync(dir).filter((n) => n.includes('damaged')), [], 'nothing moved aside');
 });
+
+async function waitFor<T>(what: () => T | undefined, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = what();
+    if (v) return v;
+    if (Date.now() > end) throw new Error('timed out waiting');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+t.test('runtime phase: the token reaches k3s in a 0600 file, never its argv, its log or the status', async (t) => {
+  const root = t.testdir();
+  mkdirSync(join(root, 'usr/local/bin'), { recursive: true });
+  copyFileSync(DOUBLE, join(root, 'usr/local/bin/k3s'));
+  chmodSync(join(root, 'usr/local/bin/k3s'), 0o755);
+  // What an older version left: an open log folder and log file.
+  mkdirSync(join(root, 'var/log/cairn'), { recursive: true, mode: 0o755 });
+  chmodSync(join(root, 'var/log/cairn'), 0o755);
+  writeFileSync(join(root, 'var/log/cairn/k3s.log'), '');
+  chmodSync(join(root, 'var/log/cairn/k3s.log'), 0o644);
+  const config = { cairn: { server_url: 'https://10.0.2.2:6443', token: 's3cret-token', k3s_args: ['--agent-token=ag3nt-token'], environment: { API_TOKEN: 'env-s3cret', http_proxy: 'http://proxy:3128' } } };
+  const { ctx } = testContext(root, config);
+  ctx.env = { ...ctx.env, K3S_DOUBLE_ROOT: root };
+  t.teardown(() => ctx.services.stopAll());
+  const note = await startK3s(ctx);
+  t.match(note, /^k3s agent --server https:\/\/10\.0\.2\.2:6443 --token-file \/run\/cairn\/k3s\/token --agent-token-file \/run\/cairn\/k3s\/agent-token /);
+  const log = join(root, 'var/log/cairn/k3s.log');
+  await waitFor(() => /with a token of 12 characters/.test(readFileSync(log, 'utf8')));
+  const tokenFile = join(root, 'run/cairn/k3s/token');
+  t.equal(readFileSync(tokenFile, 'utf8'), 's3cret-token\n');
+  t.equal(statSync(tokenFile).mode & 0o777, 0o600, 'token file 0600');
+  t.equal(statSync(join(root, 'run/cairn/k3s/agent-token')).mode & 0o777, 0o600, 'agent token file 0600');
+  t.equal(statSync(join(root, 'run/cairn/k3s')).mode & 0o777, 0o700, 'their folder 0700');
+  if (process.getuid?.() === 0) t.equal(statSync(tokenFile).uid, 0, 'owned by root');
+  const rec = JSON.parse(readFileSync(join(root, 'var/lib/rancher/k3s/double/invocations.jsonl'), 'utf8').trim()) as { pid: number; argv: string[] };
+  t.notOk(rec.argv.some((a) => /s3cret|ag3nt/.test(a)), `no token in k3s' argv: ${rec.argv.join(' ')}`);
+  t.equal(rec.argv[rec.argv.indexOf('--token-file') + 1], '/run/cairn/k3s/token');
+  const cmdline = readFileSync(`/proc/${rec.pid}/cmdline`, 'utf8');
+  t.notMatch(cmdline, /s3cret|ag3nt/, 'nor in /proc/<pid>/cmdline');
+  const logText = readFileSync(log, 'utf8');
+  t.match(logText, /--- \S+ starting \S+k3s agent --server https:\/\/10\.0\.2\.2:6443 --token-file \/run\/cairn\/k3s\/token/, 'the supervisor logged the (redacted) argv');
+  t.notMatch(logText, /s3cret|ag3nt/, 'no token in the k3s log');
+  t.equal(statSync(join(root, 'var/log/cairn')).mode & 0o777, 0o750, 'log folder 0750');
+  t.equal(statSync(log).mode & 0o777, 0o640, 'k3s.log 0640');
+  const status = readFileSync(join(root, 'run/cairn/status.json'), 'utf8');
+  t.notMatch(status, /s3cret|ag3nt/, 'no token in status.json');
+  t.same(ctx.status.status.k3s?.env, { API_TOKEN: '<redacted>', http_proxy: 'http://proxy:3128' }, 'the environment shown redacted');
+});
+
+t.test('runtime phase: a phase that timed out during the datastore check never starts k3s', async (t) => {
+  const root = t.testdir();
+  mkdirSync(join(root, 'usr/local/bin'), { recursive: true });
+  copyFileSync(DOUBLE, join(root, 'usr/local/bin/k3s'));
+  put(root, 'var/lib/rancher/k3s/server/db/state.db', 'db');
+  const { ctx } = testContext(root, {});
+  t.teardown(() => ctx.services.stopAll());
+  let release: () => void = () => undefined;
+  // sqlite3 takes its time, and does not react to the signal (the runtime must check it itself).
+  ctx.exec = (file) => new Promise((resolve) => (release = () => resolve({ code: 0, stdout: file === 'sqlite3' ? 'ok' : '', stderr: '', timedOut: false })));
+  const lines: string[] = [];
+  const results = await runPhases([phase('runtime', 50, startK3s)], ctx, createLogger({ debug: false, write: (s) => lines.push(s) }));
+  t.same(results.map((r) => [r.name, r.ok, r.detail]), [['runtime', false, 'did not finish within 50 ms']]);
+  release();
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(ctx.services.get('k3s'), undefined, 'k3s was not started after the timeout');
+  t.notOk(existsSync(join(root, 'var/lib/rancher/k3s/double/invocations.jsonl')), 'the k3s binary never ran');
+});
