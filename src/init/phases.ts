@@ -9,12 +9,13 @@ import { formatDiagnostic } from '../config/diagnostics.js';
 import { at, type NodeContext } from './context.js';
 import { phase, type Phase } from './phase.js';
 import { applyWriteFiles } from './apply/files.js';
-import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applyNtp, applySysctls } from './apply/system.js';
+import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applySysctls } from './apply/system.js';
 import { applyNetwork } from './apply/network.js';
 import { fetchDataSources, isLocalSource, pruneUserdata } from './apply/datasources.js';
-import { applyUsers } from './apply/users.js';
+import { applyUsers, consoleAutologin, ensureUser, USER } from './apply/users.js';
+import { syncTime, tlsFetches, waitForClock } from './apply/time.js';
 import { runCommands } from './apply/commands.js';
-import { startServices } from './services.js';
+import { startGettys, startServices, updateConsoleLogin } from './services.js';
 import { startK3s } from '../runtime/k3s.js';
 import { k3sHealthy, markGood } from './mark-good.js';
 
@@ -46,7 +47,11 @@ export async function configPhase(ctx: NodeContext): Promise<string> {
   return local.length ? `${await loadNodeConfig(ctx)} (user-data from ${local.join(', ')})` : loadNodeConfig(ctx);
 }
 
-/** The keys k3OS applied in its initrd stage: write_files, hostname, modules, sysctls, environment. */
+/**
+ * The keys k3OS applied in its initrd stage: write_files, hostname, modules,
+ * sysctls, environment. The cairn user comes first, so that write_files
+ * owned by it work on the very first boot.
+ */
 export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
   const problems: string[] = [];
   const attempt = async (what: string, fn: () => Promise<unknown> | unknown) => {
@@ -56,6 +61,7 @@ export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
       problems.push(`${what}: ${(e as Error).message}`);
     }
   };
+  await attempt(`the ${USER} user`, () => ensureUser(ctx.root));
   await attempt('write_files', () => {
     const p = applyWriteFiles(ctx.root, ctx.config.write_files ?? []);
     if (p.length) throw new Error(p.join('; '));
@@ -87,8 +93,29 @@ export async function dataSources(ctx: NodeContext): Promise<string> {
   return `user-data from ${found.join(', ')}`;
 }
 
+/**
+ * SSH keys and the password; then the console login follows what got
+ * installed. Keys that user-data brought from an https URL wait for the
+ * clock too (the time phase waited only for what the config asked then).
+ */
+export async function usersPhase(ctx: NodeContext): Promise<string> {
+  if (tlsFetches(ctx.config).length) await waitForClock(ctx);
+  try {
+    return await applyUsers(ctx);
+  } finally {
+    updateConsoleLogin(ctx);
+  }
+}
+
 export const MARK_GOOD_WAIT_MS = 300_000;
 
+/**
+ * The order matters where one phase needs another's work:
+ * - the cairn user (initrd-keys) before write_files owned by it;
+ * - a login on the console before any init_cmd or boot_cmd, which may hang;
+ * - the clock (time) before anything fetched over TLS (data sources, keys);
+ * - the console login decided again once the keys are installed (users).
+ */
 export const boot: Phase<NodeContext>[] = [
   phase('mounts', 5_000, async (ctx) => {
     for (const d of ['/run/cairn', '/var/log/cairn', '/var/lib/cairn']) mkdirSync(at(ctx, d), { recursive: true });
@@ -98,13 +125,16 @@ export const boot: Phase<NodeContext>[] = [
   }),
   phase('config', 60_000, configPhase),
   phase('initrd-keys', 30_000, applyEarlyKeys),
+  phase('console', 5_000, async (ctx) => {
+    const started = startGettys(ctx);
+    if (!started.length) return 'no console';
+    return `${started.join(', ')}${consoleAutologin(ctx.root) ? ` (logs in as ${USER} by itself until a key or a password is installed)` : ''}`;
+  }),
   phase('init-cmd', 600_000, (ctx) => runCommands(ctx, 'init_cmd')),
   phase('network', 60_000, (ctx) => applyNetwork(ctx)),
+  phase('time', 45_000, (ctx) => syncTime(ctx)),
   phase('data-sources', 60_000, dataSources),
-  phase('users', 60_000, applyUsers),
-  phase('time', 10_000, async (ctx) => {
-    await applyNtp(ctx);
-  }),
+  phase('users', 90_000, usersPhase),
   phase('boot-cmd', 600_000, (ctx) => runCommands(ctx, 'boot_cmd')),
   phase('services', 90_000, startServices),
   phase('runtime', 120_000, startK3s),

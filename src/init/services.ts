@@ -1,9 +1,12 @@
 /**
  * The node's own services: sshd, chronyd and a getty on every console.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { at, type NodeContext } from './context.js';
 import { consoleAutologin, USER } from './apply/users.js';
+import { writeFileAtomic } from './apply/files.js';
+import { startChrony } from './apply/time.js';
+import type { ServiceSpec } from './supervisor.js';
 
 /** The consoles the kernel writes to, e.g. ["tty1", "ttyS0"]; tty0 (whichever VT is in front) is tty1 for a getty. */
 export function activeConsoles(root: string): string[] {
@@ -15,9 +18,58 @@ export function activeConsoles(root: string): string[] {
   }
 }
 
-export function gettyArgs(tty: string, autologin: boolean): string[] {
+/** agetty's arguments for a console (the supervised getty adds `--autologin` at each start, see gettyScript). */
+export function gettyArgs(tty: string, autologin = false): string[] {
   const serial = /^tty(S|AMA|USB|PS|mxc|GS)\d+/.test(tty);
   return ['--noclear', ...(autologin ? ['--autologin', USER] : []), ...(serial ? ['-L', tty, '115200,57600,38400,9600', 'vt100'] : [tty, 'linux'])];
+}
+
+/** Present (holding the user's name) while the console logs in without a password. */
+export const AUTOLOGIN_FLAG = '/run/cairn/console-autologin';
+
+/**
+ * What the supervisor runs for a getty: agetty, with `--autologin` when the
+ * flag says so at that moment, so that every new prompt follows what is
+ * installed now.
+ */
+export function gettyScript(ctx: { root: string }): string {
+  const agetty = at(ctx, '/sbin/agetty');
+  return `if [ -s '${at(ctx, AUTOLOGIN_FLAG)}' ]; then exec '${agetty}' --autologin ${USER} "$@"; fi; exec '${agetty}' "$@"`;
+}
+
+export function gettySpec(ctx: { root: string }, tty: string): ServiceSpec {
+  return { name: `getty-${tty}`, command: '/bin/sh', args: ['-c', gettyScript(ctx), 'getty', ...gettyArgs(tty)], env: { TERM: 'vt100', PATH: process.env.PATH ?? '/usr/bin:/bin' } };
+}
+
+/**
+ * Decides the console login from what is installed now: without a password
+ * and an SSH key the console logs in by itself (there is always a way in).
+ * When that changes, the gettys are hung up, so that the next prompt
+ * follows: a console logged in by itself is closed once a key or a
+ * password is installed.
+ */
+export function updateConsoleLogin(ctx: NodeContext): boolean {
+  const auto = consoleAutologin(ctx.root);
+  const flag = at(ctx, AUTOLOGIN_FLAG);
+  let was: boolean | undefined;
+  try {
+    was = readFileSync(flag, 'utf8').trim() !== '';
+  } catch {
+    was = false;
+  }
+  if (auto) writeFileAtomic(flag, `${USER}\n`);
+  else rmSync(flag, { force: true });
+  if (was !== auto) {
+    for (const svc of ctx.services.list()) {
+      if (!svc.name.startsWith('getty-') || svc.pid === undefined) continue;
+      try {
+        process.kill(svc.pid, 'SIGHUP');
+      } catch {
+        // already gone; the supervisor starts it again
+      }
+    }
+  }
+  return auto;
 }
 
 export async function startServices(ctx: NodeContext): Promise<string> {
@@ -27,27 +79,27 @@ export async function startServices(ctx: NodeContext): Promise<string> {
   if (keys.code !== 0) ctx.log.info(`sshd: host keys not generated: ${keys.stderr.trim()}`);
   ctx.services.start({ name: 'sshd', command: '/usr/sbin/sshd', args: ['-D', '-e'] });
   started.push('sshd');
-  mkdirSync(at(ctx, '/run/chrony'), { recursive: true });
-  mkdirSync(at(ctx, '/var/lib/chrony'), { recursive: true });
-  ctx.services.start({ name: 'chronyd', command: '/usr/sbin/chronyd', args: ['-d', '-f', '/etc/chrony/chrony.conf'] });
-  started.push('chronyd');
-  // The login prompt comes last, under the boot's lines, not in the middle of them;
-  // should the rest of the boot hang, it comes after GETTY_FALLBACK_MS anyway.
-  setTimeout(() => startGettys(ctx), GETTY_FALLBACK_MS).unref();
+  // Started in the time phase; here should that phase have failed before it.
+  if (!ctx.services.get('chronyd')) {
+    await startChrony(ctx);
+    started.push('chronyd');
+  }
   return started.join(', ');
 }
 
-export const GETTY_FALLBACK_MS = 120_000;
-
-/** A getty on every console (once). */
+/**
+ * A getty on every console (once). Started early in the boot, before any
+ * init_cmd or boot_cmd, so that a command that hangs never keeps the
+ * console locked; the boot's lines go on printing above the prompt.
+ */
 export function startGettys(ctx: NodeContext): string[] {
   const started: string[] = [];
-  const auto = consoleAutologin(ctx);
+  updateConsoleLogin(ctx);
   for (const tty of activeConsoles(ctx.root)) {
-    const name = `getty-${tty}`;
-    if (ctx.services.get(name)) continue;
-    ctx.services.start({ name, command: '/sbin/agetty', args: gettyArgs(tty, auto), env: { TERM: 'vt100', PATH: process.env.PATH ?? '/usr/bin:/bin' } });
-    started.push(name);
+    const spec = gettySpec(ctx, tty);
+    if (ctx.services.get(spec.name)) continue;
+    ctx.services.start(spec);
+    started.push(spec.name);
   }
   return started;
 }

@@ -7,7 +7,7 @@ import { applyDns, applyEnvironment, applyHostname, applyModules, applySysctls, 
 import { applyUsers, consoleAutologin, isCryptHash, keySource } from '../../src/init/apply/users.js';
 import { runCommands } from '../../src/init/apply/commands.js';
 import { fetchDataSources, userdataName } from '../../src/init/apply/datasources.js';
-import { nodeRoot, put, testContext } from './support.js';
+import { chpasswdWrites, nodeRoot, put, sshKey, testContext } from './support.js';
 
 t.test('write_files: every encoding, owner and mode, atomically', async (t) => {
   const root = nodeRoot(t.testdir());
@@ -83,31 +83,37 @@ t.test('users: the cairn user, keys (fetched, cached, used offline), password', 
   t.ok(isCryptHash('$6$salt$abcdef'));
   t.notOk(isCryptHash('rancher'));
   const root = nodeRoot(t.testdir());
-  const config = { ssh_authorized_keys: ['ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB...', 'github:ibuildthecloud'], cairn: { password: 'rancher' } };
-  const online = testContext(root, config, { fetch: (url) => (url === 'https://github.com/ibuildthecloud.keys' ? 'ssh-ed25519 AAAAfetched one\n' : '') });
+  const literal = sshKey('literal');
+  const fetched = sshKey('fetched', 'fetched one');
+  const config = { ssh_authorized_keys: [literal, 'github:ibuildthecloud'], cairn: { password: 'rancher' } };
+  const online = testContext(root, config, { exec: chpasswdWrites(root), fetch: (url) => (url === 'https://github.com/ibuildthecloud.keys' ? `${fetched}\n` : '') });
   t.match(await applyUsers(online.ctx), /cairn: 2 SSH keys, password set/);
   t.match(readFileSync(join(root, 'etc/passwd'), 'utf8'), /^cairn:x:1000:1000:cairn:\/home\/cairn:\/bin\/bash$/m);
   t.match(readFileSync(join(root, 'etc/group'), 'utf8'), /^cairn:x:1000:$/m);
   const ak = join(root, 'home/cairn/.ssh/authorized_keys');
-  t.equal(readFileSync(ak, 'utf8'), 'ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB...\nssh-ed25519 AAAAfetched one\n');
+  t.equal(readFileSync(ak, 'utf8'), `${literal}\n${fetched}\n`);
   t.equal(statSync(ak).mode & 0o777, 0o600);
   t.same(online.calls.find((c) => c.file === 'chpasswd'), { file: 'chpasswd', args: [], input: 'cairn:rancher\n' });
+  t.notOk(online.lines.some((l) => l.includes('rancher')), 'the password is not logged');
   const offline = testContext(root, config);
   await applyUsers(offline.ctx);
-  t.equal(readFileSync(ak, 'utf8'), 'ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB...\nssh-ed25519 AAAAfetched one\n', 'offline: the cached keys');
-  t.ok(offline.lines.some((l) => /github:ibuildthecloud: using cached keys/.test(l)));
+  t.equal(readFileSync(ak, 'utf8'), `${literal}\n${fetched}\n`, 'offline: the cached keys');
+  t.ok(offline.lines.some((l) => /github:ibuildthecloud: using 1 cached key \(network unreachable\)/.test(l)));
   const hashed = testContext(root, { cairn: { password: '$6$x$y' } });
   await applyUsers(hashed.ctx);
   t.same(hashed.calls.find((c) => c.file === 'chpasswd')?.args, ['-e']);
   t.equal(readFileSync(join(root, 'etc/passwd'), 'utf8').match(/^cairn:/gm)?.length, 1, 'the user is added once');
+  const refused = testContext(root, { cairn: { password: 'hunter2!' } }, { exec: (f) => (f === 'chpasswd' ? { code: 1, stderr: 'chpasswd: (user cairn) pam_chauthtok() failed' } : undefined) });
+  const why = await applyUsers(refused.ctx).then(() => '', (e: Error) => e.message);
+  t.match(why, /cannot set the password of cairn: chpasswd: \(user cairn\) pam_chauthtok\(\) failed/);
+  t.notMatch(why, /hunter2/, 'the password is not in the error');
 });
 
 t.test('users: without a password or keys, the console logs in and the log says so', async (t) => {
   const root = nodeRoot(t.testdir());
   const { ctx } = testContext(root, {});
   t.match(await applyUsers(ctx), /no password and no SSH keys: log in on the console/);
-  t.ok(consoleAutologin(ctx));
-  t.notOk(consoleAutologin({ config: { cairn: { password: 'x' } } }));
+  t.ok(consoleAutologin(root));
   t.match(readFileSync(join(root, 'etc/shadow'), 'utf8'), /^cairn:\*:/m);
 });
 

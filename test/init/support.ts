@@ -1,5 +1,6 @@
 // A node context over a folder, with a recording exec and a scripted fetch.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { NodeContext } from '../../src/init/context.js';
 import type { Exec, ExecResult } from '../../src/init/exec.js';
@@ -29,6 +30,24 @@ export function nodeRoot(root: string): string {
   put(root, 'proc/sys/kernel/hostname', 'localhost\n');
   mkdirSync(join(root, 'sys/class/net'), { recursive: true });
   return root;
+}
+
+/** An SSH public key as ssh-keygen writes it: `ssh-ed25519 <blob> <comment>`, the blob made from `seed`. */
+export function sshKey(seed: string, comment = seed): string {
+  const type = Buffer.from('ssh-ed25519');
+  const pub = createHash('sha256').update(seed).digest();
+  const u32 = (n: number) => Buffer.from([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
+  return `ssh-ed25519 ${Buffer.concat([u32(type.length), type, u32(pub.length), pub]).toString('base64')} ${comment}`;
+}
+
+/** An exec answer for chpasswd that does what it does: the cairn user's shadow entry gets a hash. */
+export function chpasswdWrites(root: string) {
+  return (file: string): Partial<ExecResult> | undefined => {
+    if (file !== 'chpasswd') return undefined;
+    const shadow = join(root, 'etc/shadow');
+    writeFileSync(shadow, readFileSync(shadow, 'utf8').replace(/^cairn:[^:]*:/m, 'cairn:$6$test$hash:'));
+    return { code: 0 };
+  };
 }
 
 export function testContext(

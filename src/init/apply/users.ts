@@ -1,9 +1,12 @@
 /**
  * The `cairn` login user (uid 1000): its account, its SSH keys and its
  * password. There is no default password: without keys or a password the
- * only way in is the console, and the boot log says so.
+ * only way in is the console, and the boot log says so. Which of those a
+ * node has is read from what is installed (authorized_keys, the shadow
+ * entry), not from what is configured: a key fetch that failed leaves no key.
  */
-import { chownSync, mkdirSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chownSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { at, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
@@ -63,15 +66,57 @@ export function ensureUser(root: string): void {
   }
 }
 
-/** Where the keys of an entry come from: a literal key, or a URL to fetch. */
+/** Where the keys of an entry come from: a literal key, or a URL to fetch (cached under a hash of the URL: it may hold a token). */
 export function keySource(entry: string): { literal: string } | { url: string; cacheName: string } {
   const m = /^(github|gitlab):(.+)$/.exec(entry);
   if (m) return { url: `https://${m[1]}.com/${m[2]}.keys`, cacheName: `${m[1]}-${m[2]}.keys` };
-  if (/^https?:\/\//.test(entry)) return { url: entry, cacheName: `url-${Buffer.from(entry).toString('base64url').slice(0, 60)}.keys` };
+  if (/^https?:\/\//.test(entry)) return { url: entry, cacheName: `url-${createHash('sha256').update(entry).digest('hex').slice(0, 16)}.keys` };
   return { literal: entry };
 }
 
-/** Resolves ssh_authorized_keys: fetched keys are cached, and the cache is used when the network is not there. */
+const KEY_TYPES = new Set([
+  'ssh-ed25519',
+  'ssh-rsa',
+  'ssh-dss',
+  'ecdsa-sha2-nistp256',
+  'ecdsa-sha2-nistp384',
+  'ecdsa-sha2-nistp521',
+  'sk-ssh-ed25519@openssh.com',
+  'sk-ecdsa-sha2-nistp256@openssh.com',
+]);
+
+/**
+ * Whether a line is an SSH public key as `ssh-keygen` writes it and GitHub
+ * serves it: `<type> <base64 blob> [comment]`, the blob naming the same type.
+ */
+export function isSshPublicKey(line: string): boolean {
+  const [type, blob] = line.trim().split(/\s+/);
+  const base = type?.replace(/-cert-v01@openssh\.com$/, '');
+  if (!type || !blob || !base || !KEY_TYPES.has(base) || !/^[A-Za-z0-9+/]+={0,2}$/.test(blob)) return false;
+  const bytes = Buffer.from(blob, 'base64');
+  if (bytes.length < 4 + type.length) return false;
+  const len = bytes.readUInt32BE(0);
+  return len === type.length && bytes.subarray(4, 4 + len).toString('latin1') === type;
+}
+
+/**
+ * The keys in a fetched key list, or why it is not one. An empty answer and
+ * anything that is not all keys (a captive portal's HTML page, an error
+ * page) are refused, so that they never replace keys that worked.
+ */
+export function parseKeyList(text: string): { keys: string[] } | { problem: string } {
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  if (lines.length === 0) return { problem: 'the answer has no keys' };
+  const bad = lines.findIndex((l) => !isSshPublicKey(l));
+  if (bad >= 0) return { problem: `the answer is not a list of SSH public keys (line ${bad + 1} starts "${lines[bad]!.slice(0, 20).replace(/[^\x20-\x7e]/g, '?')}"; a captive portal or an error page?)` };
+  return { keys: lines };
+}
+
+/**
+ * Resolves ssh_authorized_keys: fetched keys are cached; the cache is used
+ * when a fetch fails or brings something that is not keys, and only a good
+ * answer replaces it.
+ */
 export async function resolveKeys(ctx: NodeContext, entries: string[]): Promise<{ keys: string[]; notes: string[] }> {
   const keys: string[] = [];
   const notes: string[] = [];
@@ -82,22 +127,35 @@ export async function resolveKeys(ctx: NodeContext, entries: string[]): Promise<
       continue;
     }
     const cache = at(ctx, join(KEY_CACHE, src.cacheName));
+    let problem: string;
     try {
-      const text = await ctx.fetch(src.url, { timeoutMs: 10_000 });
-      const fetched = text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
-      writeFileAtomic(cache, `${fetched.join('\n')}\n`, { mode: 0o600 });
-      keys.push(...fetched);
-    } catch (e) {
-      const cached = lines(cache);
-      if (cached.length) {
-        keys.push(...cached);
-        notes.push(`${entry}: using cached keys (${(e as Error).message})`);
-      } else {
-        notes.push(`${entry}: no keys (${(e as Error).message}; nothing cached yet)`);
+      const got = parseKeyList(await ctx.fetch(src.url, { timeoutMs: 10_000 }));
+      if ('keys' in got) {
+        writeFileAtomic(cache, `${got.keys.join('\n')}\n`, { mode: 0o600 });
+        if (/^https?:/.test(entry)) rmSync(at(ctx, join(KEY_CACHE, `url-${Buffer.from(entry).toString('base64url').slice(0, 60)}.keys`)), { force: true });
+        keys.push(...got.keys);
+        continue;
       }
+      problem = got.problem;
+    } catch (e) {
+      problem = (e as Error).message;
+    }
+    // A cache from before URL caches were named by hash: by the URL itself.
+    const legacy = /^https?:/.test(entry) ? at(ctx, join(KEY_CACHE, `url-${Buffer.from(entry).toString('base64url').slice(0, 60)}.keys`)) : undefined;
+    const cached = [cache, ...(legacy ? [legacy] : [])].map((f) => lines(f).filter(isSshPublicKey)).find((k) => k.length) ?? [];
+    if (cached.length) {
+      keys.push(...cached);
+      notes.push(`${keyLabel(entry)}: using ${cached.length} cached key${cached.length === 1 ? '' : 's'} (${problem})`);
+    } else {
+      notes.push(`${keyLabel(entry)}: no keys (${problem}; nothing cached yet)`);
     }
   }
   return { keys: [...new Set(keys)], notes };
+}
+
+/** An entry as the log names it: a URL without its query (which may hold a token). */
+function keyLabel(entry: string): string {
+  return entry.replace(/^(https?:\/\/[^?#]*)[?#].*$/, '$1?...');
 }
 
 /** A crypt(3) hash as /etc/shadow holds it ($1$, $5$, $6$, $y$, $2b$, ...). */
@@ -119,19 +177,37 @@ export async function applyUsers(ctx: NodeContext): Promise<string> {
     }
   }
   const password = ctx.config.cairn?.password;
+  let passwordProblem: string | undefined;
   if (password) {
     const hashed = isCryptHash(password);
     const r = await ctx.exec('chpasswd', hashed ? ['-e'] : [], { input: `${USER}:${password}\n`, timeoutMs: 15_000 });
-    if (r.code !== 0) throw new Error(`cannot set the password of ${USER}: ${(r.stderr || `exit ${r.code}`).trim()}`);
+    // chpasswd's own words, never the input (the password)
+    if (r.code !== 0) passwordProblem = `cannot set the password of ${USER}: ${(r.stderr || `exit ${r.code}`).trim().split('\n')[0]}`;
   }
   for (const n of notes) ctx.log.info(`users: ${n}`);
-  if (!password && keys.length === 0) {
-    return `${USER}: no password and no SSH keys: log in on the console (no password asked); set ssh_authorized_keys or password for SSH`;
+  const login = installedLogin(ctx.root);
+  let summary: string;
+  if (!login.password && login.keys === 0) {
+    summary = `${USER}: no password and no SSH keys: log in on the console (no password asked); set ssh_authorized_keys or password for SSH`;
+  } else {
+    summary = `${USER}: ${login.keys} SSH key${login.keys === 1 ? '' : 's'}${login.password ? ', password set' : ''}`;
   }
-  return `${USER}: ${keys.length} SSH key${keys.length === 1 ? '' : 's'}${password ? ', password set' : ''}`;
+  if (passwordProblem) throw new Error(`${passwordProblem} (${summary})`);
+  return summary;
 }
 
-/** Whether the console logs in without a password: only when neither a password nor keys are configured. */
-export function consoleAutologin(ctx: Pick<NodeContext, 'config'>): boolean {
-  return !ctx.config.cairn?.password && (ctx.config.ssh_authorized_keys ?? []).length === 0;
+/** The ways in that are installed on the node now: keys in authorized_keys, a password in the shadow entry. */
+export function installedLogin(root: string): { keys: number; password: boolean } {
+  const keys = lines(join(root, HOME, '.ssh/authorized_keys')).filter((l) => l.trim() && !l.trim().startsWith('#')).length;
+  const entry = lines(join(root, 'etc/shadow')).find((l) => l.startsWith(`${USER}:`));
+  const hash = entry?.split(':')[1] ?? '';
+  // "*", "!", "!hash" (locked) or empty: no password login
+  const password = hash !== '' && !hash.startsWith('*') && !hash.startsWith('!');
+  return { keys, password };
+}
+
+/** Whether the console logs in without a password: only when no password and no SSH key is installed, so that there is always a way in. */
+export function consoleAutologin(root: string): boolean {
+  const login = installedLogin(root);
+  return !login.password && login.keys === 0;
 }
