@@ -47,6 +47,16 @@ export function at(ctx: { root: string }, path: string): string {
   return join(ctx.root, path);
 }
 
+/** A URL as logs show it: without its query and fragment, which may hold a token. */
+export function urlForLog(url: string): string {
+  return url.replace(/^(https?:\/\/[^?#]*)[?#].*$/s, '$1?...');
+}
+
+/** A message with every mention of `url` shown as urlForLog shows it. */
+export function withoutQuery(message: string, url: string): string {
+  return message.split(url).join(urlForLog(url));
+}
+
 /** fetch() with a timeout, as text; throws on HTTP errors. */
 export const httpFetch: Fetch = async (url, opts = {}) => {
   const res = await fetch(url, { headers: opts.headers, signal: AbortSignal.timeout(opts.timeoutMs ?? 10_000) });

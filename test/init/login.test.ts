@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { consoleAutologin, isSshPublicKey, KEY_CACHE, parseKeyList, resolveKeys } from '../../src/init/apply/users.js';
 import { syncTime, tlsFetches } from '../../src/init/apply/time.js';
+import { fetchDataSources } from '../../src/init/apply/datasources.js';
 import { applyEarlyKeys, boot, usersPhase } from '../../src/init/phases.js';
 import { runPhases } from '../../src/init/phase.js';
 import { AUTOLOGIN_FLAG } from '../../src/init/services.js';
@@ -66,10 +67,16 @@ t.test('a portal page with nothing cached: no key installed, nothing cached, and
 
 t.test('the login follows what got installed, not what is configured', async (t) => {
   const root = nodeRoot(t.testdir());
-  const failed = testContext(root, { ssh_authorized_keys: ['github:octo', 'https://keys.example/k?token=t0ken'] });
+  const failed = testContext(root, { ssh_authorized_keys: ['github:octo', 'https://keys.example/k?token=t0ken'], cairn: { data_sources: ['https://cfg.example/u?token=t0ken'] } }, {
+    fetch: (url) => {
+      throw new Error(`${url}: HTTP 503`);
+    },
+  });
+  await fetchDataSources(failed.ctx);
   await usersPhase(failed.ctx);
   t.ok(existsSync(join(root, AUTOLOGIN_FLAG)), 'every key fetch failed: the console logs in by itself');
-  t.notOk(failed.lines.some((l) => l.includes('t0ken')), 'a token in a key URL is not logged');
+  t.notOk(failed.lines.some((l) => l.includes('t0ken')), 'a token in a URL is not logged');
+  t.ok(failed.lines.some((l) => l.includes('https://keys.example/k?...: no keys (https://keys.example/k?...: HTTP 503')), failed.lines.join('\n'));
   const fetched = testContext(root, { ssh_authorized_keys: ['github:octo'] }, { fetch: () => `${sshKey('k')}\n` });
   await usersPhase(fetched.ctx);
   t.notOk(existsSync(join(root, AUTOLOGIN_FLAG)), 'a key is installed: a login is asked for');

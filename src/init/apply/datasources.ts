@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Diagnostic } from '../../config/diagnostics.js';
-import { at, type NodeContext } from '../context.js';
+import { at, urlForLog, withoutQuery, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
 import { CONFIG_PATHS } from '../../config/loader.js';
 
@@ -155,7 +155,7 @@ export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'netwo
         data = await fromVolume(ctx, source);
       }
     } catch (e) {
-      ctx.log.debug(`data source ${source}: ${(e as Error).message}`);
+      ctx.log.debug(`data source ${urlForLog(source)}: ${withoutQuery((e as Error).message, source)}`);
     }
     if (data !== undefined && data.trim()) {
       // A `#!` script runs as the last run_cmd: executable, by root only.

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { chownSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { at, type NodeContext } from '../context.js';
+import { at, urlForLog, withoutQuery, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
 
 export const USER = 'cairn';
@@ -127,35 +127,30 @@ export async function resolveKeys(ctx: NodeContext, entries: string[]): Promise<
       continue;
     }
     const cache = at(ctx, join(KEY_CACHE, src.cacheName));
+    // A cache from before URL caches were named by a hash: named by the URL itself.
+    const legacy = /^https?:/.test(entry) ? at(ctx, join(KEY_CACHE, `url-${Buffer.from(entry).toString('base64url').slice(0, 60)}.keys`)) : undefined;
     let problem: string;
     try {
       const got = parseKeyList(await ctx.fetch(src.url, { timeoutMs: 10_000 }));
       if ('keys' in got) {
         writeFileAtomic(cache, `${got.keys.join('\n')}\n`, { mode: 0o600 });
-        if (/^https?:/.test(entry)) rmSync(at(ctx, join(KEY_CACHE, `url-${Buffer.from(entry).toString('base64url').slice(0, 60)}.keys`)), { force: true });
+        if (legacy) rmSync(legacy, { force: true });
         keys.push(...got.keys);
         continue;
       }
       problem = got.problem;
     } catch (e) {
-      problem = (e as Error).message;
+      problem = withoutQuery((e as Error).message, src.url);
     }
-    // A cache from before URL caches were named by hash: by the URL itself.
-    const legacy = /^https?:/.test(entry) ? at(ctx, join(KEY_CACHE, `url-${Buffer.from(entry).toString('base64url').slice(0, 60)}.keys`)) : undefined;
     const cached = [cache, ...(legacy ? [legacy] : [])].map((f) => lines(f).filter(isSshPublicKey)).find((k) => k.length) ?? [];
     if (cached.length) {
       keys.push(...cached);
-      notes.push(`${keyLabel(entry)}: using ${cached.length} cached key${cached.length === 1 ? '' : 's'} (${problem})`);
+      notes.push(`${urlForLog(entry)}: using ${cached.length} cached key${cached.length === 1 ? '' : 's'} (${problem})`);
     } else {
-      notes.push(`${keyLabel(entry)}: no keys (${problem}; nothing cached yet)`);
+      notes.push(`${urlForLog(entry)}: no keys (${problem}; nothing cached yet)`);
     }
   }
   return { keys: [...new Set(keys)], notes };
-}
-
-/** An entry as the log names it: a URL without its query (which may hold a token). */
-function keyLabel(entry: string): string {
-  return entry.replace(/^(https?:\/\/[^?#]*)[?#].*$/, '$1?...');
 }
 
 /** A crypt(3) hash as /etc/shadow holds it ($1$, $5$, $6$, $y$, $2b$, ...). */
