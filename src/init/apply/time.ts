@@ -30,7 +30,7 @@ export function tlsFetches(config: CairnConfig): string[] {
 export async function startChrony(ctx: NodeContext): Promise<void> {
   await applyNtp(ctx);
   if (ctx.services.get('chronyd')) return;
-  mkdirSync(at(ctx, '/run/chrony'), { recursive: true });
+  // /run/chrony is left to chronyd: it makes it with the owner and mode its command socket needs.
   mkdirSync(at(ctx, '/var/lib/chrony'), { recursive: true });
   ctx.services.start({ name: 'chronyd', command: at(ctx, '/usr/sbin/chronyd'), args: ['-d', '-f', at(ctx, '/etc/chrony/chrony.conf')] });
 }
