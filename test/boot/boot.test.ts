@@ -62,7 +62,7 @@ async function bootComplete(tt: Check, vm: Vm, timeoutMs = BOOT_TIMEOUT, failing
   tt.equal(r.match.replace(/^login: /, ''), want, 'the boot completed as expected');
 }
 
-const PHASES = ['mounts', 'config', 'initrd-keys', 'init-cmd', 'network', 'data-sources', 'users', 'time', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
+const PHASES = ['mounts', 'config', 'initrd-keys', 'console', 'init-cmd', 'network', 'time', 'data-sources', 'users', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
 
 /** Every phase printed its line, in order, and the boot completed. */
 async function bootsThrough(tt: Check, vm: Vm, failing: string[] = []): Promise<void> {
@@ -127,7 +127,10 @@ async function checkSampleApplied(tt: Check, node: Node): Promise<void> {
   const status = JSON.parse(await node.sh('cairn status --json')) as { version: string; services: { name: string; state: string }[]; bootComplete: boolean };
   tt.equal(status.version, '0.1.0');
   tt.ok(status.bootComplete);
-  tt.same(status.services.filter((s) => ['sshd', 'chronyd', 'k3s'].includes(s.name)).map((s) => [s.name, s.state]), [['sshd', 'running'], ['chronyd', 'running'], ['k3s', 'running']]);
+  tt.same(
+    status.services.filter((s) => ['sshd', 'chronyd', 'k3s'].includes(s.name)).map((s) => [s.name, s.state]).sort(),
+    [['chronyd', 'running'], ['k3s', 'running'], ['sshd', 'running']],
+  );
 }
 
 t.test("ISO: k3OS' README sample config", async (tt) => {
