@@ -300,6 +300,7 @@ t.test('a first boot at 1970 without a reachable key source: the clock, the way 
   const config = [
     'hostname: clockless',
     'ssh_authorized_keys: ["github:cairn-test-no-such-user"]',
+    'init_cmd: ["sleep 60"]',
     'write_files:',
     '- path: /home/cairn/notes.txt',
     '  owner: cairn:cairn',
@@ -308,8 +309,14 @@ t.test('a first boot at 1970 without a reachable key source: the clock, the way 
     '',
   ].join('\n');
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'clockless', { extraArgs: ['-rtc', 'base=1970-01-01'] });
+  // A slow init_cmd does not keep the console locked: a shell answers while it runs.
+  await node.vm.waitFor(L(/cairn: console ok .*$/), BOOT_TIMEOUT);
+  node.vm.sendLine('');
+  await node.vm.waitFor(/@clockless:[^\n]*\$ $/m, 40_000);
+  tt.equal((await node.consoleRun('echo early shell')).trim(), 'early shell', 'a console shell during init_cmd');
+  tt.notMatch(node.vm.output, /cairn: init-cmd ok/, 'init_cmd was still running');
   await bootComplete(tt, node.vm);
-  // No key could be installed and no password is set: the console logs in by itself.
+  // No key could be installed and no password is set: the console still logs in by itself.
   node.vm.sendLine('');
   await node.vm.waitFor(/@clockless:[^\n]*\$ $/m, 60_000);
   const now = Number((await node.consoleRun('date +%s')).trim());
