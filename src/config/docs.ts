@@ -18,8 +18,17 @@ function typeOf(s: SchemaNode): string {
   }
 }
 
+/** Whether a key's value (or each item, or each map value) must be one line of text. */
+function singleLine(s: SchemaNode): boolean {
+  if (s['x-single-line']) return true;
+  if (s.type === 'array' && s.items) return resolveSchema(s.items)['x-single-line'] === true;
+  if (s.type === 'object' && typeof s.additionalProperties === 'object') return resolveSchema(s.additionalProperties)['x-single-line'] === true;
+  return false;
+}
+
 function details(s: SchemaNode): string {
   const parts: string[] = [];
+  if (singleLine(s)) parts.push('one line: no newlines or other control characters');
   if (s.enum) parts.push(`one of ${s.enum.map((v) => `\`${JSON.stringify(v)}\``).join(', ')}`);
   if (s['x-expected'] && !s.enum) parts.push(s['x-expected']);
   if (s.default !== undefined) parts.push(`default \`${JSON.stringify(s.default)}\``);
@@ -65,12 +74,19 @@ export function renderConfigDocs(): string {
   out.push('Later sources override earlier ones: maps merge key by key, lists and single values replace.');
   out.push('');
   out.push('1. the image\'s default config, `/usr/lib/cairn/config.yaml`');
-  out.push('2. the kernel command line: `cairn.KEY=VALUE` or `k3os.KEY=VALUE`; a repeated key makes a list, a bare key means true, `cairn.sysctl[kernel.printk]="4 4 1 7"` sets one map entry, `cairn.install.device=/dev/sda` a nested key');
-  out.push('3. the node\'s own config, `/cairn/system/config.yaml`');
+  out.push('2. the node\'s own config, `/cairn/system/config.yaml`');
+  out.push('3. the kernel command line: `cairn.KEY=VALUE` or `k3os.KEY=VALUE`; a repeated key makes a list, a bare key means true, `cairn.sysctl[kernel.printk]="4 4 1 7"` sets one map entry, `cairn.install.device=/dev/sda` a nested key. A key set at the boot prompt wins over the node\'s config file for that boot. Secrets (`password`, `token`, Wi-Fi passphrases) given here get a warning: every process on the node can read `/proc/cmdline`; give them through a data source or the node\'s config file');
   out.push('4. user-data from the data sources, `/var/lib/cairn/userdata/*`; user-data that starts with `#!` is a script that runs as the last `run_cmd`');
   out.push('5. drop-in files, `/var/lib/cairn/config.d/*`, in name order');
   out.push('');
   out.push('A source with errors still contributes its valid keys, so that a typo never leaves a node that nobody can reach; the problems are logged.');
+  out.push('');
+  out.push('## Rules for every source');
+  out.push('');
+  out.push('- values are checked before they are written into a config file or given to a program: keys marked "one line" below refuse newlines and other control characters (U+0000-U+001F, U+007F). Only `write_files` content and the `init_cmd`, `boot_cmd` and `run_cmd` scripts may span lines');
+  out.push('- `__proto__`, `constructor` and `prototype` are refused as keys, in files and on the kernel command line');
+  out.push('- node labels and taints follow Kubernetes\' rules: a key is an optional prefix (a DNS subdomain of at most 253 characters: lowercase letters, digits, `-`, `.`) and `/`, then a name of at most 63 characters (letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit); a value is empty or such a name; a taint is `key=value:Effect` or `key:Effect` with Effect `NoSchedule`, `PreferNoSchedule` or `NoExecute`');
+  out.push('- secrets (keys marked "secret" below, `environment` entries whose name contains TOKEN, PASSWORD, SECRET or KEY, tokens in `k3s_args` and passwords in URLs) are never shown in error messages and are hidden by `cairn config show`');
   out.push('');
   out.push('## Limits');
   out.push('');

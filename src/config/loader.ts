@@ -3,10 +3,14 @@
  * earlier (maps merge, lists replace):
  *
  *   1. the image's default config      /usr/lib/cairn/config.yaml
- *   2. the kernel command line         /proc/cmdline (cairn.* and k3os.* keys)
- *   3. the node's own config           /cairn/system/config.yaml
+ *   2. the node's own config           /cairn/system/config.yaml
+ *   3. the kernel command line         /proc/cmdline (cairn.* and k3os.* keys)
  *   4. data-source user-data           /var/lib/cairn/userdata/*  (sorted by name)
  *   5. drop-in files                   /var/lib/cairn/config.d/*  (sorted by name)
+ *
+ * This is k3OS' order (its system config, then the command line, then the
+ * local config and config.d): a key typed at the boot prompt wins over the
+ * installed config file for that boot.
  *
  * Every path is relative to `root` so that tests and `cairn config show
  * --root` need no root privileges. A source with errors contributes its
@@ -101,13 +105,13 @@ export async function loadConfig(opts: LoadOptions): Promise<LoadResult> {
   };
 
   await fromFile('image', CONFIG_PATHS.imageDefault);
+  await fromFile('node', CONFIG_PATHS.node);
   let cmdline = opts.cmdline;
   if (cmdline === undefined) {
     const r = await readSource(join(opts.root, CONFIG_PATHS.cmdline));
     cmdline = r.kind === 'data' ? r.data.toString('utf8') : '';
   }
   add('cmdline', 'cmdline', readCmdline(cmdline));
-  await fromFile('node', CONFIG_PATHS.node);
   for (const name of await listFolder(join(opts.root, CONFIG_PATHS.userdata))) {
     await fromFile('userdata', `${CONFIG_PATHS.userdata}/${name}`);
   }

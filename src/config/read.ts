@@ -14,7 +14,9 @@ import { LineCounter, isAlias, isMap, isScalar, isSeq, parseAllDocuments, parseD
 import type { ErrorObject } from 'ajv';
 import type { Diagnostic, Severity } from './diagnostics.js';
 import { pointerToPath } from './diagnostics.js';
-import { configSchema, configValidator, looseKey, resolveSchema, spellings, suggestKey, type SchemaNode } from './schema.js';
+import { labelKeyProblem } from './labels.js';
+import { configSchema, configValidator, looseKey, resolveSchema, schemaAt, spellings, suggestKey, type SchemaNode } from './schema.js';
+import { isSecretEnvName, redactK3sArgs, redactUrlCredentials } from './secrets.js';
 import type { CairnConfig, Encoding, JsonObject } from './types.js';
 import { isObject } from './types.js';
 import { decodeContent } from './write-files.js';
@@ -71,6 +73,9 @@ function report(ctx: Context, severity: Severity, raw: RawPath, part: 'key' | 'v
   ctx.diagnostics.push({ severity, file: ctx.source.file, line: pos.line, col: pos.col, path, message });
 }
 
+/** Keys that would reach an object's prototype; refused in every source. */
+export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
+
 function describeValue(v: unknown): string {
   if (v === null || v === undefined) return 'nothing';
   if (Array.isArray(v)) return 'a list';
@@ -100,7 +105,7 @@ function plain(value: unknown, raw: RawPath, depth: number, ctx: Context): unkno
   if (Array.isArray(value)) return value.map((v, i) => plain(v, [...raw, i], depth + 1, ctx));
   if (isObject(value)) {
     const out: JsonObject = {};
-    for (const [k, v] of Object.entries(value)) if (k !== '__proto__') out[k] = plain(v, [...raw, k], depth + 1, ctx);
+    for (const [k, v] of Object.entries(value)) if (!FORBIDDEN_KEYS.has(k)) out[k] = plain(v, [...raw, k], depth + 1, ctx);
     return out;
   }
   return value;
@@ -159,6 +164,10 @@ function walkMap(value: JsonObject, schema: SchemaNode, pointer: string, raw: Ra
   const path = pointerToPath(pointer);
   for (const [written, v] of Object.entries(value)) {
     const at = [...raw, written];
+    if (FORBIDDEN_KEYS.has(written)) {
+      report(ctx, 'error', at, 'key', pointerToPath(`${pointer}/${escapePointer(written)}`), `"${written}" cannot be used as a key (JavaScript gives it a special meaning); remove it`);
+      continue;
+    }
     let key = written;
     let valueSchema: SchemaNode | undefined = extra;
     if (props) {
@@ -172,10 +181,6 @@ function walkMap(value: JsonObject, schema: SchemaNode, pointer: string, raw: Ra
         report(ctx, 'warning', at, 'key', path ? `${path}.${written}` : written, `unknown key "${written}"${where}, ignored${hint ? `; did you mean "${hint}"?` : ''}`);
         continue;
       }
-    }
-    if (key === '__proto__' || key === 'constructor' || key === 'prototype') {
-      report(ctx, 'error', at, 'key', path, `"${key}" cannot be used as a key`);
-      continue;
     }
     const previous = writtenAs.get(key);
     if (previous !== undefined) {
@@ -231,11 +236,58 @@ function expected(err: ErrorObject): string {
   }
 }
 
+/** What a secret is, without its value. */
+function describeSecret(v: unknown): string {
+  if (typeof v === 'string') return `a secret of ${[...v].length} characters (not shown)`;
+  return describeValue(typeof v === 'object' ? v : null).replace(/^nothing$/, `a ${typeof v}`);
+}
+
+/** Whether the value at a pointer of the config being validated is a secret (see secrets.ts). */
+function isSecretAt(pointer: string, value: JsonObject): boolean {
+  if (schemaAt(pointer)?.['x-secret']) return true;
+  const env = /^\/(cairn|k3os)\/environment\/([^/]*)$/.exec(pointer);
+  if (env) return isSecretEnvName(env[2]!.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const arg = /^\/(cairn|k3os)\/k3s_args\/(\d+)$/.exec(pointer);
+  if (arg) {
+    const ns = value[arg[1]!];
+    const list = isObject(ns) && Array.isArray(ns.k3s_args) ? ns.k3s_args.map(String) : [];
+    const i = Number(arg[2]);
+    if (redactK3sArgs(list)[i] !== list[i]) return true;
+  }
+  const data = pointer.split('/').slice(1).reduce<unknown>((v, seg) => (isObject(v) || Array.isArray(v) ? (v as JsonObject)[seg.replace(/~1/g, '/').replace(/~0/g, '~')] : undefined), value);
+  return typeof data === 'string' && redactUrlCredentials(data) !== data;
+}
+
+// eslint-disable-next-line no-control-regex -- finding control characters is the point
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+/** The error of a string that holds a newline or another control character. */
+function controlCharacterMessage(s: string): string {
+  const at = s.search(CONTROL);
+  const c = s[at]!;
+  const what = c === '\n' ? 'a newline' : c === '\r' ? 'a carriage return' : c === '\t' ? 'a tab' : `the control character U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
+  const finalNewline = c === '\n' && at === s.length - 1;
+  const fix = finalNewline ? 'write it on one line, or use "|-" instead of "|" to drop the final newline' : `remove the ${what.replace(/^(a|the) /, '')}`;
+  return `contains ${what} (character ${[...s.slice(0, at)].length + 1} of ${[...s].length}); this value goes into a config file or a program's arguments as one line, so it cannot hold control characters: ${fix}`;
+}
+
+function isControlCharacterError(err: ErrorObject): boolean {
+  return err.keyword === 'pattern' && (err.parentSchema as SchemaNode | undefined)?.['x-single-line'] === true;
+}
+
 /** One ajv error as a located diagnostic. */
-function fromAjv(err: ErrorObject, ctx: Context): void {
+function fromAjv(err: ErrorObject, value: JsonObject, ctx: Context): void {
   const pointer = err.instancePath;
   const path = pointerToPath(pointer);
   const raw = rawOf(pointer, ctx);
+  if (err.propertyName !== undefined) {
+    // A key of a map that breaks the rule for its keys (propertyNames); located at the key.
+    const name = err.propertyName;
+    const keyPath = pointerToPath(`${pointer}/${escapePointer(name)}`);
+    const problem = CONTROL.test(name) ? controlCharacterMessage(name) : `expected ${expected(err)}`;
+    report(ctx, 'error', [...raw, name], 'key', keyPath, `the key ${JSON.stringify(name)} is not valid: ${problem}`);
+    return;
+  }
   switch (err.keyword) {
     case 'required':
       report(ctx, 'error', raw, 'key', path, `the required key "${String(err.params.missingProperty)}" is missing`);
@@ -244,30 +296,82 @@ function fromAjv(err: ErrorObject, ctx: Context): void {
       report(ctx, 'error', raw, 'key', path, `unknown key "${String(err.params.additionalProperty)}"`);
       return;
     case 'propertyNames':
-      report(ctx, 'error', raw, 'key', path, `"${String(err.params.propertyName)}" is not a valid name here`);
-      return;
+      return; // the error of the key itself (above) says what is wrong
     default: {
-      if (err.propertyName !== undefined) return; // reported by its propertyNames error
-      report(ctx, 'error', raw, 'value', path, `expected ${expected(err)}, found ${describeValue(err.data)}`);
+      if (isControlCharacterError(err) && typeof err.data === 'string') {
+        report(ctx, 'error', raw, 'value', path, controlCharacterMessage(err.data));
+        return;
+      }
+      const found = isSecretAt(pointer, value) ? describeSecret(err.data) : describeValue(err.data);
+      report(ctx, 'error', raw, 'value', path, `expected ${expected(err)}, found ${found}`);
     }
   }
 }
 
-/** Extra checks the schema cannot express: write_files content must decode as its encoding says. */
+/**
+ * The errors worth reporting, one problem once: a control character hides
+ * the other errors of the same value, and a value that is not a string is
+ * said once, with the most specific expectation.
+ */
+function usefulErrors(errors: ErrorObject[]): ErrorObject[] {
+  const at = (e: ErrorObject) => `${e.instancePath}\u0000${e.propertyName ?? ''}`;
+  const control = new Set(errors.filter(isControlCharacterError).map(at));
+  const typed = new Set<string>();
+  const specific = [...errors].sort((a, b) => Number(isFromLineDef(a)) - Number(isFromLineDef(b)));
+  const keep = new Set<ErrorObject>();
+  for (const e of specific) {
+    if (control.has(at(e)) && !isControlCharacterError(e)) continue;
+    if (e.keyword === 'type') {
+      if (typed.has(at(e))) continue;
+      typed.add(at(e));
+    }
+    keep.add(e);
+  }
+  return errors.filter((e) => keep.has(e));
+}
+
+function isFromLineDef(err: ErrorObject): boolean {
+  return (err.parentSchema as SchemaNode | undefined)?.['x-single-line'] === true;
+}
+
+/** Extra checks the schema cannot express: write_files content must decode as its encoding says; label and taint key prefixes. */
 function checkSemantics(value: JsonObject, ctx: Context): string[] {
   const bad: string[] = [];
   const files = value.write_files;
-  if (!Array.isArray(files)) return bad;
-  files.forEach((f: unknown, i) => {
-    if (!isObject(f) || typeof f.content !== 'string') return;
-    try {
-      decodeContent(f.content, f.encoding as Encoding | undefined);
-    } catch (e) {
-      const pointer = `/write_files/${i}/content`;
-      report(ctx, 'error', rawOf(pointer, ctx), 'value', pointerToPath(pointer), `${(e as Error).message} (encoding "${String(f.encoding ?? '')}")`);
-      bad.push(pointer);
+  if (Array.isArray(files)) {
+    files.forEach((f: unknown, i) => {
+      if (!isObject(f) || typeof f.content !== 'string') return;
+      try {
+        decodeContent(f.content, f.encoding as Encoding | undefined);
+      } catch (e) {
+        const pointer = `/write_files/${i}/content`;
+        report(ctx, 'error', rawOf(pointer, ctx), 'value', pointerToPath(pointer), `${(e as Error).message} (encoding "${String(f.encoding ?? '')}")`);
+        bad.push(pointer);
+      }
+    });
+  }
+  for (const ns of ['cairn', 'k3os']) {
+    const system = value[ns];
+    if (!isObject(system)) continue;
+    if (isObject(system.labels)) {
+      for (const key of Object.keys(system.labels)) {
+        const problem = labelKeyProblem(key);
+        if (!problem) continue;
+        const pointer = `/${ns}/labels/${escapePointer(key)}`;
+        report(ctx, 'error', rawOf(pointer, ctx), 'key', pointerToPath(pointer), `the label key is not valid: ${problem}`);
+        bad.push(pointer);
+      }
     }
-  });
+    if (Array.isArray(system.taints)) {
+      system.taints.forEach((taint: unknown, i) => {
+        const problem = typeof taint === 'string' ? labelKeyProblem(taint.split(/[=:]/)[0]!) : undefined;
+        if (!problem) return;
+        const pointer = `/${ns}/taints/${i}`;
+        report(ctx, 'error', rawOf(pointer, ctx), 'value', pointerToPath(pointer), `the taint's key is not valid: ${problem}`);
+        bad.push(pointer);
+      });
+    }
+  }
   return bad;
 }
 
@@ -300,9 +404,11 @@ function validateNormalized(value: JsonObject, ctx: Context): JsonObject {
   const valid = validate(value);
   const broken = new Set<string>();
   if (!valid) {
-    for (const err of validate.errors ?? []) {
-      fromAjv(err, ctx);
-      broken.add(err.instancePath);
+    for (const err of usefulErrors(validate.errors ?? [])) {
+      fromAjv(err, value, ctx);
+      if (err.keyword === 'propertyNames') continue;
+      // A bad key of a map removes that key only.
+      broken.add(err.propertyName === undefined ? err.instancePath : `${err.instancePath}/${escapePointer(err.propertyName)}`);
     }
   }
   for (const p of checkSemantics(value, ctx)) broken.add(p);
@@ -337,6 +443,7 @@ export function foldNamespaces(value: JsonObject): CairnConfig {
 export function mergeConfig(base: JsonObject, over: JsonObject): JsonObject {
   const out: JsonObject = { ...base };
   for (const [k, v] of Object.entries(over)) {
+    if (FORBIDDEN_KEYS.has(k)) continue;
     const b = out[k];
     out[k] = isObject(b) && isObject(v) ? mergeConfig(b, v) : v;
   }
@@ -363,16 +470,20 @@ function invalidUtf8At(buf: Uint8Array): number {
   return -1;
 }
 
+/** Line and column (in characters, as editors count them, not bytes) of a byte of valid UTF-8 text before it. */
 function lineColOfByte(buf: Uint8Array, at: number): { line: number; col: number } {
   let line = 1;
-  let start = 0;
+  let col = 1;
   for (let i = 0; i < at; i++) {
-    if (buf[i] === 0x0a) {
+    const b = buf[i]!;
+    if (b === 0x0a) {
       line++;
-      start = i + 1;
+      col = 1;
+    } else if ((b & 0xc0) !== 0x80) {
+      col += b >= 0xf0 ? 2 : 1; // a 4-byte sequence is two UTF-16 units, as JavaScript strings count
     }
   }
-  return { line, col: at - start + 1 };
+  return { line, col };
 }
 
 /** Checks the raw bytes of a source: size, binary content, UTF-8. Returns the text or the diagnostic. */
@@ -442,6 +553,11 @@ function yamlSourceMap(text: string, file: string): SourceMap {
   };
 }
 
+/** A raw path as a key path, for messages: `k3os.wifi[0].name`. */
+function rawPathToPath(raw: RawPath): string {
+  return pointerToPath(raw.map((seg) => `/${escapePointer(String(seg))}`).join(''));
+}
+
 function sortDiagnostics(ds: Diagnostic[]): Diagnostic[] {
   return ds.sort((x, y) => x.line - y.line || x.col - y.col);
 }
@@ -464,7 +580,7 @@ export function readValue(value: unknown, source: SourceMap): ReadResult {
     walked = walk(value, configSchema, '', [], 0, ctx);
   } catch (e) {
     if (!(e instanceof LimitError)) throw e;
-    report(ctx, 'error', e.raw, 'value', '', e.message);
+    report(ctx, 'error', e.raw, 'value', rawPathToPath(e.raw), e.message);
     return { config: {}, diagnostics: sortDiagnostics(ctx.diagnostics) };
   }
   const good = validateNormalized(isObject(walked) ? walked : {}, ctx);
@@ -489,6 +605,13 @@ function yamlMessage(reason: string): string {
   return `invalid YAML: ${reason}`;
 }
 
+/** A position moved inside the text: js-yaml marks the end of the stream one line past a final newline. */
+function insideText(text: string, line: number, col: number): { line: number; col: number } {
+  const lines = text.split('\n');
+  if (line <= lines.length) return { line, col: Math.min(col, lines[line - 1]!.length + 1) };
+  return { line: lines.length, col: lines[lines.length - 1]!.length + 1 };
+}
+
 /**
  * Reads one YAML config source (a config file, cloud-config user-data, a
  * config.d entry). `#!` user-data comes back as a script.
@@ -505,7 +628,8 @@ export function readConfig(data: Uint8Array | string, file: string): ReadResult 
     if (e instanceof jsyaml.YAMLException) {
       let mark = e.mark as { line?: number; column?: number } | undefined;
       if (/expected a single document/.test(e.reason)) mark = secondDocument(text);
-      return { config: {}, diagnostics: [{ severity: 'error', file, line: (mark?.line ?? 0) + 1, col: (mark?.column ?? 0) + 1, path: '', message: yamlMessage(e.reason) }] };
+      const pos = insideText(text, (mark?.line ?? 0) + 1, (mark?.column ?? 0) + 1);
+      return { config: {}, diagnostics: [{ severity: 'error', file, ...pos, path: '', message: yamlMessage(e.reason) }] };
     }
     if (e instanceof RangeError) {
       return { config: {}, diagnostics: [{ severity: 'error', file, line: 1, col: 1, path: '', message: `nesting is deeper than ${LIMITS.maxDepth} levels; a cloud-config needs far fewer` }] };

@@ -27,6 +27,9 @@ export interface SchemaNode {
   maxLength?: number;
   'x-expected'?: string;
   'x-secret'?: boolean;
+  /** One line of text: no newlines or other control characters (`$defs/line`). */
+  'x-single-line'?: boolean;
+  propertyNames?: SchemaNode;
 }
 
 export const configSchema = schemaJson as unknown as SchemaNode & { $defs: Record<string, SchemaNode> };
@@ -110,10 +113,29 @@ function makeAjv(): Ajv2020 {
   const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true });
   ajv.addKeyword({ keyword: 'x-expected', schemaType: 'string' });
   ajv.addKeyword({ keyword: 'x-secret', schemaType: 'boolean' });
+  ajv.addKeyword({ keyword: 'x-single-line', schemaType: 'boolean' });
   ajv.addFormat('ip', { type: 'string', validate: (s: string) => isIP(s) !== 0 });
   ajv.addFormat('cidr', { type: 'string', validate: isCidr });
   ajv.addFormat('route-to', { type: 'string', validate: (s: string) => s === 'default' || isCidr(s) });
   return ajv;
+}
+
+/**
+ * The schema of the value at a JSON pointer into a config with canonical
+ * key names (`/cairn/wifi/0/passphrase`), or undefined when the schema has
+ * no such key.
+ */
+export function schemaAt(pointer: string): SchemaNode | undefined {
+  let node: SchemaNode | undefined = configSchema;
+  for (const raw of pointer.split('/').slice(1)) {
+    if (!node) return undefined;
+    const s = resolveSchema(node);
+    const seg = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    if (s.type === 'array') node = s.items;
+    else if (s.properties && Object.hasOwn(s.properties, seg)) node = s.properties[seg];
+    else node = typeof s.additionalProperties === 'object' ? s.additionalProperties : undefined;
+  }
+  return node ? resolveSchema(node) : undefined;
 }
 
 let validator: ValidateFunction | undefined;

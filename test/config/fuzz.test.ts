@@ -1,6 +1,6 @@
 // Feeds thousands of mutated configs (seeded, so every run sees the same
 // ones) and checks that reading never throws and that every rejection is
-// located and explained.
+// located inside the input and explained, schema errors with their key path.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { readConfig } from '../../src/config/read.js';
@@ -29,6 +29,14 @@ const corpus = [
   ),
 ];
 const snippets = ['- ', ': ', '{', '}', '[', ']', '&a ', '*a', '!!binary ', '"', "'", '\t', '\n  ', '---\n', '? ', '|\n', '>-\n', '#', '0755', 'true', '~', '<<: *a\n', '\u00e9', '\u0000', '\ufeff'];
+
+/**
+ * Problems of a whole document, which have no key path: the bytes, the YAML
+ * syntax, the top level, the limits. Every other problem (every schema
+ * error) names the key it is about.
+ */
+const DOCUMENT_LEVEL =
+  /^(invalid YAML|the file holds binary data|the file is not UTF-8|the file is \d+ bytes|the file is empty|expected a map of keys|the file holds more than one YAML document|a key appears twice|nesting is deeper than|the document expands to more than)/;
 
 function mutate(src: Buffer, rnd: () => number): Buffer {
   let buf = Buffer.from(src);
@@ -84,8 +92,9 @@ t.test(`${COUNT} mutated configs (seed ${SEED}): no crash, every rejection locat
   for (let i = 0; i < COUNT; i++) {
     const input = mutate(corpus[i % corpus.length]!, rnd);
     let result;
+    const cmdline = i % 10 === 9 ? input.toString('latin1').replace(/\n/g, ' ').replace(/(^| )/g, '$1cairn.') : undefined;
     try {
-      result = i % 10 === 9 ? readCmdline(input.toString('latin1').replace(/\n/g, ' ').replace(/(^| )/g, '$1cairn.')) : readConfig(input, `case-${i}.yaml`);
+      result = cmdline !== undefined ? readCmdline(cmdline) : readConfig(input, `case-${i}.yaml`);
     } catch (e) {
       failures++;
       if (failures <= 5) t.fail(`case ${i} threw: ${(e as Error).stack}\n--- input ---\n${input.toString('latin1')}`);
@@ -93,10 +102,18 @@ t.test(`${COUNT} mutated configs (seed ${SEED}): no crash, every rejection locat
     }
     const errs = result.diagnostics.filter((d) => d.severity === 'error');
     if (errs.length) rejected++;
+    const lines = cmdline !== undefined ? [cmdline] : input.toString('utf8').split('\n');
     for (const d of result.diagnostics) {
-      if (!(d.line >= 1 && d.col >= 1 && d.message.length > 0 && d.file)) {
+      const problem = !(d.line >= 1 && d.col >= 1 && d.message.length > 0 && d.file)
+        ? 'diagnostic without a location or message'
+        : d.line > lines.length || d.col > lines[d.line - 1]!.length + 1
+          ? `located outside the input (it has ${lines.length} lines; that line has ${lines[d.line - 1]?.length ?? 0} characters)`
+          : d.path === '' && !DOCUMENT_LEVEL.test(d.message)
+            ? 'a problem with a key but without its key path'
+            : undefined;
+      if (problem) {
         failures++;
-        if (failures <= 5) t.fail(`case ${i}: diagnostic without a location or message: ${JSON.stringify(d)}`);
+        if (failures <= 5) t.fail(`case ${i}: ${problem}: ${JSON.stringify(d)}\n--- input ---\n${cmdline ?? input.toString('latin1')}`);
       }
     }
   }

@@ -2,7 +2,6 @@ import t from 'tap';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { loadConfig } from '../../src/config/loader.js';
-import { redact, REDACTED } from '../../src/config/redact.js';
 
 function put(root: string, path: string, content: string | Buffer) {
   const full = join(root, path);
@@ -10,26 +9,28 @@ function put(root: string, path: string, content: string | Buffer) {
   writeFileSync(full, content);
 }
 
-t.test('every source at once, later overriding earlier; maps merge, lists replace', async (t) => {
+t.test("every source at once, in k3OS' order, later overriding earlier; maps merge, lists replace", async (t) => {
   const root = t.testdir();
+  // Each source sets the labels from its own letter on; the label of a letter shows which source won it.
   put(root, 'usr/lib/cairn/config.yaml', 'hostname: from-image\nrun_cmd: [image]\nk3os:\n  labels: {a: image, b: image, c: image, d: image, e: image}\n  ntp_servers: [image.ntp]\n');
-  put(root, 'proc/cmdline', 'console=ttyS0 cairn.hostname=from-cmdline cairn.labels[b]=cmdline cairn.labels[c]=cmdline cairn.labels[d]=cmdline cairn.labels[e]=cmdline\n');
-  put(root, 'cairn/system/config.yaml', 'hostname: from-node\nk3os:\n  labels: {c: node, d: node, e: node}\n  ntp_servers: [node.ntp]\n');
+  put(root, 'cairn/system/config.yaml', 'hostname: from-node\nk3os:\n  labels: {b: node, c: node, d: node, e: node}\n  ntp_servers: [node.ntp]\n  modules: [node-module]\n');
+  put(root, 'proc/cmdline', 'console=ttyS0 cairn.labels[c]=cmdline cairn.labels[d]=cmdline cairn.labels[e]=cmdline cairn.modules=cmdline-module\n');
   put(root, 'var/lib/cairn/userdata/user-data', '#cloud-config\nhostname: from-userdata\ncairn:\n  labels: {d: userdata, e: userdata}\n');
   put(root, 'var/lib/cairn/config.d/10-site.yaml', 'cairn:\n  labels: {e: config.d-10}\n  ntp_servers: [site.ntp]\n');
   put(root, 'var/lib/cairn/config.d/20-last.yaml', 'hostname: from-config.d\nrun_cmd: [last]\n');
   const r = await loadConfig({ root });
   t.same(r.diagnostics, []);
   t.equal(r.config.hostname, 'from-config.d');
-  t.same(r.config.cairn?.labels, { a: 'image', b: 'cmdline', c: 'node', d: 'userdata', e: 'config.d-10' });
+  t.same(r.config.cairn?.labels, { a: 'image', b: 'node', c: 'cmdline', d: 'userdata', e: 'config.d-10' });
+  t.same(r.config.cairn?.modules, ['cmdline-module'], 'a key set in the node file and at the boot prompt takes the boot prompt value');
   t.same(r.config.cairn?.ntp_servers, ['site.ntp'], 'lists replace');
   t.same(r.config.run_cmd, ['last']);
   t.same(
     r.sources.map((s) => `${s.kind}:${s.file}:${s.status}`),
     [
       'image:/usr/lib/cairn/config.yaml:read',
-      'cmdline:cmdline:read',
       'node:/cairn/system/config.yaml:read',
+      'cmdline:cmdline:read',
       'userdata:/var/lib/cairn/userdata/user-data:read',
       'config.d:/var/lib/cairn/config.d/10-site.yaml:read',
       'config.d:/var/lib/cairn/config.d/20-last.yaml:read',
@@ -68,7 +69,10 @@ t.test('a broken source contributes its valid keys and its problems', async (t) 
       '/var/lib/cairn/config.d/dir.yaml:1: the config file is a folder; expected a YAML file',
     ],
   );
-  t.same(r.sources.map((s) => s.status).slice(2), ['invalid', 'invalid', 'invalid']);
+  t.same(
+    r.sources.map((s) => `${s.kind}:${s.status}`),
+    ['image:missing', 'node:invalid', 'cmdline:read', 'config.d:invalid', 'config.d:invalid'],
+  );
 });
 
 t.test('#! user-data runs as the last run_cmd', async (t) => {
@@ -80,7 +84,3 @@ t.test('#! user-data runs as the last run_cmd', async (t) => {
   t.same(r.config.run_cmd, ['first', '/var/lib/cairn/userdata/user-data']);
 });
 
-t.test('redaction hides passwords, tokens and Wi-Fi passphrases only', async (t) => {
-  const shown = redact({ hostname: 'h', cairn: { password: 'p', token: 't', wifi: [{ name: 'n', passphrase: 'secret12' }], labels: { password: 'not-a-secret' } } });
-  t.same(shown, { hostname: 'h', cairn: { password: REDACTED, token: REDACTED, wifi: [{ name: 'n', passphrase: REDACTED }], labels: { password: 'not-a-secret' } } });
-});

@@ -168,3 +168,178 @@ t.test('write_files content decodes in every encoding', async (t) => {
   }
   t.throws(() => decodeContent('%%%', 'b64'), /not valid base64/);
 });
+
+t.test('__proto__, constructor and prototype keys in YAML are refused, located, and pollute nothing', async (t) => {
+  const proto = Object.prototype as Record<string, unknown>;
+  t.teardown(() => {
+    delete proto.polluted;
+  });
+  const r = readConfig('__proto__:\n  polluted: yes\nhostname: h\ncairn:\n  labels:\n    __proto__: {polluted: yes}\n    constructor: y\n    ok: z\n  prototype: x\n', 'x.yaml');
+  t.notOk(Object.hasOwn(Object.prototype, 'polluted'));
+  t.equal(({} as Record<string, unknown>).polluted, undefined);
+  t.same(r.config, { hostname: 'h', cairn: { labels: { ok: 'z' } } });
+  t.same(
+    errors(r.diagnostics).map((d) => `${d.line}:${d.col} ${d.path}`),
+    ['1:1 __proto__', '6:5 cairn.labels.__proto__', '7:5 cairn.labels.constructor', '9:3 cairn.prototype'],
+  );
+  t.match(errors(r.diagnostics)[0]!.message, /"__proto__" cannot be used as a key/);
+});
+
+// Every string that is written into a config file or handed to a program, with a value holding a control character.
+const oneLine: [string, string, string][] = [
+  ['ssh key', 'ssh_authorized_keys: ["ssh-ed25519 AAAA a\\nssh-rsa BBBB evil"]\n', 'ssh_authorized_keys[0]'],
+  ['file path', 'write_files: [{path: "/etc/a\\nb", content: x}]\n', 'write_files[0].path'],
+  ['hostname', 'hostname: "node\\n1"\n', 'hostname'],
+  ['NTP server', 'cairn:\n  ntp_servers: ["pool.ntp.org\\nserver evil.example iburst"]\n', 'cairn.ntp_servers[0]'],
+  ['DNS server', 'cairn:\n  dns_nameservers: ["1.1.1.1\\nnameserver 6.6.6.6"]\n', 'cairn.dns_nameservers[0]'],
+  ['password', 'cairn:\n  password: "pw\\nroot:x"\n', 'cairn.password'],
+  ['Wi-Fi name', 'cairn:\n  wifi: [{name: "shop\\u0000", passphrase: "12345678"}]\n', 'cairn.wifi[0].name'],
+  ['Wi-Fi passphrase', 'cairn:\n  wifi: [{name: shop, passphrase: "1234\\n5678"}]\n', 'cairn.wifi[0].passphrase'],
+  ['label value', 'cairn:\n  labels: {a: "b\\nc"}\n', 'cairn.labels.a'],
+  ['taint', 'cairn:\n  taints: ["a=b:NoSchedule\\n"]\n', 'cairn.taints[0]'],
+  ['environment value', 'cairn:\n  environment: {HTTP_PROXY: "http://p\\rx"}\n', 'cairn.environment.HTTP_PROXY'],
+  ['server URL', 'cairn:\n  server_url: "https://s:6443\\n--evil"\n', 'cairn.server_url'],
+  ['token', 'cairn:\n  token: "K10\\u007f"\n', 'cairn.token'],
+  ['k3s argument', 'cairn:\n  k3s_args: ["--node-name=a\\tb"]\n', 'cairn.k3s_args[0]'],
+  ['module', 'cairn:\n  modules: ["kvm\\n"]\n', 'cairn.modules[0]'],
+  ['sysctl value', 'cairn:\n  sysctls: {vm.swappiness: "10\\nkernel.x=1"}\n', 'cairn.sysctls["vm.swappiness"]'],
+  ['data source', 'cairn:\n  data_sources: ["https://x/\\u001b"]\n', 'cairn.data_sources[0]'],
+  ['interface gateway', 'cairn:\n  network: {interfaces: {eth0: {gateway: "10.0.0.1\\n"}}}\n', 'cairn.network.interfaces.eth0.gateway'],
+  ['VLAN link', 'cairn:\n  network: {interfaces: {eth0.7: {vlan: {id: 7, link: "eth\\n0"}}}}\n', 'cairn.network.interfaces["eth0.7"].vlan.link'],
+  ['install device', 'cairn:\n  install: {device: "/dev/sda\\n"}\n', 'cairn.install.device'],
+  ['install tty', 'cairn:\n  install: {tty: "ttyS0\\n"}\n', 'cairn.install.tty'],
+];
+for (const [name, input, path] of oneLine) {
+  t.test(`a control character in the ${name} is refused, located at the key path`, async (t) => {
+    const r = readConfig(input, 'x.yaml');
+    const e = errors(r.diagnostics);
+    t.equal(e.length, 1, 'one error for one problem');
+    t.equal(e[0]?.path, path);
+    t.match(e[0]?.message, /contains (a newline|a tab|a carriage return|the control character U\+00(00|7F|1B)) \(character \d+ of \d+\).*cannot hold control characters/);
+    t.ok(e[0]!.line > 1 || e[0]!.col > 1 || !input.startsWith(path.split(/[.[]/)[0]!), 'located at the value');
+    t.notMatch(JSON.stringify(r.config), /\\[nrt]|\\u00(00|7f|1b)/, 'the value is not applied');
+  });
+}
+
+t.test('bad map keys are refused: sysctl names, label keys, environment names, interface names', async (t) => {
+  const r = readConfig(
+    'cairn:\n  sysctls: {"vm.a\\nb": "1", vm.ok: "1"}\n  labels: {"Bad Key": x, good: y}\n  environment: {"A\\nB": x, OK: y}\n  network: {interfaces: {"eth0\\n": {dhcp: true}, eth1: {dhcp: true}}}\n',
+    'x.yaml',
+  );
+  t.same(
+    errors(r.diagnostics).map((d) => `${d.line}:${d.col} ${d.path}`),
+    ['2:13 cairn.sysctls["vm.a\\nb"]', '3:12 cairn.labels["Bad Key"]', '4:17 cairn.environment["A\\nB"]', '5:26 cairn.network.interfaces["eth0\\n"]'],
+  );
+  for (const d of errors(r.diagnostics)) t.notOk(d.message.includes('\n'), 'a message is one line');
+  t.same(r.config.cairn?.sysctls, { 'vm.ok': '1' }, 'only the bad key is left out');
+  t.same(r.config.cairn?.labels, { good: 'y' });
+  t.same(r.config.cairn?.environment, { OK: 'y' });
+  t.same(Object.keys(r.config.cairn?.network?.interfaces ?? {}), ['eth1']);
+});
+
+t.test('multi-line text stays allowed where a key holds it', async (t) => {
+  const r = readConfig('write_files:\n- path: /a\n  content: |\n    line 1\n    line\t2\nrun_cmd:\n- |\n  set -e\n  echo a\ninit_cmd: ["a\\nb"]\nboot_cmd: ["a\\nb"]\n', 'x.yaml');
+  t.same(r.diagnostics, []);
+  t.equal(r.config.write_files?.[0]?.content, 'line 1\nline\t2\n');
+  t.same(r.config.run_cmd, ['set -e\necho a\n']);
+});
+
+t.test('a final newline from a "|" block is refused with how to fix it', async (t) => {
+  const r = readConfig('cairn:\n  token: |\n    K10abc\n', 'x.yaml');
+  t.match(errors(r.diagnostics)[0]?.message, /contains a newline \(character 7 of 7\).*use "\|-" instead of "\|"/);
+});
+
+t.test('errors on secret keys never show the value', async (t) => {
+  const secrets = ['short', 'pw\nwith-newline', 'K10tok\tab', 'sec-in-list', 'sec-in-map', 'envsecret\n', 'argsecret\n', 'urlpass'];
+  const r = readConfig(
+    [
+      'cairn:',
+      `  wifi: [{name: a, passphrase: ${secrets[0]}}, {name: b, passphrase: ${JSON.stringify(secrets[1])}}, {name: c, passphrase: [${secrets[3]}]}]`,
+      `  token: ${JSON.stringify(secrets[2])}`,
+      `  password: {x: ${secrets[4]}}`,
+      `  environment: {K3S_TOKEN: ${JSON.stringify(secrets[5])}, DB_PASSWORD: [${secrets[4]}]}`,
+      `  k3s_args: [--token, ${JSON.stringify(secrets[6])}, "--datastore-endpoint=postgres://u:${secrets[7]}@db/k3s\\n"]`,
+      `  data_sources: ["ftp://u:${secrets[7]}@host/x"]`,
+      '',
+    ].join('\n'),
+    'x.yaml',
+  );
+  const e = errors(r.diagnostics);
+  t.same(
+    e.map((d) => d.path),
+    [
+      'cairn.wifi[0].passphrase',
+      'cairn.wifi[1].passphrase',
+      'cairn.wifi[2].passphrase',
+      'cairn.token',
+      'cairn.password',
+      'cairn.environment.K3S_TOKEN',
+      'cairn.environment.DB_PASSWORD',
+      'cairn.k3s_args[1]',
+      'cairn.k3s_args[2]',
+      'cairn.data_sources[0]',
+    ],
+  );
+  t.equal(e[0]!.message, 'expected a WPA passphrase of 8 to 63 characters, found a secret of 5 characters (not shown)');
+  for (const d of e) for (const s of secrets) t.notOk(d.message.includes(s.trim()), `${d.path}: no secret in "${d.message}"`);
+});
+
+t.test('labels and taints follow Kubernetes rules', async (t) => {
+  const long = 'a'.repeat(64);
+  const prefix = 'p'.repeat(254);
+  const r = readConfig(
+    [
+      'cairn:',
+      '  labels:',
+      '    example.com/rack: r12',
+      '    topology.kubernetes.io/zone: eu-west-1a',
+      '    empty: ""',
+      '    Upper.Case_name-1: V.1_x-2',
+      '    Example.com/x: a',
+      `    ${long}: a`,
+      '    a/b/c: a',
+      `    ${prefix}/name: a`,
+      '    ok1: -starts-with-dash',
+      `    ok2: ${long}`,
+      '    ok3: "has space"',
+      '  taints:',
+      '  - dedicated=edge:NoSchedule',
+      '  - example.com/gpu:NoExecute',
+      '  - only-key=:PreferNoSchedule',
+      '  - key=value:NoSchedul',
+      '  - key=bad value:NoSchedule',
+      `  - ${long}=x:NoSchedule`,
+      `  - ${prefix}/k=v:NoSchedule`,
+      '',
+    ].join('\n'),
+    'x.yaml',
+  );
+  t.same(r.config.cairn?.labels, { 'example.com/rack': 'r12', 'topology.kubernetes.io/zone': 'eu-west-1a', empty: '', 'Upper.Case_name-1': 'V.1_x-2' });
+  t.same(r.config.cairn?.taints, ['dedicated=edge:NoSchedule', 'example.com/gpu:NoExecute', 'only-key=:PreferNoSchedule']);
+  t.same(
+    errors(r.diagnostics).map((d) => `${d.line}:${d.col} ${d.path}`),
+    [
+      '7:5 cairn.labels["Example.com/x"]',
+      `8:5 cairn.labels.${long}`,
+      '9:5 cairn.labels["a/b/c"]',
+      `10:5 cairn.labels["${prefix}/name"]`,
+      '11:10 cairn.labels.ok1',
+      '12:10 cairn.labels.ok2',
+      '13:10 cairn.labels.ok3',
+      '18:5 cairn.taints[3]',
+      '19:5 cairn.taints[4]',
+      '20:5 cairn.taints[5]',
+      '21:5 cairn.taints[6]',
+    ],
+  );
+  const byPath = new Map(errors(r.diagnostics).map((d) => [d.path, d.message]));
+  t.match(byPath.get(`cairn.labels["${prefix}/name"]`), /prefix .* 254 characters; .* at most 253/);
+  t.match(byPath.get('cairn.labels.ok1'), /expected a label value: .* found the string "-starts-with-dash"/);
+  t.match(byPath.get('cairn.taints[3]'), /Effect NoSchedule, PreferNoSchedule or NoExecute/);
+  t.match(byPath.get('cairn.taints[6]'), /the taint's key is not valid: the prefix/);
+});
+
+t.test('columns of byte-level problems count characters, not bytes', async (t) => {
+  const r = readConfig(Buffer.concat([Buffer.from('hostname: ééé'), Buffer.from([0xff]), Buffer.from('\n')]), 'x.yaml');
+  t.same([r.diagnostics[0]?.line, r.diagnostics[0]?.col], [1, 14]);
+});
