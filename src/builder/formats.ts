@@ -8,8 +8,6 @@ export const formatArches: Record<Format, readonly Arch[]> = {
   raw: ['amd64', 'arm64', 'armv7'],
   qcow2: ['amd64', 'arm64', 'armv7'],
   oci: ['amd64', 'arm64', 'armv7'],
-  rpi4: ['arm64', 'armv7'],
-  jetson: ['arm64'],
 };
 
 /** Debian's and other common names for our arches. */

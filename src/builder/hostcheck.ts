@@ -60,8 +60,6 @@ const FORMAT_TOOLS: Record<Format, HostTool[]> = {
   raw: [...diskTools('raw'), { need: 'grub-mkimage', pkg: 'grub-common', why: 'raw' }],
   qcow2: [...diskTools('qcow2'), { need: 'qemu-img', pkg: 'qemu-utils', why: 'qcow2' }],
   oci: [],
-  rpi4: diskTools('rpi4'),
-  jetson: diskTools('jetson'),
 };
 
 /** GRUB platform folders per arch for the formats that boot through GRUB. */

@@ -51,7 +51,6 @@ export interface RawSpec {
   cmdline?: string;
   modules?: { profile?: ModuleProfileName; include?: string[]; firmware?: string[] };
   formats?: Format[];
-  board?: 'rpi4' | 'jetson';
   squashfs?: { compression?: Compression; level?: number };
 }
 
@@ -75,7 +74,6 @@ export interface ImageSpec {
   cmdline: string;
   modules: { profile: ModuleProfileName; include: string[]; firmware: string[] };
   formats: Format[];
-  board?: 'rpi4' | 'jetson';
   squashfs: { compression: Compression; level: number };
 }
 
@@ -224,9 +222,6 @@ export function parseSpec(text: string, file: string): ImageSpec {
   for (const arch of Object.keys(raw.k3s.sha256 ?? {})) {
     if (!raw.arches.includes(arch as Arch)) problems.push(problemAt(['k3s', 'sha256', arch], `arch ${arch} is not in arches`));
   }
-  if (raw.board && raw.formats && !raw.formats.includes(raw.board)) {
-    problems.push(problemAt(['board'], `board ${raw.board} needs "${raw.board}" in formats`));
-  }
   // The default cloud-config is checked by the config schema, located in the spec.
   if (raw.config) {
     for (const d of readConfig(stringify(raw.config), `${file}#config`).diagnostics) {
@@ -274,7 +269,6 @@ function withDefaults(raw: RawSpec, file: string): ImageSpec {
       firmware: raw.modules?.firmware ?? [],
     },
     formats: raw.formats ?? ['iso'],
-    board: raw.board,
     squashfs: { compression: raw.squashfs?.compression ?? 'zstd', level: raw.squashfs?.level ?? defaultLevel(raw.squashfs?.compression ?? 'zstd') },
   };
 }

@@ -17,9 +17,9 @@ export function nodeArch(nodeName: string = process.arch): Arch | undefined {
   return names[nodeName];
 }
 
-export type Format = 'iso' | 'pxe' | 'raw' | 'qcow2' | 'oci' | 'rpi4' | 'jetson';
+export type Format = 'iso' | 'pxe' | 'raw' | 'qcow2' | 'oci';
 
-export const FORMATS: readonly Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci', 'rpi4', 'jetson'];
+export const FORMATS: readonly Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci'];
 
 /**
  * One built system version: what the pipeline hands to every output writer.

@@ -78,7 +78,7 @@ export async function grubModuleDir(platform: GrubPlatform, system: Pick<SystemA
     await rm(tmp, { recursive: true, force: true });
     if (err instanceof UserError) throw err;
     throw new UserError(
-      `GRUB for ${platform} is needed and could not be fetched (${pkg} for ${debArch}): ${(err as Error).message.split('\n')[0]}`,
+      `GRUB for ${platform} is needed and could not be fetched (${pkg} for ${debArch}): ${lastLine((err as Error).message)}`,
       `check the network, or add ${pkg} to the image spec's packages`,
     );
   }
@@ -86,6 +86,10 @@ export async function grubModuleDir(platform: GrubPlatform, system: Pick<SystemA
   await rename(tmp, dest);
   if (!existsSync(path.join(dir, 'kernel.img'))) throw new UserError(`${pkg} for ${debArch} has no ${platform} modules`, `report this: the package layout changed`);
   return dir;
+}
+
+function lastLine(text: string): string {
+  return text.split('\n').map((l) => l.trim()).filter(Boolean).pop() ?? text;
 }
 
 /** The GRUB core image for a platform: modules built in, the config embedded. */

@@ -7,20 +7,15 @@
  *   raw     GPT disk: CAIRN_EFI + CAIRN_STATE, GRUB BIOS/UEFI      raw.ts
  *   qcow2   the raw disk for QEMU                                  qcow2.ts
  *   oci     the upgrade image (OCI layout archive)                 oci.ts
- *   rpi4, jetson   not available yet (a UserError)                 boards.ts
  */
 import type { Format, OutputWriter } from '../types.js';
-import { jetson, rpi4 } from './boards.js';
 import { iso } from './iso.js';
 import { oci } from './oci.js';
 import { pxe } from './pxe.js';
 import { qcow2 } from './qcow2.js';
 import { raw } from './raw.js';
 
-export const outputs: Record<Format, OutputWriter> = { iso, pxe, raw, qcow2, oci, rpi4, jetson };
-
-/** Formats whose writer makes an artifact today (rpi4 and jetson are not yet). */
-export const IMPLEMENTED_FORMATS: readonly Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci'];
+export const outputs: Record<Format, OutputWriter> = { iso, pxe, raw, qcow2, oci };
 
 export { buildRawImage } from './raw.js';
 export { buildOciArchive } from './oci.js';

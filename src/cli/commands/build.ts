@@ -24,7 +24,7 @@ export function registerBuild(program: Command): void {
     .description('build a cairn image from a spec: ISO, PXE files, raw disk, qcow2, OCI upgrade image')
     .argument('[spec]', 'image spec file', 'images/default.yaml')
     .option('-a, --arch <list>', 'arches to build, comma separated: amd64, arm64, armv7 (default: the spec\'s first)')
-    .option('-f, --format <list>', 'output formats, comma separated: iso, pxe, raw, qcow2, oci, rpi4, jetson (default: the spec\'s)')
+    .option('-f, --format <list>', 'output formats, comma separated: iso, pxe, raw, qcow2, oci (default: the spec\'s)')
     .option('-o, --out <dir>', 'folder for the artifacts, SHA256SUMS and build.json', 'out')
     .option('--cache <dir>', 'stage cache folder (default ~/.cache/cairn)')
     .option('--no-cache', 'rebuild every stage (downloaded packages are still reused)')
