@@ -96,8 +96,8 @@ t.test('--no-cache: nothing read, nothing kept', async (t) => {
 
 t.test('a full disk: clear error, partial output removed, cache unchanged', { skip: process.getuid?.() !== 0 && 'needs root to mount a tmpfs' }, async (t) => {
   const mnt = await tempDir('cairn-tmpfs-');
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt]);
-  if (m.status !== 0) { t.comment('cannot mount a tmpfs here: skipped'); return; }
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', mnt], { encoding: 'utf8' });
+  if (!t.equal(m.status, 0, `as root, a tmpfs mounts for the test: ${m.stderr}`)) return;
   t.teardown(() => void spawnSync('umount', [mnt]));
   const cache = new StageCache(mnt, quiet);
   await cache.open();

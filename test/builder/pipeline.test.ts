@@ -167,7 +167,8 @@ t.test('a full output disk: partial outputs removed, cache consistent', { skip: 
   const { cacheDir, dir, spec } = await setup({}, { bigFile: 80 * 1024 * 1024 });
   const out = path.join(dir, 'small-out');
   mkdirSync(out);
-  if (spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=72m', 'tmpfs', out]).status !== 0) { t.comment('cannot mount a tmpfs here: skipped'); return; }
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=72m', 'tmpfs', out], { encoding: 'utf8' });
+  if (!t.equal(m.status, 0, `as root, a tmpfs mounts for the test: ${m.stderr}`)) return;
   t.teardown(() => void spawnSync('umount', [out]));
   writeFileSync(path.join(out, 'old-file'), 'from an earlier build');
   const err = await build(quickBuild(spec, cacheDir, out).opts).catch((e: Error) => e);
@@ -184,7 +185,8 @@ t.test('a full cache disk: refused before the stage starts', { skip: process.get
   const dir = await tempDir();
   const cacheDir = path.join(dir, 'cache');
   mkdirSync(cacheDir);
-  if (spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', cacheDir]).status !== 0) { t.comment('cannot mount a tmpfs here: skipped'); return; }
+  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', cacheDir], { encoding: 'utf8' });
+  if (!t.equal(m.status, 0, `as root, a tmpfs mounts for the test: ${m.stderr}`)) return;
   t.teardown(() => void spawnSync('umount', [cacheDir]));
   const spec = await writeSpec(dir);
   await plantRootfs(cacheDir, spec);
