@@ -5,7 +5,7 @@
 import t from 'tap';
 import { createServer } from 'node:http';
 import { createReadStream, existsSync, statSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -13,9 +13,9 @@ import { gunzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { writeCpio } from '../../src/builder/initramfs/cpio.js';
 import { buildInitramfs, elfIsDynamic, initramfsModules } from '../../src/builder/initramfs/index.js';
-import { renderInitScript } from '../../src/builder/initramfs/init-script.js';
+import { FIRST_STAGE_FUNCTIONS, renderInitScript } from '../../src/builder/initramfs/init-script.js';
 import { depmodOrder, dropMissing, makeIndex, modinfoDepends, moduleName, renderModulesDep, selectModules } from '../../src/builder/initramfs/modules.js';
-import { SOURCE_DATE_EPOCH, fixtureRoot, fixtureSquashfs, kernelOf, qemuBoot } from '../fixtures/outputs/fixture.js';
+import { SOURCE_DATE_EPOCH, fixtureRoot, fixtureSquashfs, kernelOf, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
 
 const haveQemu = existsSync('/usr/bin/qemu-system-x86_64');
 
@@ -108,6 +108,168 @@ t.test('init script: plain POSIX sh that busybox and dash both parse', async (t)
   for (const word of ['CAIRN_STATE', 'CAIRN_LIVE', 'cairn.root_url=', 'cairn.rescue', 'cairn.debug', 'switch_root', '/usr/bin/tini -- /usr/bin/node /usr/lib/cairn/init.js']) {
     t.ok(script.includes(word), word);
   }
+  t.ok(script.includes(FIRST_STAGE_FUNCTIONS), 'the tested functions are the script\'s own');
+  // the order that matters: clock before the check, check before the mount, seeding through seed_dir
+  const at = (s: string) => script.indexOf(s, script.indexOf(FIRST_STAGE_FUNCTIONS) + FIRST_STAGE_FUNCTIONS.length);
+  t.ok(at(`clock_not_before "$(sed -n 's/^SOURCE_DATE_EPOCH=//p' /etc/cairn-initramfs/release`) > 0, 'the clock is set from the release file');
+  t.ok(at('clock_not_before') < at('try_state() {'), 'the clock before the state is checked');
+  t.ok(at('check_state "$dev"') > 0 && at('check_state "$dev"') < at('mount -t ext4 -o rw,noatime "$dev" /mnt/state'), 'checked before it is mounted');
+  t.ok(at('if seed_dir $NEWROOT/$d $RW $d; then') > 0, 'seeding goes through seed_dir');
+  t.match(script, /CAIRN_STATE_READONLY=\$STATE_RO/);
+});
+
+// ----- the first stage's functions, run on their own under busybox sh ----
+
+/** Runs FIRST_STAGE_FUNCTIONS with log, dbg and rescue_shell recording, then `body`. */
+async function firstStage(body: string, env: Record<string, string> = {}) {
+  const harness = [
+    'log() { echo "cairn-initramfs: $*"; }',
+    'dbg() { :; }',
+    'rescue_shell() { echo "RESCUE-SHELL $1"; }',
+    'reboot() { echo "REBOOT $*"; }',
+    FIRST_STAGE_FUNCTIONS,
+    body,
+  ].join('\n');
+  const r = await execa('busybox', ['sh', '-c', harness], { reject: false, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, extendEnv: false });
+  return { code: r.exitCode, out: r.stdout, err: r.stderr };
+}
+
+// date stubbed: the clock reads $FAKE_NOW; -s sets it (and is recorded)
+const FAKE_DATE = `
+date() {
+  if [ "$1" = +%s ]; then echo "$FAKE_NOW"; return 0; fi
+  if [ "$1 $2" = "-u -s" ]; then [ -n "$CANNOT_SET" ] && return 1; FAKE_NOW=$(echo "$3" | cut -c2-); SET_TO=$3; return 0; fi
+  if [ "$1 $2" = "-u -d" ]; then busybox date -u -d "$3" "$4"; return; fi
+  if [ "$1" = -u ]; then busybox date -u -d "@$FAKE_NOW" "$2"; return; fi
+  return 1
+}
+`;
+
+t.test('first stage: a clock earlier than the build time is set to it, a later one left alone', async (t) => {
+  const early = await firstStage(`${FAKE_DATE}\nFAKE_NOW=5\nclock_not_before 1750000000\necho "SET $SET_TO"\necho "now $FAKE_NOW"`);
+  t.equal(early.code, 0, early.err);
+  t.match(early.out, /^SET @1750000000$/m, 'date -u -s @<build time>');
+  t.match(early.out, /cairn-initramfs: clock set to 2025-06-15T15:06:40Z, the image's build time \(it read 1970-01-01T00:00:05Z\)/);
+  t.match(early.out, /now 1750000000/);
+  const later = await firstStage(`${FAKE_DATE}\nFAKE_NOW=1800000000\nclock_not_before 1750000000`);
+  t.equal(later.out, '', 'a clock after the build time is not touched');
+  const none = await firstStage(`${FAKE_DATE}\nFAKE_NOW=5\nclock_not_before ''\nclock_not_before junk`);
+  t.equal(none.out, '', 'no build time known: nothing done');
+  const stuck = await firstStage(`${FAKE_DATE}\nFAKE_NOW=5\nCANNOT_SET=1\nclock_not_before 1750000000; echo "rc $?"`);
+  t.match(stuck.out, /warning: the clock reads 1970-01-01T00:00:05Z, before the image's build time, and cannot be set/);
+  t.match(stuck.out, /rc 0/, 'the boot goes on');
+});
+
+t.test('first stage: e2fsck -p on CAIRN_STATE, exit codes 0, 1, 2 and 4 (stubbed), with and without cairn.rescue', async (t) => {
+  const stub = (codes: string) => `CODES="${codes}"\ne2fsck() { set -- $CODES; rc=$1; shift; CODES="$*"; echo "e2fsck: /dev/vda3: some problem"; return $rc; }\nsync() { :; }\nsleep() { :; }\n`;
+  const run = (codes: string, rescue = '') => firstStage(`${stub(codes)}RESCUE=${rescue}\ncheck_state /dev/vda3\necho "rc $? STATE_RO=$STATE_RO"`);
+  const clean = await run('0');
+  t.equal(clean.out, 'rc 0 STATE_RO=', 'clean: mounted read-write, nothing said');
+  const fixed = await run('1');
+  t.match(fixed.out, /cairn-initramfs: CAIRN_STATE \(\/dev\/vda3\): e2fsck repaired the file system\nrc 0 STATE_RO=$/);
+  const reboot = await run('2');
+  t.match(reboot.out, /asks for a reboot: rebooting\nREBOOT -f/);
+  const broken = await run('4');
+  t.match(broken.out, /CAIRN_STATE \(\/dev\/vda3\) has errors e2fsck -p cannot repair \(exit 4\):\ncairn-initramfs: {3}e2fsck: \/dev\/vda3: some problem/);
+  t.match(broken.out, /booting with CAIRN_STATE read-only/);
+  t.match(broken.out, /to repair it, boot with cairn.rescue and run: e2fsck -f \/dev\/vda3/);
+  t.match(broken.out, /rc 0 STATE_RO=1$/);
+  t.notMatch(broken.out, /RESCUE-SHELL/);
+  const rescued = await run('4 0', '1');
+  t.match(rescued.out, /RESCUE-SHELL repair it with: e2fsck -f \/dev\/vda3/, 'with cairn.rescue: a shell first');
+  t.match(rescued.out, /rc 0 STATE_RO=$/, 'repaired in the shell: checked again and mounted read-write');
+  const missing = await firstStage('PATH=/nonexistent\ncheck_state /dev/vda3; echo "rc $? STATE_RO=$STATE_RO"');
+  t.match(missing.out, /warning: no e2fsck in the initramfs: CAIRN_STATE \(\/dev\/vda3\) is mounted unchecked\nrc 0 STATE_RO=$/);
+});
+
+t.test('first stage: the real e2fsck -p on a clean and on a damaged ext4 image', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cairn-fsck-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(path.join(dir, 'tree/cairn/data'), { recursive: true });
+  await writeFile(path.join(dir, 'tree/cairn/data/a'), 'a'.repeat(10000));
+  await writeFile(path.join(dir, 'tree/cairn/data/b'), 'b'.repeat(10000));
+  const img = path.join(dir, 'state.img');
+  // block maps rather than extents, so that one block can be given to two files
+  await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-O', '^extent,^64bit,^flex_bg', '-L', 'CAIRN_STATE', '-d', path.join(dir, 'tree'), img, '16M']);
+  const clean = await firstStage(`check_state ${img}; echo "STATE_RO=$STATE_RO"`);
+  t.equal(clean.out.trim(), 'STATE_RO=', `clean ${clean.err}`);
+  // b's first block claimed by a too, and the file system marked not clean: preen mode will not choose
+  const block = (await execa('debugfs', ['-R', 'bmap /cairn/data/b 0', img])).stdout.trim();
+  await execa('debugfs', ['-w', '-R', `sif /cairn/data/a block[0] ${block}`, img]);
+  await execa('debugfs', ['-w', '-R', 'ssv state 0', img]);
+  const broken = await firstStage(`check_state ${img}; echo "STATE_RO=$STATE_RO"`);
+  t.match(broken.out, /has errors e2fsck -p cannot repair \(exit 4\)/);
+  t.match(broken.out, /RUN fsck MANUALLY/, "e2fsck's own words are shown");
+  t.match(broken.out, /STATE_RO=1$/);
+});
+
+async function seedTree(dir: string): Promise<string> {
+  const src = path.join(dir, 'image/var');
+  await mkdir(path.join(src, 'lib/dpkg'), { recursive: true });
+  await mkdir(path.join(src, 'cache/private'), { recursive: true });
+  await chmod(path.join(src, 'cache/private'), 0o700);
+  await writeFile(path.join(src, 'lib/dpkg/status'), 'Package: tini\n');
+  await writeFile(path.join(src, 'big'), Buffer.alloc(300_000, 7));
+  await writeFile(path.join(src, 'secret'), 'k');
+  await chmod(path.join(src, 'secret'), 0o600);
+  await symlink('../run/lock', path.join(src, 'lock'));
+  return src;
+}
+
+const treeList = async (src: string) => (await firstStage(`tree_list ${src}`)).out;
+
+t.test('first stage: seeding /var into the state: copied, checked, renamed; an interrupted seed is made again', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cairn-seed-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const src = await seedTree(dir);
+  const rw = path.join(dir, 'state/cairn/data');
+  await mkdir(rw, { recursive: true });
+  const want = await treeList(src);
+  t.match(want, /^regular file 300000 644 \S+ \.\/big$/m);
+  t.match(want, /^symbolic link 11 777 \S+ \.\/lock$/m);
+  t.match(want, /^directory 700 \S+ \.\/cache\/private$/m);
+
+  const first = await firstStage(`seed_dir ${src} ${rw} var; echo "rc $?"`);
+  t.match(first.out, /rc 0$/, first.err);
+  t.equal(await treeList(path.join(rw, 'var')), want, 'the seed holds what the image has');
+  t.same((await readdir(rw)).sort(), ['var'], 'no temporary folder left');
+
+  // seeded already: left as it is
+  await writeFile(path.join(rw, 'var/written-on-the-node'), 'keep me');
+  await writeFile(path.join(src, 'new-in-image'), 'x');
+  const again = await firstStage(`seed_dir ${src} ${rw} var; echo "rc $?"`);
+  t.match(again.out, /^rc 0$/);
+  t.ok(existsSync(path.join(rw, 'var/written-on-the-node')), 'the node\'s own files stay');
+  t.notOk(existsSync(path.join(rw, 'var/new-in-image')), 'a seeded folder is not seeded again');
+  await rm(path.join(src, 'new-in-image'));
+
+  // a power cut during the copy left a half seed: it is removed, the copy made again
+  await mkdir(path.join(rw, '.seed-home/lib'), { recursive: true });
+  await writeFile(path.join(rw, '.seed-home/lib/half'), 'half a file');
+  await writeFile(path.join(rw, '.seed-home/big'), Buffer.alloc(1000, 7));
+  const redone = await firstStage(`seed_dir ${src} ${rw} home; echo "rc $?"`);
+  t.match(redone.out, /cairn-initramfs: \/home: a seed was interrupted \(power cut\?\); making it again\nrc 0$/);
+  t.equal(await treeList(path.join(rw, 'home')), want, 'the redone seed is whole');
+  t.notOk(existsSync(path.join(rw, 'home/lib/half')), 'nothing of the half seed is kept');
+  t.notOk(existsSync(path.join(rw, '.seed-home')));
+});
+
+t.test('first stage: a seed copy that is not whole, or that fails, is never put in place', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cairn-seed-bad-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const src = await seedTree(dir);
+  const rw = path.join(dir, 'data');
+  await mkdir(rw);
+  // cp says it succeeded but one file did not make it (a full disk, a short write)
+  const lossy = await firstStage(`cp() { command cp "$@" && rm -f "$3/big"; }\nseed_dir ${src} ${rw} opt; echo "rc $?"`);
+  t.match(lossy.out, new RegExp(`warning: the copy of the image's /opt in ${rw} is not whole\\nrc 1$`));
+  t.same(await readdir(rw), [], 'neither opt nor its temporary folder');
+  // a truncated file: same names, other size
+  const short = await firstStage(`cp() { command cp "$@" && : >"$3/big"; }\nseed_dir ${src} ${rw} opt; echo "rc $?"`);
+  t.match(short.out, /is not whole\nrc 1$/);
+  const failed = await firstStage(`cp() { command cp "$@"; return 1; }\nseed_dir ${src} ${rw} opt; echo "rc $?"`);
+  t.match(failed.out, new RegExp(`warning: copying the image's /opt to ${rw} failed\\nrc 1$`));
+  t.same(await readdir(rw), []);
 });
 
 t.test('ELF: static and dynamic executables told apart', async (t) => {
@@ -121,18 +283,20 @@ t.test('ELF: static and dynamic executables told apart', async (t) => {
 let rootfs = '';
 let release = '';
 let kernel = '';
+/** Why there is no fixture root: Debian cannot be reached (any other failure fails the file). */
+let noRoot = '';
 t.before(async () => {
   try {
     rootfs = await fixtureRoot('amd64');
-    ({ release, kernel } = await kernelOf(rootfs));
   } catch (err) {
-    rootfs = '';
-    console.error(`# no fixture root: ${(err as Error).message}`);
+    noRoot = unreachableReason(err);
+    return;
   }
+  ({ release, kernel } = await kernelOf(rootfs));
 });
 
 t.test('a real initramfs: byte-identical twice, cpio lists /init, modules and modules.dep', async (t) => {
-  if (!rootfs) { t.plan(0, 'no fixture root (build-fixture.sh needs deb.debian.org)'); return; }
+  if (!rootfs) { t.plan(0, noRoot); return; }
   const dir = await mkdtemp(path.join(tmpdir(), 'cairn-initramfs-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const started = Date.now();
@@ -149,7 +313,17 @@ t.test('a real initramfs: byte-identical twice, cpio lists /init, modules and mo
   await writeFile(path.join(dir, 'a.cpio'), cpio.stdout);
   const list = (await execa('cpio', ['-t', '-F', path.join(dir, 'a.cpio')], { stdin: 'ignore' })).stdout.split('\n');
   t.ok(list.includes('init'), 'cpio -t lists init');
-  for (const f of ['bin/busybox', 'bin/sh', 'sbin/modprobe', 'sbin/switch_root', 'dev/console', 'etc/cairn-initramfs/modules']) t.ok(list.includes(f), f);
+  for (const f of ['bin/busybox', 'bin/sh', 'bin/date', 'sbin/modprobe', 'sbin/switch_root', 'sbin/e2fsck', 'etc/e2fsck.conf', 'dev/console', 'etc/cairn-initramfs/modules', 'etc/cairn-initramfs/release']) t.ok(list.includes(f), f);
+  // e2fsck runs from the initramfs alone: its loader and libraries are in it
+  const unpacked = path.join(dir, 'unpacked');
+  await mkdir(unpacked);
+  await execa('cpio', ['-id', '--quiet', '-F', path.join(dir, 'a.cpio')], { cwd: unpacked, stdin: 'ignore' });
+  t.match(await readFile(path.join(unpacked, 'etc/cairn-initramfs/release'), 'utf8'), `SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}\n`, 'the build time the clock is held to');
+  if (process.getuid?.() === 0) {
+    const v = await execa('chroot', [unpacked, '/sbin/e2fsck', '-V'], { reject: false });
+    t.equal(v.exitCode, 0, `chroot initramfs /sbin/e2fsck -V: ${v.stderr.split('\n')[0]}`);
+    t.match(v.stderr, /e2fsck 1\.\d+/);
+  }
   for (const m of ['squashfs.ko', 'overlay.ko', 'loop.ko', 'ext4.ko', 'isofs.ko', 'sr_mod.ko', 'virtio_blk.ko', 'virtio_net.ko', 'e1000.ko', 'nvme.ko', 'usb-storage.ko', 'vfat.ko', 'ahci.ko', 'jbd2.ko']) {
     t.ok(list.some((f) => f.endsWith(`/${m}`)), m);
   }
@@ -172,8 +346,8 @@ t.test('a real initramfs: byte-identical twice, cpio lists /init, modules and mo
   t.ok(gunzipSync(await readFile(gz)).equals(cpio.stdout), 'gzip holds the same archive');
 });
 
-t.test('bad input: no busybox, a dynamic busybox, no modules for the release', async (t) => {
-  if (!rootfs) { t.plan(0, 'no fixture root'); return; }
+t.test('bad input: no busybox, a dynamic busybox, no modules for the release, no e2fsck', async (t) => {
+  if (!rootfs) { t.plan(0, noRoot); return; }
   const dir = await mkdtemp(path.join(tmpdir(), 'cairn-initramfs-bad-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const fake = path.join(dir, 'root');
@@ -184,6 +358,9 @@ t.test('bad input: no busybox, a dynamic busybox, no modules for the release', a
   await t.rejects(buildInitramfs(opts), { name: 'UserError', message: /dynamically linked busybox/, hint: /busybox-static/ });
   await execa('cp', [path.join(rootfs, 'usr/bin/busybox'), path.join(fake, 'usr/bin/busybox')]);
   await t.rejects(buildInitramfs(opts), { name: 'UserError', message: /no modules for kernel/ });
+  await mkdir(path.join(fake, 'usr/lib'), { recursive: true });
+  await execa('cp', ['-al', path.join(rootfs, 'usr/lib/modules'), path.join(fake, 'usr/lib/')]);
+  await t.rejects(buildInitramfs(opts), { name: 'UserError', message: /checks CAIRN_STATE with e2fsck, .*usr\/sbin\/e2fsck not found/, hint: /add e2fsprogs/ });
   await t.rejects(buildInitramfs({ ...opts, rootfs, sourceDateEpoch: -1 }), /SOURCE_DATE_EPOCH/);
   t.notOk(existsSync(opts.out), 'nothing written');
 });
@@ -205,7 +382,7 @@ async function debugfsCat(img: string, file: string): Promise<string> {
 }
 
 t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written to the state', async (t) => {
-  if (!rootfs || !haveQemu) { t.plan(0, 'needs the fixture root and qemu-system-x86_64'); return; }
+  if (!rootfs || !haveQemu) { t.plan(0, noRoot || 'needs qemu-system-x86_64'); return; }
   const tree = path.join(work, 'state');
   for (const v of ['0.0.1', '0.0.2']) {
     await mkdir(path.join(tree, 'cairn/system', v), { recursive: true });
@@ -215,10 +392,15 @@ t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written 
   await writeFile(path.join(tree, 'cairn/system/next'), '0.0.2 2\n');
   const img = path.join(work, 'state.img');
   await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'CAIRN_STATE', '-d', tree, img, '96M']);
+  // as after a power cut: not cleanly unmounted, so the first stage's e2fsck -p checks it whole
+  await execa('debugfs', ['-w', '-R', 'ssv state 0', img]);
   const r = await qemuBoot(['-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet', '-drive', `file=${img},if=virtio,format=raw`]);
   t.comment(`state boot: ${r.ms} ms`);
   if (!t.ok(r.ok, 'the system came up as PID 1 after switch_root')) console.error(r.output);
+  t.match(r.output, /cairn-initramfs: CAIRN_STATE \(\/dev\/vda\): e2fsck repaired the file system/, "e2fsck ran from the initramfs and marked it clean");
+  t.notMatch(r.output, /no e2fsck in the initramfs|cannot repair/);
   t.match(r.output, /cairn-initramfs: system 0\.0\.2 on \/dev\/vda \(trial boot, 1 tries left\)/);
+  t.match(r.output, /CAIRN_STATE_READONLY= /, 'mounted read-write');
   t.match(r.output, /argv \/usr\/bin\/tini -- \/usr\/bin\/node \/usr\/lib\/cairn\/init\.js/);
   t.match(r.output, /CAIRN_BOOT_MODE=state CAIRN_BOOT_VERSION=0\.0\.2 CAIRN_BOOT_TRIES_LEFT=1/);
   t.match(r.output, /etc writable/);
@@ -232,8 +414,35 @@ t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written 
   t.equal(fsck.exitCode, 0, 'state partition clean after the boot');
 });
 
+t.test('boot (TCG): a state partition e2fsck -p cannot repair is mounted read-only, the writable parts in RAM', async (t) => {
+  if (!rootfs || !haveQemu) { t.plan(0, noRoot || 'needs qemu-system-x86_64'); return; }
+  const tree = path.join(work, 'state-broken');
+  await mkdir(path.join(tree, 'cairn/system/0.0.1'), { recursive: true });
+  await mkdir(path.join(tree, 'cairn/data'), { recursive: true });
+  await fixtureSquashfs(rootfs, path.join(tree, 'cairn/system/0.0.1/rootfs.squashfs'));
+  await writeFile(path.join(tree, 'cairn/system/active'), '0.0.1\n');
+  await writeFile(path.join(tree, 'cairn/data/a'), 'a'.repeat(10000));
+  await writeFile(path.join(tree, 'cairn/data/b'), 'b'.repeat(10000));
+  const img = path.join(work, 'state-broken.img');
+  await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-O', '^extent,^64bit,^flex_bg', '-L', 'CAIRN_STATE', '-d', tree, img, '96M']);
+  // two files claim one block: preen mode does not choose
+  const block = (await execa('debugfs', ['-R', 'bmap /cairn/data/b 0', img])).stdout.trim();
+  await execa('debugfs', ['-w', '-R', `sif /cairn/data/a block[0] ${block}`, img]);
+  await execa('debugfs', ['-w', '-R', 'ssv state 0', img]);
+  const r = await qemuBoot(['-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet', '-drive', `file=${img},if=virtio,format=raw`]);
+  t.comment(`read-only state boot: ${r.ms} ms`);
+  if (!t.ok(r.ok, 'the system still came up')) console.error(r.output);
+  t.match(r.output, /cairn-initramfs: CAIRN_STATE \(\/dev\/vda\) has errors e2fsck -p cannot repair \(exit 4\)/);
+  t.match(r.output, /UNEXPECTED INCONSISTENCY/, "e2fsck's words on the console");
+  t.match(r.output, /to repair it, boot with cairn.rescue and run: e2fsck -f \/dev\/vda/);
+  t.match(r.output, /CAIRN_STATE_READONLY=1/);
+  t.match(r.output, /mount cairn-rw \/var tmpfs/, '/var in RAM');
+  t.match(r.output, /mount \S+ \/cairn ext4 ro/, 'the state read-only');
+  t.equal((await execa('e2fsck', ['-fn', img], { reject: false })).exitCode, 4, 'nothing written to it: the damage is still there for a manual repair');
+});
+
 t.test('boot (TCG): net boot fetches the squashfs over HTTP (cairn.root_url=)', async (t) => {
-  if (!rootfs || !haveQemu) { t.plan(0, 'needs the fixture root and qemu-system-x86_64'); return; }
+  if (!rootfs || !haveQemu) { t.plan(0, noRoot || 'needs qemu-system-x86_64'); return; }
   const sq = await fixtureSquashfs(rootfs, path.join(work, 'net.squashfs'));
   let fetched = 0;
   const server = createServer((req, res) => {
@@ -263,7 +472,7 @@ t.test('boot (TCG): net boot fetches the squashfs over HTTP (cairn.root_url=)', 
 });
 
 t.test('boot (TCG): no system anywhere: says why, then a shell with cairn.rescue', async (t) => {
-  if (!rootfs || !haveQemu) { t.plan(0, 'needs the fixture root and qemu-system-x86_64'); return; }
+  if (!rootfs || !haveQemu) { t.plan(0, noRoot || 'needs qemu-system-x86_64'); return; }
   const r = await qemuBoot(['-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet cairn.wait=2 cairn.rescue'], {
     marker: 'starting a shell on the console',
     stopOnMarker: true,

@@ -55,7 +55,7 @@ export interface InitramfsOptions {
 /** Applets linked into /bin (busybox itself is /bin/busybox). The rescue shell can add the rest with `busybox --install -s`. */
 export const APPLETS: readonly string[] = [
   '[', 'ash', 'awk', 'basename', 'cat', 'chroot', 'cp', 'cttyhack', 'cut', 'dd', 'df', 'dmesg', 'du',
-  'echo', 'env', 'false', 'fdisk', 'find', 'findfs', 'free', 'grep', 'halt', 'head', 'hexdump', 'ip', 'kill',
+  'date', 'echo', 'env', 'false', 'fdisk', 'find', 'findfs', 'free', 'grep', 'halt', 'head', 'hexdump', 'ip', 'kill',
   'less', 'ln', 'losetup', 'ls', 'lsmod', 'mdev', 'mkdir', 'mknod', 'modinfo', 'modprobe', 'insmod', 'rmmod',
   'mount', 'mv', 'ping', 'poweroff', 'printf', 'ps', 'readlink', 'reboot', 'rm', 'rmdir', 'sed',
   'setsid', 'sh', 'sha256sum', 'sleep', 'sort', 'stat', 'switch_root', 'sync', 'tail', 'tee', 'test', 'touch',
@@ -82,6 +82,16 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
     throw new UserError(
       `kernel ${kernelRelease} in ${rootfs} has no ${lacking.join(', ')} (neither a module nor built in): the first stage cannot mount the system`,
       'use a Debian kernel package (linux-image-*) in the image spec, or a kernel built with squashfs, overlay and loop',
+    );
+  }
+
+  let e2fsck: CpioEntry[];
+  try {
+    e2fsck = await programWithLibraries(rootfs, 'usr/sbin/e2fsck', 'sbin/e2fsck', arch);
+  } catch (err) {
+    throw new UserError(
+      `the first stage checks CAIRN_STATE with e2fsck, and it cannot be taken from ${rootfs}: ${(err as Error).message}`,
+      "add e2fsprogs to the image spec's packages (cairn's base packages have it)",
     );
   }
 
@@ -112,6 +122,17 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
     data: Buffer.from(`KERNEL_RELEASE=${kernelRelease}\nARCH=${arch}\nSOURCE_DATE_EPOCH=${sourceDateEpoch}\n`),
   });
   entries.push({ path: 'etc/mtab', type: 'symlink', target: '../proc/mounts' });
+  entries.push({ path: 'etc/e2fsck.conf', type: 'file', mode: 0o644, data: Buffer.from(E2FSCK_CONF) });
+  for (const e of e2fsck) {
+    let d = path.posix.dirname(e.path);
+    const parents: string[] = [];
+    while (d !== '.' && !entries.some((x) => x.path === d) && !parents.includes(d)) {
+      parents.unshift(d);
+      d = path.posix.dirname(d);
+    }
+    for (const p of parents) dir(p);
+    entries.push(e);
+  }
 
   // modules and the index files modprobe reads
   const modRoot = `lib/modules/${kernelRelease}`;
@@ -209,6 +230,110 @@ export function elfIsDynamic(elf: Buffer): boolean {
   }
   return false;
 }
+
+interface ElfInfo {
+  /** PT_INTERP: the program interpreter (dynamic loader), if any */
+  interp?: string;
+  /** DT_NEEDED: the shared libraries it links against */
+  needed: string[];
+}
+
+/** The program interpreter and the DT_NEEDED libraries of an ELF file (its dynamic section read through its load segments). */
+export function elfLinks(elf: Buffer): ElfInfo {
+  if (elf.length < 52 || elf.readUInt32BE(0) !== 0x7f454c46) throw new Error('not an ELF file');
+  const is64 = elf[4] === 2;
+  const le = elf[5] === 1;
+  const u16 = (o: number): number => (le ? elf.readUInt16LE(o) : elf.readUInt16BE(o));
+  const u32 = (o: number): number => (le ? elf.readUInt32LE(o) : elf.readUInt32BE(o));
+  const word = (o: number): number => (is64 ? Number(le ? elf.readBigUInt64LE(o) : elf.readBigUInt64BE(o)) : u32(o));
+  const phoff = word(is64 ? 0x20 : 0x1c);
+  const phentsize = u16(is64 ? 0x36 : 0x2a);
+  const phnum = u16(is64 ? 0x38 : 0x2c);
+  const loads: { vaddr: number; offset: number; filesz: number }[] = [];
+  let interp: string | undefined;
+  let dynamic: { offset: number; size: number } | undefined;
+  for (let i = 0; i < phnum; i++) {
+    const ph = phoff + i * phentsize;
+    const type = u32(ph);
+    const offset = word(ph + (is64 ? 0x08 : 0x04));
+    const vaddr = word(ph + (is64 ? 0x10 : 0x08));
+    const filesz = word(ph + (is64 ? 0x20 : 0x10));
+    if (type === 1) loads.push({ vaddr, offset, filesz });
+    else if (type === 2) dynamic = { offset, size: filesz };
+    else if (type === 3) interp = elf.toString('latin1', offset, offset + filesz).replace(/\0.*$/s, '');
+  }
+  const needed: number[] = [];
+  let strtab: number | undefined;
+  if (dynamic) {
+    const entsize = is64 ? 16 : 8;
+    for (let o = dynamic.offset; o + entsize <= dynamic.offset + dynamic.size; o += entsize) {
+      const tag = word(o);
+      const val = word(o + entsize / 2);
+      if (tag === 0) break;
+      if (tag === 1) needed.push(val);
+      else if (tag === 5) strtab = val;
+    }
+  }
+  const toOffset = (vaddr: number): number => {
+    const seg = loads.find((l) => vaddr >= l.vaddr && vaddr < l.vaddr + l.filesz);
+    if (!seg) throw new Error('DT_STRTAB lies outside the load segments');
+    return vaddr - seg.vaddr + seg.offset;
+  };
+  const names = strtab === undefined ? [] : needed.map((n) => {
+    const start = toOffset(strtab!) + n;
+    return elf.toString('latin1', start, elf.indexOf(0, start));
+  });
+  return { interp, needed: names };
+}
+
+/** Debian's multiarch folder names, where each arch's libraries live. */
+export const MULTIARCH: Record<Arch, string> = { amd64: 'x86_64-linux-gnu', arm64: 'aarch64-linux-gnu', armv7: 'arm-linux-gnueabihf' };
+
+/**
+ * A dynamically linked program of the root with everything it loads: the
+ * program at `dest`, its interpreter at the path the program names, and
+ * its libraries (and theirs) under lib/<multiarch>/, where the loader looks
+ * without an ld.so.cache.
+ */
+export async function programWithLibraries(rootfs: string, rel: string, dest: string, arch: Arch): Promise<CpioEntry[]> {
+  const file = await resolveInRoot(rootfs, rel);
+  if (!file || !(await exists(file))) throw new Error(`${rel} not found in ${rootfs}`);
+  const entries: CpioEntry[] = [];
+  const program = await readFile(file);
+  entries.push({ path: dest, type: 'file', mode: 0o755, data: program });
+  const first = elfLinks(program);
+  if (first.interp) {
+    const interp = await resolveInRoot(rootfs, first.interp);
+    if (!interp || !(await exists(interp))) throw new Error(`${rel} needs ${first.interp}, which ${rootfs} does not have`);
+    entries.push({ path: first.interp.replace(/^\/+/, ''), type: 'file', mode: 0o755, data: await readFile(interp) });
+  }
+  const dirs = [`lib/${MULTIARCH[arch]}`, `usr/lib/${MULTIARCH[arch]}`, 'lib', 'usr/lib'];
+  const seen = new Set<string>();
+  const queue = [...first.needed];
+  while (queue.length > 0) {
+    const name = queue.shift()!;
+    if (seen.has(name)) continue;
+    seen.add(name);
+    let found: string | undefined;
+    for (const d of dirs) {
+      const p = await resolveInRoot(rootfs, `${d}/${name}`);
+      if (p && (await exists(p))) {
+        found = p;
+        break;
+      }
+    }
+    if (!found) throw new Error(`${rel} needs ${name}, which is not in ${rootfs} (looked in ${dirs.map((d) => `/${d}`).join(', ')})`);
+    const data = await readFile(found);
+    // the loader itself is in the list of libc's needs: it is placed already
+    if (first.interp && path.posix.basename(first.interp) === name) continue;
+    entries.push({ path: `lib/${MULTIARCH[arch]}/${name}`, type: 'file', mode: 0o644, data });
+    queue.push(...elfLinks(data).needed);
+  }
+  return entries;
+}
+
+/** e2fsck's configuration in the initramfs: boards without a battery-backed clock must not fail the check on time stamps. */
+export const E2FSCK_CONF = '[options]\n\tbroken_system_clock = 1\n';
 
 async function findBusybox(rootfs: string): Promise<Buffer> {
   for (const rel of ['usr/bin/busybox', 'bin/busybox', 'usr/lib/initramfs-tools/bin/busybox']) {

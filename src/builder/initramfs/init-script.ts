@@ -28,6 +28,19 @@
  * folder bound at /cairn. /run/cairn/boot.env records what was booted.
  * Then switch_root to tini and the TypeScript init.
  *
+ * Before anything else the clock is set to the image's build time
+ * (SOURCE_DATE_EPOCH in /etc/cairn-initramfs/release) when it reads
+ * earlier: boards without a battery-backed clock start in 1970.
+ *
+ * CAIRN_STATE is checked with e2fsck -p before it is mounted: repaired
+ * errors are logged; "reboot wanted" (exit 2) reboots; errors it cannot
+ * repair mount it read-only, with /etc, /var, /home and /opt in RAM for that
+ * boot (CAIRN_STATE_READONLY=1 in boot.env) and a message saying how to
+ * repair it (with cairn.rescue, a shell is offered first). Seeding /var,
+ * /home and /opt copies into a temporary folder, checks the copy, flushes it
+ * and renames it into place, so a power cut never leaves a half seed that
+ * is taken for a whole one.
+ *
  * Command line: cairn.mode=state|live|net, cairn.root_url=, cairn.root_sha256=,
  * cairn.version=, cairn.wait=SECONDS (how long to look for the system,
  * default 30), cairn.debug (trace), cairn.rescue (a shell instead of a reboot
@@ -39,6 +52,109 @@
  */
 
 export const INIT_MARKER_SWITCHING = 'cairn-initramfs: switching root';
+/** Printed when the clock read earlier than the image's build time and was set to it. */
+export const INIT_MARKER_CLOCK = 'cairn-initramfs: clock set to ';
+
+/**
+ * The first stage's decisions about the clock, the state partition's check
+ * and seeding, as shell functions that the tests run on their own (with
+ * log, date, e2fsck, cp and reboot stubbed) against a temporary folder.
+ * They use log, dbg, rescue_shell and RESCUE from the script around them.
+ */
+export const FIRST_STAGE_FUNCTIONS = String.raw`
+# The clock: boards without a battery-backed clock start in 1970, when no
+# certificate (k3s, TLS) is valid yet. It is never left earlier than the
+# image's build time ($1, seconds); chrony corrects it once the network is up.
+clock_not_before() {
+  case "$1" in ''|*[!0-9]*) return 0 ;; esac
+  now=$(date +%s 2>/dev/null)
+  case "$now" in ''|*[!0-9]*) now=0 ;; esac
+  [ "$now" -ge "$1" ] && return 0
+  was=$(date -u -d "@$now" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+  if date -u -s "@$1" >/dev/null 2>&1; then
+    log "clock set to $(date -u +%Y-%m-%dT%H:%M:%SZ), the image's build time (it read $was)"
+  else
+    log "warning: the clock reads $was, before the image's build time, and cannot be set"
+  fi
+  return 0
+}
+
+# The state partition's check before it is mounted (e2fsck -p: 0 clean,
+# 1 repaired, 2 repaired but a reboot is wanted, 4 and more errors left or
+# e2fsck could not run). Sets STATE_RO=1 when it must be mounted read-only:
+# the boot goes on with /etc, /var, /home and /opt in RAM, so the node stays
+# reachable, and says how to repair it; with cairn.rescue a shell is
+# offered first and the check runs again when it is left.
+check_state() {
+  STATE_RO=
+  if ! command -v e2fsck >/dev/null 2>&1; then
+    log "warning: no e2fsck in the initramfs: CAIRN_STATE ($1) is mounted unchecked"
+    return 0
+  fi
+  e2fsck -p "$1" >/tmp/e2fsck.log 2>&1
+  rc=$?
+  case "$rc" in
+    0) dbg "CAIRN_STATE ($1) is clean" ;;
+    1) log "CAIRN_STATE ($1): e2fsck repaired the file system" ;;
+    2|3)
+      log "CAIRN_STATE ($1): e2fsck repaired the file system and asks for a reboot: rebooting"
+      sync
+      reboot -f
+      sleep 60
+      ;;
+    *)
+      log "CAIRN_STATE ($1) has errors e2fsck -p cannot repair (exit $rc):"
+      tail -n 5 /tmp/e2fsck.log | while read -r line; do log "  $line"; done
+      if [ -n "$RESCUE" ]; then
+        rescue_shell "repair it with: e2fsck -f $1   (then leave the shell: the check runs again)"
+        check_state "$1"
+        return
+      fi
+      log "booting with CAIRN_STATE read-only: /etc, /var, /home and /opt changes stay in RAM this boot"
+      log "to repair it, boot with cairn.rescue and run: e2fsck -f $1"
+      STATE_RO=1
+      ;;
+  esac
+  return 0
+}
+
+# What a folder holds, for comparing a copy with its source: type, size,
+# mode, owner and name of every entry but the folder itself (folders' sizes
+# depend on the file system, so they have none).
+tree_list() {
+  (cd "$1" && find . ! -path . ! -type d -exec stat -c '%F %s %a %u:%g %n' {} + && find . ! -path . -type d -exec stat -c '%F %a %u:%g %n' {} +) | sort
+}
+
+# Seeds $2/$3 from the image's folder $1 the first time: copied into
+# $2/.seed-$3, checked against the image, flushed, then renamed into place,
+# so a folder that exists is always a whole seed. A temporary folder left
+# by a power cut is removed and the copy made again. Fails (1) when the
+# copy cannot be made whole.
+seed_dir() {
+  [ -d "$2/$3" ] && return 0
+  seed_tmp="$2/.seed-$3"
+  if [ -e "$seed_tmp" ]; then
+    log "/$3: a seed was interrupted (power cut?); making it again"
+    rm -rf "$seed_tmp" || return 1
+  fi
+  mkdir -p "$seed_tmp" || return 1
+  if ! cp -a "$1/." "$seed_tmp/"; then
+    log "warning: copying the image's /$3 to $2 failed"
+    rm -rf "$seed_tmp"
+    return 1
+  fi
+  if [ "$(tree_list "$1")" != "$(tree_list "$seed_tmp")" ]; then
+    log "warning: the copy of the image's /$3 in $2 is not whole"
+    rm -rf "$seed_tmp"
+    return 1
+  fi
+  sync
+  mv "$seed_tmp" "$2/$3" || return 1
+  sync
+  dbg "seeded /$3 in $2"
+  return 0
+}
+`;
 
 export function renderInitScript(): string {
   return String.raw`#!/bin/busybox sh
@@ -67,6 +183,7 @@ log() {
 }
 DEBUG=
 dbg() { [ -n "$DEBUG" ] && log "debug: $*"; return 0; }
+${FIRST_STAGE_FUNCTIONS}
 
 MODE=
 ROOT_URL=
@@ -95,6 +212,7 @@ case "$WAIT" in ''|*[!0-9]*) WAIT=30 ;; esac
 
 log "starting ($(uname -r))"
 echo /sbin/modprobe >/proc/sys/kernel/modprobe 2>/dev/null
+clock_not_before "$(sed -n 's/^SOURCE_DATE_EPOCH=//p' /etc/cairn-initramfs/release 2>/dev/null)"
 
 # busybox-static has no mountpoint applet
 is_mounted() { grep -q " $1 " /proc/mounts; }
@@ -141,6 +259,8 @@ BOOT_VERSION=
 BOOT_TRY=
 SQUASHFS=
 STATE_DEV=
+STATE_RO=
+CHECKED_DEV=
 MEDIUM_DEV=
 
 read_pointer() { [ -f "$1" ] && head -n 1 "$1" | tr -d ' \r\t'; }
@@ -159,13 +279,13 @@ choose_version() {
     tries=$2
     case "$tries" in ''|*[!0-9]*) tries=3 ;; esac
     if [ -n "$nv" ] && [ "$tries" -gt 0 ] && [ -f "$sys/$nv/rootfs.squashfs" ]; then
-      echo "$nv $((tries - 1))" >"$sys/next.tmp" && mv "$sys/next.tmp" "$sys/next" && sync
+      { echo "$nv $((tries - 1))" >"$sys/next.tmp" && mv "$sys/next.tmp" "$sys/next" && sync; } 2>/dev/null
       BOOT_TRY=$((tries - 1))
       CHOSEN=$nv
       return
     fi
     log "version $nv did not come up within its tries: falling back"
-    mv "$sys/next" "$sys/next.failed" && sync
+    { mv "$sys/next" "$sys/next.failed" && sync; } 2>/dev/null
   fi
   for p in active fallback; do
     v=$(read_pointer "$sys/$p")
@@ -182,7 +302,15 @@ try_state() {
   dev=$(find_label CAIRN_STATE) || { note "no partition labelled CAIRN_STATE"; return 1; }
   mkdir -p /mnt/state
   if ! is_mounted /mnt/state; then
-    mount -t ext4 -o rw,noatime "$dev" /mnt/state 2>/dev/null || { note "CAIRN_STATE ($dev) does not mount as ext4"; return 1; }
+    if [ "$CHECKED_DEV" != "$dev" ]; then
+      check_state "$dev"
+      CHECKED_DEV=$dev
+    fi
+    if [ -n "$STATE_RO" ]; then
+      mount -t ext4 -o ro,noatime "$dev" /mnt/state 2>/dev/null || { note "CAIRN_STATE ($dev) does not mount as ext4, not even read-only"; return 1; }
+    else
+      mount -t ext4 -o rw,noatime "$dev" /mnt/state 2>/dev/null || { note "CAIRN_STATE ($dev) does not mount as ext4"; return 1; }
+    fi
   fi
   BOOT_TRY=
   choose_version
@@ -292,7 +420,7 @@ mount -t squashfs -o ro,loop "$SQUASHFS" $NEWROOT || {
 }
 dbg "root mounted from $SQUASHFS"
 
-if [ "$BOOT_MODE" = state ]; then
+if [ "$BOOT_MODE" = state ] && [ -z "$STATE_RO" ]; then
   RW=/mnt/state/cairn/data
 else
   mkdir -p /mnt/rw
@@ -314,17 +442,17 @@ if ! mount -t overlay cairn-etc -o lowerdir=$NEWROOT/etc,upperdir=$RW/etc,workdi
   log "warning: no overlay for /etc; it stays read-only"
 fi
 
-# /var, /home, /opt: persistent, seeded from the image the first time
+# /var, /home, /opt: persistent, seeded from the image the first time (see
+# seed_dir); a folder that cannot be seeded lives in RAM for this boot
 for d in var home opt; do
   [ -d $NEWROOT/$d ] || continue
-  if [ ! -d $RW/$d ]; then
-    rm -rf $RW/.seed-$d
-    mkdir -p $RW/.seed-$d
-    cp -a $NEWROOT/$d/. $RW/.seed-$d/ 2>/dev/null
-    mv $RW/.seed-$d $RW/$d
-    dbg "seeded $d"
+  if seed_dir $NEWROOT/$d $RW $d; then
+    mount --bind $RW/$d $NEWROOT/$d
+  else
+    log "warning: /$d is in RAM for this boot (its changes are lost at shutdown)"
+    mkdir -p /mnt/ram-$d
+    mount -t tmpfs -o mode=0755 cairn-$d /mnt/ram-$d && cp -a $NEWROOT/$d/. /mnt/ram-$d/ && mount --move /mnt/ram-$d $NEWROOT/$d
   fi
-  mount --bind $RW/$d $NEWROOT/$d
 done
 
 # keep what the new root still depends on reachable under /run/cairn
@@ -355,6 +483,7 @@ CAIRN_BOOT_MODE=$BOOT_MODE
 CAIRN_BOOT_VERSION=$BOOT_VERSION
 CAIRN_BOOT_TRIES_LEFT=$BOOT_TRY
 CAIRN_STATE_DEVICE=$STATE_DEV
+CAIRN_STATE_READONLY=$STATE_RO
 CAIRN_MEDIUM_DEVICE=$MEDIUM_DEV
 CAIRN_ROOT_URL=$ROOT_URL
 BOOTENV
