@@ -7,7 +7,10 @@ import { unmountOrder, requestShutdown } from '../../src/init/shutdown.js';
 import { gettyArgs } from '../../src/init/services.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { put } from './support.js';
+import { put, testContext } from './support.js';
+import { runShutdownCommand } from '../../src/cli/commands/node.js';
+import { shutdown } from '../../src/init/shutdown.js';
+import type { Supervisor } from '../../src/init/supervisor.js';
 
 t.test('phases: one line each, failures and timeouts do not stop the boot', async (t) => {
   const lines: string[] = [];
@@ -35,6 +38,45 @@ t.test('phases: one line each, failures and timeouts do not stop the boot', asyn
   t.match(lines[0], /^cairn: first ok \(\d+ ms\): noted$/);
   t.equal(lines[1], 'cairn: broken FAILED: no such thing');
   t.equal(lines[2], 'cairn: slow FAILED: did not finish within 50 ms');
+});
+
+t.test('a phase that times out is cancelled: its pending work does not go on to its side effect', async (t) => {
+  const log = createLogger({ debug: false, write: () => undefined });
+  const effects: string[] = [];
+  let seen: AbortSignal | undefined;
+  const results = await runPhases(
+    [
+      phase('slow', 50, async (_ctx, signal) => {
+        seen = signal;
+        await new Promise((r) => setTimeout(r, 200));
+        signal.throwIfAborted();
+        effects.push('started the service');
+      }),
+      phase('next', 1000, async (_ctx, signal) => {
+        t.notOk(signal.aborted, "the next phase gets a signal of its own");
+      }),
+    ],
+    {},
+    log,
+  );
+  t.same(results.map((r) => [r.name, r.ok]), [['slow', false], ['next', true]]);
+  t.ok(seen?.aborted, 'the signal was aborted on timeout');
+  t.match(String((seen?.reason as Error | undefined)?.message), /did not finish within 50 ms/);
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(effects, [], 'the side effect never happened');
+});
+
+t.test('exec kills its command when the signal is aborted', async (t) => {
+  const { execCommand } = await import('../../src/init/exec.js');
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(), 100);
+  const start = Date.now();
+  const r = await execCommand('sleep', ['10'], { signal: ac.signal });
+  t.ok(Date.now() - start < 2000, 'returned at once');
+  t.ok(r.aborted);
+  t.equal(r.signal, 'SIGKILL');
+  const before = await execCommand('sleep', ['10'], { signal: AbortSignal.abort() });
+  t.ok(before.aborted, 'an aborted signal starts nothing');
 });
 
 t.test('boot.env from the first stage', async (t) => {
@@ -65,6 +107,51 @@ t.test('shutdown: unmount order and the request to the init', async (t) => {
   t.same(sent, [[4242, 0], [4242, 'SIGUSR1']], 'checks that the init is there, then signals it');
   t.equal(readFileSync(join(root, 'run/cairn/shutdown'), 'utf8'), 'reboot');
   t.throws(() => requestShutdown(t.testdir(), 'poweroff', () => undefined), /the cairn init is not running here/);
+});
+
+t.test('cairn reboot/poweroff: clear errors, a bounded wait, a message either way', async (t) => {
+  const root = t.testdir();
+  put(root, 'run/cairn/init.pid', 'garbage\n');
+  t.throws(() => requestShutdown(root, 'reboot', () => undefined), /init\.pid holds "garbage", not the init's process id/);
+  put(root, 'run/cairn/init.pid', '4242\n');
+  const gone = Object.assign(new Error('kill ESRCH'), { code: 'ESRCH' });
+  t.throws(() => requestShutdown(root, 'reboot', () => { throw gone; }), /the cairn init \(pid 4242 in \/run\/cairn\/init\.pid\) is not running/);
+  const perm = Object.assign(new Error('kill EPERM'), { code: 'EPERM' });
+  t.throws(() => requestShutdown(root, 'poweroff', () => { throw perm; }), /poweroff needs root \(sudo cairn poweroff\)/);
+
+  // The init acknowledges in its status: the command says so and returns.
+  const sent: (string | number)[] = [];
+  const ack = (_pid: number, sig: NodeJS.Signals | 0) => {
+    sent.push(sig);
+    if (sig === 'SIGUSR1') setTimeout(() => put(root, 'run/cairn/status.json', JSON.stringify({ shutdown: { action: 'reboot', at: new Date().toISOString() } })), 150);
+  };
+  let start = Date.now();
+  t.equal(await runShutdownCommand(root, 'reboot', 5000, ack), 'rebooting: the services are stopping; this session closes when the node goes down\n');
+  t.ok(Date.now() - start < 1500, `returned as soon as the init acknowledged (${Date.now() - start} ms)`);
+  t.same(sent, [0, 'SIGUSR1']);
+  // An init that does not answer: still bounded, and the message says what to do.
+  const quiet = t.testdir();
+  put(quiet, 'run/cairn/init.pid', '4242\n');
+  start = Date.now();
+  t.match(await runShutdownCommand(quiet, 'poweroff', 300, () => undefined), /^poweroff requested, but the init has not started it within 0\.3 s .*watch the console\n$/);
+  t.ok(Date.now() - start < 1500, `bounded (${Date.now() - start} ms)`);
+});
+
+t.test('shutdown: every step bounded; a hung service stop and a failed busybox still end in a reboot', async (t) => {
+  const root = t.testdir();
+  put(root, 'proc/mounts', '/dev/vda2 /var ext4 rw 0 0\n');
+  put(root, 'proc/sysrq-trigger', '');
+  const { ctx, calls, lines } = testContext(root, {}, { exec: (file) => (file === '/usr/bin/busybox' ? { code: 1, stderr: 'reboot: Operation not permitted' } : undefined) });
+  ctx.services = { stopAll: () => new Promise(() => undefined) } as unknown as Supervisor;
+  const signals: string[] = [];
+  const start = Date.now();
+  await shutdown(ctx, 'reboot', { servicesStopMs: 100, termMs: 50, killAll: (sig) => signals.push(sig) });
+  t.ok(Date.now() - start < 2000, `done in ${Date.now() - start} ms`);
+  t.equal(ctx.status.status.shutdown?.action, 'reboot', 'the status says a reboot is under way');
+  t.same(signals, ['SIGTERM', 'SIGKILL'], 'every other process is ended (SSH sessions close)');
+  t.same(calls.map((c) => [c.file, ...c.args]), [['sync'], ['umount', '/var'], ['sync'], ['/usr/bin/busybox', 'reboot', '-f']]);
+  t.ok(lines.some((l) => /services did not all stop within 0\.1 s; going on/.test(l)));
+  t.equal(readFileSync(join(root, 'proc/sysrq-trigger'), 'utf8'), 'b', 'the kernel is asked directly');
 });
 
 t.test('getty: serial consoles at serial speeds; autologin only when asked', async (t) => {

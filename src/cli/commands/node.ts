@@ -3,8 +3,12 @@ import type { Command } from 'commander';
 import { join } from 'node:path';
 import { formatDiagnostic } from '../../config/diagnostics.js';
 import { UserError } from '../../errors.js';
-import { requestShutdown, type ShutdownAction } from '../../init/shutdown.js';
+import { requestShutdown, waitShutdownStarted, type ShutdownAction } from '../../init/shutdown.js';
 import { readJson, STATUS_PATH, type NodeStatus } from '../../init/status.js';
+import { redactEnv, redactK3sArgs } from '../../runtime/k3s-args.js';
+
+/** How long `cairn poweroff`/`reboot` wait for the init to say it is shutting down. */
+export const SHUTDOWN_ACK_MS = 5_000;
 
 function ago(iso: string | undefined, now = Date.now()): string {
   if (!iso) return '-';
@@ -23,7 +27,13 @@ export function renderStatus(st: NodeStatus, now = Date.now()): string {
   out.push(`version   ${st.version} (${st.bootMode || 'unknown'} boot)`);
   out.push(`hostname  ${st.hostname ?? '-'}`);
   out.push(`booted    ${st.bootedAt} (${st.bootComplete ? 'boot complete' : 'booting'})`);
-  if (st.k3s) out.push(`k3s       ${st.k3s.mode}: k3s ${st.k3s.args.join(' ')}`);
+  if (st.k3s) {
+    // Redacted again: a status written by an older version may not have been.
+    out.push(`k3s       ${st.k3s.mode}: k3s ${redactK3sArgs(st.k3s.args).join(' ')}`);
+    const env = Object.entries(redactEnv(st.k3s.env ?? {}));
+    if (env.length) out.push(`k3s env   ${env.map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  }
+  if (st.shutdown) out.push(`shutdown  ${st.shutdown.action} since ${st.shutdown.at}`);
   out.push('');
   out.push(table([['SERVICE', 'STATE', 'PID', 'RESTARTS', 'UP', 'LAST EXIT'], ...st.services.map((s) => [s.name, s.state, String(s.pid ?? '-'), String(s.restarts), s.state === 'running' ? ago(s.startedAt, now) : '-', s.lastExit ? (s.lastExit.signal ? `signal ${s.lastExit.signal}` : `code ${s.lastExit.code}`) : '-'])]));
   out.push('');
@@ -49,20 +59,39 @@ export function registerNode(program: Command): void {
     .action((opts: { root: string; json?: boolean }) => {
       const st = readJson<NodeStatus>(join(opts.root, STATUS_PATH));
       if (!st) throw new UserError(`no node status at ${join(opts.root, STATUS_PATH)}`, 'cairn status runs on a cairn node (or give --root with a node file system)');
-      process.stdout.write(opts.json ? `${JSON.stringify(st, null, 2)}\n` : renderStatus(st));
+      const shown = st.k3s ? { ...st, k3s: { ...st.k3s, args: redactK3sArgs(st.k3s.args), ...(st.k3s.env ? { env: redactEnv(st.k3s.env) } : {}) } } : st;
+      process.stdout.write(opts.json ? `${JSON.stringify(shown, null, 2)}\n` : renderStatus(shown));
     });
   for (const action of ['poweroff', 'reboot'] as ShutdownAction[]) {
     program
       .command(action)
       .description(`on a node: stop the services in order, sync, unmount and ${action === 'poweroff' ? 'power off' : 'reboot'}`)
       .option('--root <dir>', 'the node file system', '/')
-      .action((opts: { root: string }) => {
-        try {
-          requestShutdown(opts.root, action);
-        } catch (e) {
-          throw new UserError((e as Error).message, 'run it on a cairn node, as root');
-        }
-        process.stdout.write(`${action} requested\n`);
+      .option('--wait <seconds>', 'how long to wait for the init to start shutting down', String(SHUTDOWN_ACK_MS / 1000))
+      .action(async (opts: { root: string; wait: string }) => {
+        const waitS = Number(opts.wait);
+        if (!Number.isFinite(waitS) || waitS < 0 || waitS > 60) throw new UserError(`--wait ${opts.wait} is not a number of seconds from 0 to 60`, `for example: cairn ${action} --wait 5`);
+        process.stdout.write(await runShutdownCommand(opts.root, action, waitS * 1000));
       });
   }
+}
+
+/**
+ * `cairn poweroff` / `cairn reboot`: signal the init, wait (bounded) until it
+ * says it is shutting down, and return what to tell the user. Never waits for
+ * the shutdown itself: over SSH the command returns and the session closes
+ * as the node goes down.
+ */
+export async function runShutdownCommand(root: string, action: ShutdownAction, waitMs: number, kill?: (pid: number, sig: NodeJS.Signals | 0) => void): Promise<string> {
+  const since = Date.now();
+  try {
+    requestShutdown(root, action, kill);
+  } catch (e) {
+    throw new UserError((e as Error).message, `run it on a cairn node, as root (sudo cairn ${action})`);
+  }
+  const started = waitMs > 0 ? await waitShutdownStarted(root, since, waitMs) : undefined;
+  const what = action === 'reboot' ? 'rebooting' : 'powering off';
+  if (started) return `${what}: the services are stopping; this session closes when the node goes down\n`;
+  if (waitMs === 0) return `${action} requested\n`;
+  return `${action} requested, but the init has not started it within ${waitMs / 1000} s (it may be busy); it goes ahead when the init gets to it: watch the console\n`;
 }
