@@ -16,7 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import type { Logger } from './log.js';
 import { RotatingLog } from './rotating-log.js';
-import { redactK3sArgs } from '../runtime/k3s-args.js';
+import { redactK3sArgs } from '../config/secrets.js';
 
 export interface ServiceSpec {
   name: string;

@@ -12,9 +12,12 @@
  *   --datastore-endpoint with a password goes to k3s' environment
  *   (K3S_DATASTORE_ENDPOINT; /proc/<pid>/environ is root's alone).
  * - the kubeconfig is written mode 0600.
+ * What is shown of it (logs, `cairn status`) goes through redactK3sArgs and
+ * redactEnv first.
  */
 import type { CairnConfig } from '../config/types.js';
-import { toLabelValue } from './label-value.js';
+import { toLabelValue } from '../config/labels.js';
+import { isSecretEnvName, REDACTED, redactK3sArgs, redactUrlCredentials } from '../config/secrets.js';
 import { AGENT_TOKEN_FILE, TOKEN_FILE } from './paths.js';
 
 export interface K3sSecretFile {
@@ -31,7 +34,8 @@ export interface K3sInvocation {
   secrets: K3sSecretFile[];
 }
 
-export const REDACTED = '<redacted>';
+/** One redaction for k3s' arguments wherever they are shown (logs, `cairn status`, `cairn config show`). */
+export { redactK3sArgs };
 
 /** Go's flag package (which k3s' CLI uses) takes -name and --name alike, with the value after `=` or as the next argument. */
 function flagName(arg: string): { name: string; value?: string } | undefined {
@@ -80,48 +84,9 @@ function hasCredentials(value: string): boolean {
   return /[a-z][\w+.-]*:\/\/[^/@\s]*:[^@\s]*@/i.test(value);
 }
 
-/** The password in every scheme://user:password@... replaced (a DSN, a proxy URL). */
-export function redactUrlCredentials(value: string): string {
-  return value.replace(/([a-z][\w+.-]*:\/\/[^/:@\s,]*:)[^@\s,]*@/gi, `$1${REDACTED}@`);
-}
-
-/** Flags whose value is a secret: the token flags, and anything named like a password, secret or key (but not a *-file path). */
-function secretFlag(name: string): boolean {
-  if (TOKEN_NAMES[name]) return true;
-  if (/-file$|-dir$|-path$/.test(name)) return false;
-  return /(^|-)(token|password|passwd|secret|secret-key|access-key|session-token)$/.test(name);
-}
-
-/**
- * k3s arguments with secrets hidden, for logs and `cairn status`: the value
- * of -t/--token/--agent-token (and flags named like a password or secret),
- * `--x v` and `--x=v` alike, and credentials inside URLs such as
- * --datastore-endpoint's.
- */
-export function redactK3sArgs(args: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    const f = flagName(a);
-    if (f && secretFlag(f.name)) {
-      if (f.value !== undefined) out.push(a.slice(0, a.indexOf('=') + 1) + REDACTED);
-      else {
-        out.push(a);
-        if (i + 1 < args.length) {
-          out.push(REDACTED);
-          i++;
-        }
-      }
-      continue;
-    }
-    out.push(redactUrlCredentials(a));
-  }
-  return out;
-}
-
-/** Environment variables with secrets hidden: names with TOKEN, PASSWORD, SECRET or KEY, and credentials in URLs. */
+/** Environment variables with secrets hidden, for `cairn status`: secret-named ones (TOKEN, PASSWORD, SECRET, KEY) and the passwords in URLs. */
 export function redactEnv(env: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(env).map(([k, v]) => [k, /TOKEN|PASSW(OR)?D|SECRET|KEY|CREDENTIAL/i.test(k) ? REDACTED : redactUrlCredentials(v)]));
+  return Object.fromEntries(Object.entries(env).map(([k, v]) => [k, isSecretEnvName(k) ? REDACTED : redactUrlCredentials(v)]));
 }
 
 export function k3sInvocation(config: CairnConfig, opts: { version: string; bootMode: string }): K3sInvocation {

@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { extractTokens, k3sInvocation, redactEnv, redactK3sArgs } from '../../src/runtime/k3s-args.js';
-import { toLabelValue } from '../../src/runtime/label-value.js';
+import { toLabelValue } from '../../src/config/labels.js';
 import { planSync, syncRuntimeFiles } from '../../src/runtime/manifests.js';
 import { checkDatastore, listSnapshots, quickCheck, snapshot } from '../../src/runtime/datastore.js';
 import { readKubeconfig, readyz, waitServerReady } from '../../src/runtime/health.js';
@@ -83,7 +83,8 @@ t.test('cairn.io/version and cairn.io/mode are valid label values', async (t) =>
     const label = inv.args.find((a) => a.startsWith('cairn.io/version='))!.slice('cairn.io/version='.length);
     t.ok(valid(label), `${version} → ${label}`);
   }
-  t.equal(toLabelValue('1.2.3+build.7'), '1.2.3_build.7');
+  t.equal(toLabelValue('1.2.3+build.7'), '1.2.3-build.7');
+  t.same(k3sInvocation({}, { version: '1.2.3+build.7', bootMode: 'state' }).args.filter((a) => a.startsWith('cairn.io/')), ['cairn.io/version=1.2.3-build.7', 'cairn.io/mode=state']);
   t.equal(toLabelValue('x'.repeat(70)).length, 63);
 });
 
