@@ -6,13 +6,12 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { build } from '../../src/builder/pipeline.js';
 import { createReporter } from '../../src/builder/progress.js';
-import { defaultOutputs } from '../../src/builder/writers.js';
-import type { Arch, Format, OutputWriter } from '../../src/builder/types.js';
+import type { Arch, Format } from '../../src/builder/types.js';
 import { K3S_DOUBLE, REPO, fakePxe, tempDir, writeSpec } from './support.js';
 
 const have = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
@@ -29,12 +28,7 @@ t.setTimeout(3_600_000);
 const cacheDir = process.env.CAIRN_TEST_CACHE ?? path.join(homedir(), '.cache', 'cairn-test');
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
 
-async function writers(): Promise<Partial<Record<Format, OutputWriter>>> {
-  const table = await defaultOutputs();
-  return table.pxe ? { pxe: table.pxe } : { pxe: fakePxe };
-}
-
-async function realBuild(arch: Arch, outDir: string, extra: Record<string, unknown> = {}) {
+async function realBuild(arch: Arch, outDir: string, extra: Partial<Parameters<typeof build>[0]> = {}) {
   const lines: string[] = [];
   const record = await build({
     spec: path.join(REPO, 'images/default.yaml'),
@@ -45,16 +39,36 @@ async function realBuild(arch: Arch, outDir: string, extra: Record<string, unkno
     k3s: K3S_DOUBLE,
     sourceDateEpoch: 1_750_000_000,
     squashfs: { level: 3 },
-    outputs: await writers(),
     reporter: createReporter({ tty: false, write: (s) => void lines.push(s) }),
     ...extra,
   });
   return { record, lines };
 }
 
-t.test('amd64 from Debian packages: twice from scratch gives the same squashfs and initramfs', { skip, timeout: 1_500_000 }, async (t) => {
+/** Every file under `dir` (relative paths, sorted), SHA256SUMS and build.json left out: build.json holds timings. */
+function artifactFiles(dir: string, rel = ''): string[] {
+  return readdirSync(path.join(dir, rel), { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? artifactFiles(dir, path.join(rel, e.name)) : [path.join(rel, e.name)]))
+    .filter((f) => f !== 'build.json')
+    .sort();
+}
+
+const EVERY_FORMAT: Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci'];
+
+t.test('amd64 from Debian packages, twice from scratch: every artifact byte-identical', { skip, timeout: 1_500_000 }, async (t) => {
   const dir = await tempDir();
-  const a = await realBuild('amd64', path.join(dir, 'a'));
+  // Neither build reads a cached stage: a with --no-cache, b with a cache of
+  // its own that holds only the .deb pool (hard links to the shared one).
+  const started = Date.now();
+  const a = await realBuild('amd64', path.join(dir, 'a'), { formats: EVERY_FORMAT, noCache: true });
+  const freshCache = path.join(dir, 'cache');
+  mkdirSync(path.join(freshCache, 'debs'), { recursive: true });
+  const pool = path.join(cacheDir, 'debs', 'amd64');
+  if (existsSync(pool)) t.equal(spawnSync('cp', ['-al', pool, path.join(freshCache, 'debs')]).status, 0, 'the .deb pool linked into the fresh cache');
+  const b = await realBuild('amd64', path.join(dir, 'b'), { formats: EVERY_FORMAT, cacheDir: freshCache });
+  t.comment(`two builds of every format: ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  t.ok(b.record.systems[0]!.stages.every((s) => !s.cached), 'the second build ran every stage');
+
   const sys = a.record.systems[0]!;
   t.match(sys.kernelRelease, /^6\.\d+\.\d+.*-amd64$/);
   for (const p of ['linux-image-amd64', 'nodejs', 'tini', 'openssh-server', 'chrony', 'sqlite3', 'iproute2', 'wpasupplicant', 'ca-certificates', 'kmod', 'e2fsprogs', 'iptables', 'nftables', 'busybox-static']) {
@@ -73,18 +87,28 @@ t.test('amd64 from Debian packages: twice from scratch gives the same squashfs a
   t.notOk(/squashfs-root\/etc\/ssh\/ssh_host_\w+_key\n/.test(list), 'no SSH host keys baked in');
   t.notOk(list.includes('squashfs-root/usr/share/man/'), 'no man pages');
 
-  // Same inputs, nothing reused but the .deb pool: mmdebstrap runs again.
-  const b = await realBuild('amd64', path.join(dir, 'b'), { noCache: true });
-  const byName = (r: typeof a.record) => Object.fromEntries(r.artifacts.map((x) => [x.file, x.sha256]));
-  t.same(byName(b.record), byName(a.record), 'byte-identical artifacts (squashfs, initramfs, kernel)');
-  t.equal(b.record.systems[0]!.squashfs.sha256, sys.squashfs.sha256);
-  t.equal(sha(path.join(dir, 'b', a.record.artifacts[0]!.file)), a.record.artifacts[0]!.sha256);
+  // Every file of every format, compared byte for byte.
+  const files = artifactFiles(path.join(dir, 'a'));
+  t.same(artifactFiles(path.join(dir, 'b')), files, 'the same files');
+  for (const ext of ['.iso', '.raw', '.qcow2', '.oci.tar', '-pxe/boot.ipxe', '-pxe/initrd', '-pxe/rootfs.squashfs', '-pxe/vmlinuz', '-pxe/release.json', 'SHA256SUMS']) {
+    t.ok(files.some((f) => f.endsWith(ext)), `compared: *${ext}`);
+  }
+  const differ = files.filter((f) => existsSync(path.join(dir, 'b', f)) && sha(path.join(dir, 'a', f)) !== sha(path.join(dir, 'b', f)));
+  t.same(differ, [], `artifacts that differ between the two builds: ${differ.join(', ') || 'none'}`);
+  t.same(b.record.artifacts, a.record.artifacts, 'the build records list the same artifacts and checksums');
 
-  // Warm: everything comes from the cache.
-  const c = await realBuild('amd64', path.join(dir, 'c'));
-  const cached = Object.fromEntries(c.record.systems[0]!.stages.map((s) => [s.name, s.cached]));
+  // Warm: everything comes from b's cache.
+  const w = await realBuild('amd64', path.join(dir, 'w'), { cacheDir: freshCache });
+  const cached = Object.fromEntries(w.record.systems[0]!.stages.map((s) => [s.name, s.cached]));
   t.same({ k3s: cached.k3s, system: cached.system, squashfs: cached.squashfs }, { k3s: true, system: true, squashfs: true });
-  t.ok(c.record.seconds < a.record.seconds, `warm ${c.record.seconds.toFixed(1)}s < cold ${a.record.seconds.toFixed(1)}s`);
+  t.ok(w.record.seconds < a.record.seconds, `warm ${w.record.seconds.toFixed(1)}s < cold ${a.record.seconds.toFixed(1)}s`);
+
+  // Another SOURCE_DATE_EPOCH: other ids and time stamps, so other bytes.
+  const c = await realBuild('amd64', path.join(dir, 'c'), { formats: ['raw'], cacheDir: freshCache, sourceDateEpoch: 1_760_000_000 });
+  const rawFile = (r: typeof a.record) => r.artifacts.find((x) => x.file.endsWith('.raw'))!;
+  t.not(rawFile(c.record).sha256, rawFile(a.record).sha256, 'another SOURCE_DATE_EPOCH, another disk');
+  const labelId = (f: string) => /label-id: (\S+)/.exec(spawnSync('sfdisk', ['-d', f], { encoding: 'utf8' }).stdout)?.[1];
+  t.not(labelId(path.join(dir, 'c', rawFile(c.record).file)), labelId(path.join(dir, 'a', rawFile(a.record).file)), 'another disk id');
 });
 
 t.test('a Debian package that does not exist is named', { skip, timeout: 300_000 }, async (t) => {

@@ -16,7 +16,7 @@
  * set to it.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { UserError } from '../../errors.js';
 import type { Artifact, OutputWriter } from '../types.js';
@@ -48,10 +48,11 @@ export function renderIsoEmbeddedConfig(epoch: number): string {
   ].join('\n');
 }
 
+/** Copies (never links: their times are set afterwards) GRUB's modules and lists into the medium. */
 async function copyModules(from: string, to: string): Promise<void> {
   await mkdir(to, { recursive: true });
   for (const f of (await readdir(from)).sort()) {
-    if (f.endsWith('.mod') || f.endsWith('.lst')) await placeFile(path.join(from, f), path.join(to, f));
+    if (f.endsWith('.mod') || f.endsWith('.lst')) await copyFile(path.join(from, f), path.join(to, f));
   }
 }
 
