@@ -52,7 +52,7 @@ export function requestShutdown(root: string, action: ShutdownAction, kill: Kill
 }
 
 /** Waits (bounded) until the init says it started shutting down; the status it wrote then, or undefined when the time ran out. */
-export async function waitShutdownStarted(root: string, since: number, timeoutMs: number, intervalMs = 100): Promise<NodeStatus['shutdown']> {
+export async function waitShutdownStarted(root: string, since: number, timeoutMs: number, intervalMs = 50): Promise<NodeStatus['shutdown']> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const s = readJson<NodeStatus>(join(root, STATUS_PATH))?.shutdown;

@@ -71,7 +71,17 @@ export function registerNode(program: Command): void {
       .action(async (opts: { root: string; wait: string }) => {
         const waitS = Number(opts.wait);
         if (!Number.isFinite(waitS) || waitS < 0 || waitS > 60) throw new UserError(`--wait ${opts.wait} is not a number of seconds from 0 to 60`, `for example: cairn ${action} --wait 5`);
-        process.stdout.write(await runShutdownCommand(opts.root, action, waitS * 1000));
+        // Late in a shutdown the init ends every process, this one too: that is the shutdown under way, not a failure.
+        const ended = () => {
+          process.stdout.write(`${action === 'reboot' ? 'rebooting' : 'powering off'}: the init is ending every process; this session closes now\n`);
+          process.exit(0);
+        };
+        process.once('SIGTERM', ended);
+        try {
+          process.stdout.write(await runShutdownCommand(opts.root, action, waitS * 1000));
+        } finally {
+          process.off('SIGTERM', ended);
+        }
       });
   }
 }
