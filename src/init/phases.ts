@@ -139,8 +139,10 @@ export const boot: Phase<NodeContext>[] = [
   phase('services', 90_000, startServices),
   phase('runtime', 120_000, startK3s),
   phase('run-cmd', 600_000, (ctx) => runCommands(ctx, 'run_cmd')),
-  phase('mark-good', MARK_GOOD_WAIT_MS + 60_000, async (ctx) => {
+  phase('mark-good', MARK_GOOD_WAIT_MS + 60_000, async (ctx, signal) => {
     if (!(await k3sHealthy(ctx, MARK_GOOD_WAIT_MS))) throw new Error(`k3s is not healthy after ${MARK_GOOD_WAIT_MS / 1000} s; the boot stays on trial`);
+    // A phase that ran out of time must not mark the boot good behind the runner's back.
+    signal.throwIfAborted();
     return markGood(ctx);
   }),
 ];
