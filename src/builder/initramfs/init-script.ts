@@ -382,6 +382,7 @@ try_net() {
     fi
   fi
   BOOT_MODE=net
+  BOOT_VERSION=$WANT_VERSION
   SQUASHFS=/mnt/fetch/rootfs.squashfs
   log "fetched $(($(wc -c </mnt/fetch/rootfs.squashfs) / 1048576)) MiB"
 }

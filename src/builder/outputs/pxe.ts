@@ -24,6 +24,8 @@ export function renderIpxe(system: Pick<SystemArtifacts, 'name' | 'version' | 'a
     'cairn.mode=net',
     'cairn.root_url=${cairn-base}/rootfs.squashfs',
     `cairn.root_sha256=${squashfsSha256}`,
+    // The fetched squashfs carries no release record: the script names its version.
+    `cairn.version=${system.version}`,
     consoleArgs[system.arch],
     system.cmdline,
   );
