@@ -29,15 +29,21 @@ export function redactUrlCredentials(s: string): string {
   return s.replace(URL_CREDENTIALS, `$1:${REDACTED}@`);
 }
 
-/** k3s flags whose value is a secret as a whole. */
-const SECRET_FLAGS = new Set(['--token', '-t', '--agent-token', '--etcd-s3-secret-key', '--vpn-auth']);
+/** k3s flags whose value is a secret as a whole, by name. */
+const SECRET_FLAGS = new Set(['token', 't', 'agent-token', 'etcd-s3-secret-key', 'vpn-auth']);
+/** k3s parses Go flags: one dash or two, for long and short names alike (`-token X`, `--t=X`). */
+function isSecretFlag(arg: string): boolean {
+  const m = /^--?([^-][\s\S]*)$/.exec(arg);
+  return m !== null && SECRET_FLAGS.has(m[1]!);
+}
 const FLAG_WITH_VALUE = /^(--?[A-Za-z0-9][A-Za-z0-9-]*)(=|\s+)([\s\S]*)$/;
 
 /**
  * A copy of a k3s argument list that can be shown: the values of `--token`,
  * `-t`, `--agent-token`, `--etcd-s3-secret-key` and `--vpn-auth` (as
- * `--flag=X`, `--flag X` in one argument, or `--flag` followed by X) become
- * <redacted>, and so does the password of any URL (`--datastore-endpoint
+ * `--flag=X`, `--flag X` in one argument, or `--flag` followed by X; with
+ * one dash or two, `-token X` and `--t X` too, as Go's flag parsing takes
+ * them) become <redacted>, and so does the password of any URL (`--datastore-endpoint
  * postgres://user:pass@host` shows `postgres://user:<redacted>@host`).
  */
 export function redactK3sArgs(args: readonly string[]): string[] {
@@ -50,7 +56,7 @@ export function redactK3sArgs(args: readonly string[]): string[] {
       continue;
     }
     const m = FLAG_WITH_VALUE.exec(arg);
-    if (SECRET_FLAGS.has(m ? m[1]! : arg)) {
+    if (isSecretFlag(m ? m[1]! : arg)) {
       if (m) out.push(`${m[1]!}${m[2]!}${REDACTED}`);
       else {
         out.push(arg);

@@ -280,8 +280,32 @@ t.test('errors on secret keys never show the value', async (t) => {
       'cairn.data_sources[0]',
     ],
   );
-  t.equal(e[0]!.message, 'expected a WPA passphrase of 8 to 63 characters, found a secret of 5 characters (not shown)');
+  t.equal(e[0]!.message, 'expected a WPA passphrase of 8 to 63 characters, or a PSK of 64 hex digits, found a secret of 5 characters (not shown)');
   for (const d of e) for (const s of secrets) t.notOk(d.message.includes(s.trim()), `${d.path}: no secret in "${d.message}"`);
+});
+
+t.test('a Wi-Fi passphrase is 8 to 63 characters or a PSK of 64 hex digits; a bad one is not shown', async (t) => {
+  const psk = '0123456789abcdefABCDEF0123456789abcdef0123456789abcdef0123456789';
+  const notHex = `${'g'.repeat(63)}h`;
+  const seven = 'seven77';
+  const long63 = 'é'.repeat(63);
+  const r = readConfig(
+    `cairn:\n  wifi:\n  - {name: a, passphrase: ${psk}}\n  - {name: b, passphrase: ${long63}}\n  - {name: c, passphrase: ${notHex}}\n  - {name: d, passphrase: ${seven}}\n  - {name: e, passphrase: ${psk}0}\n`,
+    'x.yaml',
+  );
+  t.equal(psk.length, 64);
+  t.equal(notHex.length, 64);
+  t.same(r.config.cairn?.wifi, [{ name: 'a', passphrase: psk }, { name: 'b', passphrase: long63 }, { name: 'c' }, { name: 'd' }, { name: 'e' }], 'the PSK and 63 characters validate; the others are left out');
+  const e = errors(r.diagnostics);
+  t.same(
+    e.map((d) => `${d.line}:${d.col} ${d.path}`),
+    ['5:27 cairn.wifi[2].passphrase', '6:27 cairn.wifi[3].passphrase', '7:27 cairn.wifi[4].passphrase'],
+  );
+  t.same(
+    e.map((d) => d.message),
+    [64, 7, 65].map((n) => `expected a WPA passphrase of 8 to 63 characters, or a PSK of 64 hex digits, found a secret of ${n} characters (not shown)`),
+  );
+  for (const d of e) for (const s of [notHex, seven, psk]) t.notOk(d.message.includes(s), `${d.path}: the value is not in the message`);
 });
 
 t.test('labels and taints follow Kubernetes rules', async (t) => {

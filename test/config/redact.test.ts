@@ -51,6 +51,19 @@ t.test('redactK3sArgs hides token values in every spelling k3s accepts', async (
   );
 });
 
+t.test('redactK3sArgs hides token values behind one dash or two, as Go flags are written', async (t) => {
+  t.same(
+    redactK3sArgs(['-token', 'secret1', '-token=secret2', '-agent-token', 'secret3', '-agent-token=secret4', '-token secret5', '--t', 'secret6', '--t=secret7', '-vpn-auth=secret8', '-etcd-s3-secret-key', 'secret9']),
+    ['-token', REDACTED, `-token=${REDACTED}`, '-agent-token', REDACTED, `-agent-token=${REDACTED}`, `-token ${REDACTED}`, '--t', REDACTED, `--t=${REDACTED}`, `-vpn-auth=${REDACTED}`, '-etcd-s3-secret-key', REDACTED],
+  );
+  t.same(
+    redactK3sArgs(['-token-file', '/etc/k3s-token', '---token', 'shown', '-tokens=shown', '-', 'shown', '-node-label=token=visible']),
+    ['-token-file', '/etc/k3s-token', '---token', 'shown', '-tokens=shown', '-', 'shown', '-node-label=token=visible'],
+    'other flags and their values are kept',
+  );
+  t.same(redact({ cairn: { k3s_args: ['-token', 'tok', '-agent-token=atok'] } }), { cairn: { k3s_args: ['-token', REDACTED, `-agent-token=${REDACTED}`] } }, 'redact uses the same rule');
+});
+
 t.test('redactK3sArgs does not change its input', async (t) => {
   const args = ['--token', 'x'];
   redactK3sArgs(args);
