@@ -87,7 +87,10 @@ t.test('amd64 from Debian packages, twice from scratch: every artifact byte-iden
   t.notOk(/squashfs-root\/etc\/ssh\/ssh_host_\w+_key\n/.test(list), 'no SSH host keys baked in');
   t.notOk(list.includes('squashfs-root/usr/share/man/'), 'no man pages');
 
-  // Every file of every format, compared byte for byte.
+  // Same inputs (a source file edited between the two builds would show here, not as a reproducibility failure)...
+  const inputs = (r: typeof a.record) => r.systems[0]!.inputs;
+  t.same(inputs(b.record), inputs(a.record), 'both builds had the same inputs');
+  // ...so every file of every format is the same, byte for byte.
   const files = artifactFiles(path.join(dir, 'a'));
   t.same(artifactFiles(path.join(dir, 'b')), files, 'the same files');
   for (const ext of ['.iso', '.raw', '.qcow2', '.oci.tar', '-pxe/boot.ipxe', '-pxe/initrd', '-pxe/rootfs.squashfs', '-pxe/vmlinuz', '-pxe/release.json', 'SHA256SUMS']) {
