@@ -221,6 +221,12 @@ for (const arch of ['amd64', 'arm64', 'armv7'] as const) {
     }
     const label = (await execa('fatlabel', [efi], { reject: false })).stdout.trim();
     t.equal(label, 'CAIRN_EFI');
+    // the FAT serial is the partition's (input-derived) uuid, not mkfs.vfat --invariant's constant 1234-ABCD
+    const parts = JSON.parse((await execa('sfdisk', ['--json', raw])).stdout) as { partitiontable: { partitions: { name?: string; uuid: string }[] } };
+    const efiUuid = parts.partitiontable.partitions.find((p) => p.name === 'CAIRN_EFI')!.uuid.replace(/-/g, '').toUpperCase();
+    const serial = /Volume Serial Number is (\S+)/.exec((await execa('mdir', ['-i', efi, '::/'], { env: { MTOOLS_SKIP_CHECK: '1' } })).stdout)?.[1];
+    t.equal(serial, `${efiUuid.slice(0, 4)}-${efiUuid.slice(4, 8)}`, 'FAT serial derived from the partition uuid');
+    t.not(serial, '1234-ABCD');
     const state = await partition(raw, 'CAIRN_STATE', dir);
     const e2 = await execa('e2fsck', ['-fn', state], { reject: false });
     t.equal(e2.exitCode, 0, `e2fsck -fn passes ${e2.stdout}`);

@@ -303,8 +303,10 @@ export async function programWithLibraries(rootfs: string, rel: string, dest: st
   entries.push({ path: dest, type: 'file', mode: 0o755, data: program });
   const first = elfLinks(program);
   if (first.interp) {
-    const interp = await resolveInRoot(rootfs, first.interp);
-    if (!interp || !(await exists(interp))) throw new Error(`${rel} needs ${first.interp}, which ${rootfs} does not have`);
+    // an unpacked root whose maintainer scripts never ran has no /lib -> usr/lib link: look under /usr too
+    let interp = await resolveInRoot(rootfs, first.interp);
+    if (!interp || !(await exists(interp))) interp = await resolveInRoot(rootfs, path.posix.join('usr', first.interp));
+    if (!interp || !(await exists(interp))) throw new Error(`${rel} needs ${first.interp}, which ${rootfs} does not have (nor /usr${first.interp})`);
     entries.push({ path: first.interp.replace(/^\/+/, ''), type: 'file', mode: 0o755, data: await readFile(interp) });
   }
   const dirs = [`lib/${MULTIARCH[arch]}`, `usr/lib/${MULTIARCH[arch]}`, 'lib', 'usr/lib'];
