@@ -76,7 +76,9 @@ export function renderConfigDocs(): string {
   out.push('1. the image\'s default config, `/usr/lib/cairn/config.yaml`');
   out.push('2. the node\'s own config, `/cairn/system/config.yaml`');
   out.push('3. the kernel command line: `cairn.KEY=VALUE` or `k3os.KEY=VALUE`; a repeated key makes a list, a bare key means true, `cairn.sysctl[kernel.printk]="4 4 1 7"` sets one map entry, `cairn.install.device=/dev/sda` a nested key. A key set at the boot prompt wins over the node\'s config file for that boot. Secrets (`password`, `token`, Wi-Fi passphrases) given here get a warning: every process on the node can read `/proc/cmdline`; give them through a data source or the node\'s config file');
-  out.push('4. user-data from the data sources, `/var/lib/cairn/userdata/*`; user-data that starts with `#!` is a script that runs as the last `run_cmd`');
+  out.push(
+    '4. user-data from the data sources, saved as `/var/lib/cairn/userdata/NN-<source>`. A saved copy applies while its source is in `data_sources`, also at a boot where the source is absent (a `cidata` stick or CD taken out, a metadata service down): what it brought stays, as on k3OS. It is removed when its source leaves `data_sources`. User-data that starts with `#!` is a script: saved 0700 and run as a program, as the last `run_cmd`',
+  );
   out.push('5. drop-in files, `/var/lib/cairn/config.d/*`, in name order');
   out.push('');
   out.push('A source with errors still contributes its valid keys, so that a typo never leaves a node that nobody can reach; the problems are logged.');
