@@ -84,7 +84,7 @@ t.test('iPXE script: kernel and initrd from cairn-base, squashfs URL and sha256 
   const s = renderIpxe(sys, 'default-1.2.3-amd64-pxe', 'ab'.repeat(32));
   t.match(s, /^#!ipxe\n/);
   t.match(s, /isset \$\{cairn-base\} \|\| set cairn-base http:\/\/\$\{next-server\}\/default-1\.2\.3-amd64-pxe/);
-  t.match(s, /kernel \$\{cairn-base\}\/vmlinuz initrd=initrd cairn\.mode=net cairn\.root_url=\$\{cairn-base\}\/rootfs\.squashfs cairn\.root_sha256=(ab){32} console=ttyS0/);
+  t.match(s, /kernel \$\{cairn-base\}\/vmlinuz initrd=initrd cairn\.mode=net cairn\.root_url=\$\{cairn-base\}\/rootfs\.squashfs cairn\.root_sha256=(ab){32} cairn\.version=1\.2\.3 console=ttyS0/);
   t.match(s, /initrd --name initrd \$\{cairn-base\}\/initrd/);
 });
 
