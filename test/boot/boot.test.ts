@@ -309,6 +309,8 @@ t.test('a first boot at 1970 without a reachable key source: the clock, the way 
     '',
   ].join('\n');
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'clockless', { extraArgs: ['-rtc', 'base=1970-01-01'] });
+  const clock = await node.vm.waitFor(/^cairn-initramfs: clock set to (\S+), the image's build time \(it read 1970-01-01T\S+\)$/m, BOOT_TIMEOUT);
+  tt.equal(Date.parse(clock.groups[0]!) / 1000, image.sourceDateEpoch, `the first stage set the clock: ${clock.match}`);
   // A slow init_cmd does not keep the console locked: a shell answers while it runs.
   await node.vm.waitFor(L(/cairn: console ok .*$/), BOOT_TIMEOUT);
   node.vm.sendLine('');
