@@ -5,12 +5,12 @@
  *
  * Values come from js-yaml with a schema in which every scalar is a string
  * (so that `0755` stays "0755" and `no` stays "no" until the cairn schema
- * says what a key holds). Locations are only needed when there is something
- * to report: then the text is parsed once more, with `yaml`, whose syntax
- * tree knows where every key and value is.
+ * says what a key holds). The same parse records where each node opens and
+ * closes (js-yaml's listener), in a flat array; only when there is something
+ * to report is that rebuilt into a tree, which finds a key or a value by the
+ * path as written, and is an offset turned into a line and a column.
  */
 import jsyaml from 'js-yaml';
-import { LineCounter, isAlias, isMap, isScalar, isSeq, parseAllDocuments, parseDocument, type Document, type Node } from 'yaml';
 import type { ErrorObject } from 'ajv';
 import type { Diagnostic, Severity } from './diagnostics.js';
 import { pointerToPath } from './diagnostics.js';
@@ -511,44 +511,255 @@ export function decodeSource(data: Uint8Array | string, file: string): { text: s
 const yamlTypes = (jsyaml as unknown as { types: Record<'null' | 'merge', jsyaml.Type> }).types;
 const STRINGS_SCHEMA = jsyaml.FAILSAFE_SCHEMA.extend({ implicit: [yamlTypes.null, yamlTypes.merge] });
 
-/** Finds the key and value nodes of a raw path in a `yaml` document. */
-function findNodes(doc: Document, raw: RawPath): { key?: Node; value?: Node; found: number } {
-  let node = doc.contents as Node | null;
-  let key: Node | undefined;
+/** A node as js-yaml composed it: where it opens and closes in the text, its kind, its value, its anchor. */
+interface YamlNode {
+  open: number;
+  close: number;
+  kind: NodeKind;
+  result: unknown;
+  anchor?: string;
+  /** Nodes composed inside it, in text order: for a map, keys and values in turn. */
+  children: YamlNode[];
+  /** A map's pairs or a list's items, as the raw path counts them; worked out on first use. */
+  pairs?: { key: YamlNode; value?: YamlNode }[];
+  items?: (YamlNode | undefined)[];
+}
+
+const enum NodeKind {
+  Other = 0,
+  Scalar = 1,
+  Sequence = 2,
+  Mapping = 3,
+}
+
+/**
+ * What js-yaml's listener reports while it loads a text, kept flat and cheap:
+ * `marks` holds, in order, the offset where each node opens (>= 0) and,
+ * when it closes, -1 - (offset * 4 + kind); `results` and `anchors` are
+ * indexed by the order in which nodes close.
+ */
+interface ParseEvents {
+  marks: number[];
+  results: unknown[];
+  anchors: Map<number, string>;
+}
+
+function parseListener(events: ParseEvents): (event: 'open' | 'close', state: jsyaml.State) => void {
+  const { marks, results, anchors } = events;
+  return (event, state) => {
+    if (event === 'open') {
+      marks.push(state.position);
+      return;
+    }
+    const k = state.kind as string | null;
+    marks.push(-1 - (state.position * 4 + (k === 'mapping' ? NodeKind.Mapping : k === 'sequence' ? NodeKind.Sequence : k === 'scalar' ? NodeKind.Scalar : NodeKind.Other)));
+    const anchor = (state as { anchor?: string | null }).anchor;
+    if (anchor != null) anchors.set(results.length, anchor);
+    results.push(state.result);
+  };
+}
+
+/** The documents' root nodes, rebuilt from the events. */
+function buildTree(events: ParseEvents): YamlNode[] {
+  const roots: YamlNode[] = [];
+  const stack: YamlNode[] = [];
+  let closed = 0;
+  for (const m of events.marks) {
+    if (m >= 0) {
+      stack.push({ open: m, close: m, kind: NodeKind.Other, result: null, children: [] });
+      continue;
+    }
+    const node = stack.pop();
+    if (!node) break;
+    const v = -1 - m;
+    node.close = Math.floor(v / 4);
+    node.kind = v % 4;
+    node.result = events.results[closed];
+    node.anchor = events.anchors.get(closed);
+    closed++;
+    let done = node;
+    if (node.kind !== NodeKind.Sequence && node.kind !== NodeKind.Mapping) {
+      // A scalar's children are what js-yaml tried and gave up (a block map's first key, found not to be one).
+      node.children = [];
+    } else if (node.children.length === 1 && node.children[0]!.kind === node.kind && node.children[0]!.result === node.result) {
+      // A flow collection where a block map could have been: js-yaml composed it as a first key, then kept it as the node.
+      done = node.children[0]!;
+      done.anchor ??= node.anchor;
+    }
+    (stack.length > 0 ? stack[stack.length - 1]!.children : roots).push(done);
+  }
+  return roots;
+}
+
+const isBlank = (c: number) => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d;
+const isFlowIndicator = (c: number) => c === 0x2c || c === 0x5b || c === 0x5d || c === 0x7b || c === 0x7d;
+
+/** Skips spaces, line breaks (unless `sameLine`) and comments from an offset. */
+function skipSpace(text: string, at: number, sameLine: boolean): number {
+  let i = at;
+  for (;;) {
+    const c = text.charCodeAt(i);
+    if (c === 0x20 || c === 0x09) i++;
+    else if (!sameLine && (c === 0x0a || c === 0x0d)) i++;
+    else if (!sameLine && c === 0x23) {
+      while (i < text.length && text.charCodeAt(i) !== 0x0a) i++;
+    } else return i;
+  }
+}
+
+/** Where a node's content starts: js-yaml opens a node before the spaces and the properties (`&anchor`, `!tag`) in front of it. */
+function nodeStart(text: string, node: YamlNode): number {
+  // An empty value is where it would have been written, on its own line (as a block map's "key:" leaves it).
+  const empty = node.kind === NodeKind.Other && node.result === null && !isAliasNode(text, node);
+  let i = skipSpace(text, node.open, empty);
+  for (;;) {
+    const c = text.charCodeAt(i);
+    if (c !== 0x21 && c !== 0x26) return i;
+    while (i < text.length && !isBlank(text.charCodeAt(i)) && !(c === 0x26 && isFlowIndicator(text.charCodeAt(i)))) i++;
+    i = skipSpace(text, i, empty);
+  }
+}
+
+/** Whether a node is an alias (`*name`); an empty value before a line that starts with one is not. */
+function isAliasNode(text: string, node: YamlNode): boolean {
+  if (node.kind !== NodeKind.Other) return false;
+  const at = skipSpace(text, node.open, false);
+  return at < node.close && text.charCodeAt(at) === 0x2a;
+}
+
+/** Whether a `:` follows a node: then it was a key, and the next node its value. */
+function followedByColon(text: string, node: YamlNode): boolean {
+  return text.charCodeAt(skipSpace(text, node.close, false)) === 0x3a;
+}
+
+function pairsOf(text: string, node: YamlNode): { key: YamlNode; value?: YamlNode }[] {
+  if (node.pairs) return node.pairs;
+  const pairs: { key: YamlNode; value?: YamlNode }[] = [];
+  const c = node.children;
+  for (let i = 0; i < c.length; ) {
+    const key = c[i++]!;
+    // A key written without a value (`{a, b: c}`, `? a`) has no value node.
+    const value = i < c.length && followedByColon(text, key) ? c[i++] : undefined;
+    pairs.push({ key, value });
+  }
+  return (node.pairs = pairs);
+}
+
+function itemsOf(text: string, node: YamlNode): (YamlNode | undefined)[] {
+  if (node.items) return node.items;
+  const c = node.children;
+  const items: (YamlNode | undefined)[] = [];
+  if (text.charCodeAt(nodeStart(text, node)) === 0x5b) {
+    // A flow list: `[a: b]` is a one-pair map, composed as two nodes.
+    for (let i = 0; i < c.length; ) {
+      const first = c[i++]!;
+      if (i < c.length && followedByColon(text, first)) {
+        const value = c[i++]!;
+        items.push({ open: first.open, close: value.close, kind: NodeKind.Mapping, result: null, children: [first, value] });
+      } else items.push(first);
+    }
+  } else {
+    // A block list: an empty item ("-" and a line break) has no node; the values show which items have one.
+    const values = Array.isArray(node.result) ? (node.result as unknown[]) : [];
+    let i = 0;
+    let dash = nodeStart(text, node);
+    for (const v of values) {
+      const child = c[i];
+      // A null item is the child only if the child opens right after this item's "-" (`-` then `- ~`).
+      if (child && child.result === v && (v !== null || child.open === skipSpace(text, dash + 1, false))) {
+        items.push(child);
+        i++;
+        dash = skipSpace(text, child.close, false);
+      } else {
+        // Located just after its "-", where its value would be.
+        items.push({ open: dash + 1, close: dash + 1, kind: NodeKind.Other, result: null, children: [] });
+        dash = skipSpace(text, dash + 1, false);
+      }
+    }
+  }
+  return (node.items = items);
+}
+
+/** The node an alias names: the last node before it with that anchor (`anchored` is in text order). */
+function resolveAlias(text: string, anchored: YamlNode[], alias: YamlNode): YamlNode | undefined {
+  const at = skipSpace(text, alias.open, false) + 1;
+  let end = at;
+  while (end < text.length && !isBlank(text.charCodeAt(end)) && !isFlowIndicator(text.charCodeAt(end))) end++;
+  const name = text.slice(at, end);
+  for (let i = anchored.length - 1; i >= 0; i--) {
+    const n = anchored[i]!;
+    if (n.open < alias.open && n.anchor === name) return n;
+  }
+  return undefined;
+}
+
+/** The nodes of a tree that have an anchor, in text order. */
+function anchoredNodes(roots: YamlNode[]): YamlNode[] {
+  const out: YamlNode[] = [];
+  const stack = [...roots].reverse();
+  for (let n = stack.pop(); n; n = stack.pop()) {
+    if (n.anchor !== undefined) out.push(n);
+    for (let i = n.children.length - 1; i >= 0; i--) stack.push(n.children[i]!);
+  }
+  return out;
+}
+
+/** Finds the key and value nodes of a raw path. */
+function findNodes(text: string, tree: { roots: YamlNode[]; anchored?: YamlNode[] }, raw: RawPath): { key?: YamlNode; value?: YamlNode; found: number } {
+  let node: YamlNode | undefined = tree.roots[0];
+  let key: YamlNode | undefined;
   let found = 0;
-  const deref = (n: Node | null): Node | null => (n && isAlias(n) ? ((n.resolve(doc) as Node | undefined) ?? null) : n);
   for (const seg of raw) {
-    node = deref(node);
-    if (typeof seg === 'number' && isSeq(node)) {
-      const item = node.items[seg] as Node | undefined;
+    if (node && isAliasNode(text, node)) node = resolveAlias(text, (tree.anchored ??= anchoredNodes(tree.roots)), node);
+    if (typeof seg === 'number' && node?.kind === NodeKind.Sequence) {
+      const item: YamlNode | undefined = itemsOf(text, node)[seg];
       if (!item) break;
       key = item;
       node = item;
-    } else if (isMap(node)) {
-      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.source ?? p.key.value) === String(seg));
+    } else if (node?.kind === NodeKind.Mapping) {
+      const pair = pairsOf(text, node).find((p) => String(p.key.result) === String(seg));
       if (!pair) break;
-      key = pair.key as Node;
-      node = pair.value as Node | null;
+      key = pair.key;
+      node = pair.value;
     } else break;
     found++;
   }
-  return { key, value: node ?? undefined, found };
+  return { key, value: node, found };
 }
 
-/** Locations in YAML text, computed on first use by parsing the text with `yaml`. */
-function yamlSourceMap(text: string, file: string): SourceMap {
-  let parsed: { doc: Document; lines: LineCounter } | undefined;
+/** 1-based line and column of an offset; the offsets where lines start are found once. */
+function lineCounter(text: string): (offset: number) => { line: number; col: number } {
+  let starts: number[] | undefined;
+  return (offset) => {
+    if (!starts) {
+      starts = [0];
+      for (let i = text.indexOf('\n'); i >= 0; i = text.indexOf('\n', i + 1)) starts.push(i + 1);
+    }
+    let lo = 0;
+    let hi = starts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (starts[mid]! <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    return { line: lo + 1, col: offset - starts[lo]! + 1 };
+  };
+}
+
+/** Locations in YAML text, from the events of the parse that read its values; the tree is rebuilt on first use. */
+function yamlSourceMap(text: string, file: string, events: ParseEvents): SourceMap {
+  let tree: { roots: YamlNode[]; anchored?: YamlNode[] } | undefined;
+  const linePos = lineCounter(text);
   return {
     file,
     locate(raw, part) {
-      if (!parsed) {
-        const lines = new LineCounter();
-        const doc = parseDocument(text, { version: '1.1', uniqueKeys: false, lineCounter: lines, prettyErrors: false });
-        parsed = { doc, lines };
-      }
-      const { key, value, found } = findNodes(parsed.doc, raw);
+      tree ??= { roots: buildTree(events) };
+      const { roots } = tree;
+      const { key, value, found } = findNodes(text, tree, raw);
       const node = found === raw.length ? (part === 'key' ? (key ?? value) : (value ?? key)) : (value ?? key);
-      return parsed.lines.linePos(node?.range?.[0] ?? 0);
+      // An empty document is located at its start.
+      const empty = !node || (node === roots[0] && node.kind === NodeKind.Other && node.result === null);
+      return linePos(empty ? 0 : nodeStart(text, node));
     },
   };
 }
@@ -588,11 +799,9 @@ export function readValue(value: unknown, source: SourceMap): ReadResult {
 }
 
 /** Where the second document of a multi-document stream starts (0-based, as js-yaml marks). */
-function secondDocument(text: string): { line: number; column: number } {
-  const lines = new LineCounter();
-  const docs = parseAllDocuments(text, { lineCounter: lines });
-  const start = Array.isArray(docs) && docs[1] ? (docs[1].contents?.range?.[0] ?? docs[1].range[0]) : 0;
-  const pos = lines.linePos(start);
+function secondDocument(text: string, events: ParseEvents): { line: number; column: number } {
+  const second = buildTree(events)[1];
+  const pos = lineCounter(text)(second ? nodeStart(text, second) : 0);
   return { line: pos.line - 1, column: pos.col - 1 };
 }
 
@@ -622,12 +831,13 @@ export function readConfig(data: Uint8Array | string, file: string): ReadResult 
   const text = decoded.text;
   if (text.startsWith('#!')) return { config: {}, diagnostics: [], script: text };
   let value: unknown;
+  const events: ParseEvents = { marks: [], results: [], anchors: new Map() };
   try {
-    value = jsyaml.load(text, { schema: STRINGS_SCHEMA, filename: file, maxDepth: LIMITS.maxDepth * 2 } as jsyaml.LoadOptions);
+    value = jsyaml.load(text, { schema: STRINGS_SCHEMA, filename: file, maxDepth: LIMITS.maxDepth * 2, listener: parseListener(events) } as jsyaml.LoadOptions);
   } catch (e) {
     if (e instanceof jsyaml.YAMLException) {
       let mark = e.mark as { line?: number; column?: number } | undefined;
-      if (/expected a single document/.test(e.reason)) mark = secondDocument(text);
+      if (/expected a single document/.test(e.reason)) mark = secondDocument(text, events);
       const pos = insideText(text, (mark?.line ?? 0) + 1, (mark?.column ?? 0) + 1);
       return { config: {}, diagnostics: [{ severity: 'error', file, ...pos, path: '', message: yamlMessage(e.reason) }] };
     }
@@ -636,5 +846,5 @@ export function readConfig(data: Uint8Array | string, file: string): ReadResult 
     }
     throw e;
   }
-  return readValue(value, yamlSourceMap(text, file));
+  return readValue(value, yamlSourceMap(text, file, events));
 }

@@ -367,3 +367,36 @@ t.test('columns of byte-level problems count characters, not bytes', async (t) =
   const r = readConfig(Buffer.concat([Buffer.from('hostname: ééé'), Buffer.from([0xff]), Buffer.from('\n')]), 'x.yaml');
   t.same([r.diagnostics[0]?.line, r.diagnostics[0]?.col], [1, 14]);
 });
+
+t.test('keys and values in lists of maps are located exactly: empty items, comments, anchors, keys without a value', async (t) => {
+  const r = readConfig(
+    [
+      'cairn:',
+      '  wifi:',
+      '  - name: home',
+      '    passphrase: long-enough',
+      '  -   name: shop',
+      '      passphrase:   # 5 characters',
+      '        "short"',
+      '  - {name: cafe, hidden, passphrase: tiny}',
+      'write_files:',
+      '- path: /a',
+      '  content: x',
+      '-',
+      '- path: /b',
+      '  encoding: &e rot13',
+      '  contnet: y',
+      '',
+    ].join('\n'),
+    'x.yaml',
+  );
+  t.same(
+    r.diagnostics.map((d) => `${d.line}:${d.col} ${d.severity}`),
+    ['7:9 error', '8:18 warning', '8:38 error', '14:16 error', '15:3 warning'],
+  );
+  t.match(r.diagnostics[0]!.message, /found a secret of 5 characters/, 'the value on the line after its key and a comment');
+  t.match(r.diagnostics[1]!.message, /unknown key "hidden"/, 'a key written without a value');
+  t.match(r.diagnostics[2]!.message, /found a secret of 4 characters/, 'the key after a key without a value');
+  t.match(r.diagnostics[3]!.message, /expected one of/, 'the value after its anchor, in the item after an empty "-"');
+  t.match(r.diagnostics[4]!.message, /unknown key "contnet"/);
+});
