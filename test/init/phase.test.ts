@@ -180,3 +180,28 @@ t.test('log lines go to every active console', async (t) => {
   t.equal(readFileSync(join(root, 'dev/ttyAMA0'), 'utf8'), 'cairn: hello\n');
   t.equal(readFileSync(join(root, 'dev/tty1'), 'utf8'), 'cairn: hello\n');
 });
+
+t.test('a console that a getty hung up is opened again: the next lines still reach it', async (t) => {
+  const { consoleWriter } = await import('../../src/init/log.js');
+  const root = t.testdir();
+  put(root, 'sys/class/tty/console/active', 'ttyS0\n');
+  // A fake tty: descriptors opened before the hangup fail with EIO, as after vhangup().
+  let hungUpBefore = 0;
+  let next = 100;
+  const written: string[] = [];
+  const io = {
+    open: () => next++,
+    write: (fd: number, s: string) => {
+      if (fd < hungUpBefore) throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+      written.push(s);
+    },
+    close: () => undefined,
+  };
+  const write = consoleWriter(root, io);
+  write('cairn: before the getty\n');
+  hungUpBefore = next; // the getty starts and hangs the console up
+  write('cairn: network ok\n');
+  write('cairn: boot complete 0.1.0\n');
+  t.same(written, ['cairn: before the getty\n', 'cairn: network ok\n', 'cairn: boot complete 0.1.0\n'], 'no line lost after the hangup');
+  t.equal(next, 102, 'the console was opened once more, not for every line');
+});
