@@ -3,7 +3,7 @@
  * function; the runner prints `cairn: <name> ok (<ms> ms)` or
  * `cairn: <name> FAILED: <why>` and goes on.
  */
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { loadConfig } from '../config/loader.js';
 import { formatDiagnostic } from '../config/diagnostics.js';
 import { at, type NodeContext } from './context.js';
@@ -12,10 +12,10 @@ import { applyWriteFiles } from './apply/files.js';
 import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applySysctls } from './apply/system.js';
 import { applyNetwork } from './apply/network.js';
 import { fetchDataSources, isLocalSource, pruneUserdata } from './apply/datasources.js';
-import { applyUsers, consoleAutologin, ensureUser, USER } from './apply/users.js';
+import { applyPassword, applyUsers, ensureUser, USER } from './apply/users.js';
 import { syncTime, tlsFetches, waitForClock } from './apply/time.js';
 import { runCommands } from './apply/commands.js';
-import { startGettys, startServices, updateConsoleLogin } from './services.js';
+import { AUTOLOGIN_FLAG, startGettys, startServices, updateConsoleLogin } from './services.js';
 import { startK3s } from '../runtime/k3s.js';
 import { k3sHealthy, markGood } from './mark-good.js';
 
@@ -62,6 +62,11 @@ export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
     }
   };
   await attempt(`the ${USER} user`, () => ensureUser(ctx.root));
+  // The password is local: set now, a console login works while init_cmd runs.
+  await attempt('password', async () => {
+    const problem = await applyPassword(ctx);
+    if (problem) throw new Error(problem);
+  });
   await attempt('write_files', () => {
     const p = applyWriteFiles(ctx.root, ctx.config.write_files ?? []);
     if (p.length) throw new Error(p.join('; '));
@@ -103,7 +108,7 @@ export async function usersPhase(ctx: NodeContext): Promise<string> {
   try {
     return await applyUsers(ctx);
   } finally {
-    updateConsoleLogin(ctx);
+    updateConsoleLogin(ctx, { keysApplied: true });
   }
 }
 
@@ -128,7 +133,7 @@ export const boot: Phase<NodeContext>[] = [
   phase('console', 5_000, async (ctx) => {
     const started = startGettys(ctx);
     if (!started.length) return 'no console';
-    return `${started.join(', ')}${consoleAutologin(ctx.root) ? ` (logs in as ${USER} by itself until a key or a password is installed)` : ''}`;
+    return `${started.join(', ')}${existsSync(at(ctx, AUTOLOGIN_FLAG)) ? ` (logs in as ${USER} by itself until a key or a password is installed)` : ''}`;
   }),
   phase('init-cmd', 600_000, (ctx) => runCommands(ctx, 'init_cmd')),
   phase('network', 60_000, (ctx) => applyNetwork(ctx)),

@@ -3,7 +3,7 @@
  */
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { at, type NodeContext } from './context.js';
-import { consoleAutologin, USER } from './apply/users.js';
+import { consoleAutologin, loginConfigured, USER } from './apply/users.js';
 import { writeFileAtomic } from './apply/files.js';
 import { startChrony } from './apply/time.js';
 import type { ServiceSpec } from './supervisor.js';
@@ -44,12 +44,14 @@ export function gettySpec(ctx: { root: string }, tty: string): ServiceSpec {
 /**
  * Decides the console login from what is installed now: without a password
  * and an SSH key the console logs in by itself (there is always a way in).
- * When that changes, the gettys are hung up, so that the next prompt
- * follows: a console logged in by itself is closed once a key or a
- * password is installed.
+ * Before the users phase has installed the keys (`keysApplied` false), a
+ * config that asks for a password or keys never gets an open console, not
+ * even for the seconds until they are installed. When the decision changes,
+ * the gettys are hung up, so that the next prompt follows: a console logged
+ * in by itself is closed once a key or a password is installed.
  */
-export function updateConsoleLogin(ctx: NodeContext): boolean {
-  const auto = consoleAutologin(ctx.root);
+export function updateConsoleLogin(ctx: NodeContext, opts: { keysApplied?: boolean } = {}): boolean {
+  const auto = consoleAutologin(ctx.root) && (opts.keysApplied === true || !loginConfigured(ctx.config));
   const flag = at(ctx, AUTOLOGIN_FLAG);
   let was: boolean | undefined;
   try {

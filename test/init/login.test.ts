@@ -4,7 +4,7 @@ import t, { type Test } from 'tap';
 import { chmodSync, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { consoleAutologin, isSshPublicKey, KEY_CACHE, parseKeyList, resolveKeys } from '../../src/init/apply/users.js';
+import { consoleAutologin, installedLogin, isSshPublicKey, KEY_CACHE, parseKeyList, resolveKeys } from '../../src/init/apply/users.js';
 import { syncTime, tlsFetches } from '../../src/init/apply/time.js';
 import { fetchDataSources } from '../../src/init/apply/datasources.js';
 import { applyEarlyKeys, boot, usersPhase } from '../../src/init/phases.js';
@@ -193,19 +193,42 @@ t.test('a login on the console comes before init_cmd and boot_cmd, which may han
       if (file === '/bin/sh' && args[1] === 'sleep 600') gettyWhenInitCmd = tc.ctx.services.get('getty-ttyS0')?.state ?? 'none';
       return undefined;
     },
-    fetch: () => `${sshKey('k')}\n`,
+    fetch: () => {
+      throw new Error('getaddrinfo EAI_AGAIN github.com');
+    },
   });
   t.teardown(() => tc.ctx.services.stopAll());
   const results = await runPhases(phasesNamed('init-cmd', 'console', 'initrd-keys'), tc.ctx, tc.ctx.log);
-  t.match(results.find((r) => r.name === 'console')?.detail, /getty-tty1, getty-ttyS0 \(logs in as cairn by itself until a key or a password is installed\)/);
+  t.equal(results.find((r) => r.name === 'console')?.detail, 'getty-tty1, getty-ttyS0', 'the gettys started');
   t.equal(gettyWhenInitCmd, 'running', 'the getty runs while init_cmd runs');
   const until = async (re: RegExp) => {
     for (let i = 0; i < 100 && !re.test(existsSync(log) ? readFileSync(log, 'utf8') : ''); i++) await sleep(50);
     return existsSync(log) ? readFileSync(log, 'utf8') : '';
   };
-  t.match(await until(/-L ttyS0/), /^--autologin cairn --noclear -L ttyS0 115200,57600,38400,9600 vt100$/m, 'no key installed yet: the console logs in by itself');
-  // The key arrives in the users phase: the getty is hung up and asks for a login from then on.
+  t.match(await until(/-L ttyS0/), /^--noclear -L ttyS0 115200,57600,38400,9600 vt100$/m, 'keys are configured: a login is asked for, even before they are installed');
+  t.notMatch(readFileSync(log, 'utf8'), /--autologin/, 'no console logged in by itself');
+  // The key fetch fails in the users phase: nothing got installed, so the console becomes the way in.
   await usersPhase(tc.ctx);
-  const after = await until(/^--noclear -L ttyS0 /m);
-  t.match(after, /^--noclear -L ttyS0 115200,57600,38400,9600 vt100$/m, 'a key is installed: the next prompt asks for a login');
+  const after = await until(/^--autologin cairn --noclear -L ttyS0 /m);
+  t.match(after, /^--autologin cairn --noclear -L ttyS0 115200,57600,38400,9600 vt100$/m, 'no key could be installed: the console logs in by itself from then on');
+});
+
+t.test('a config that asks for no login: the console logs in by itself from the start', async (t) => {
+  const root = nodeRoot(t.testdir());
+  put(root, 'sys/class/tty/console/active', 'ttyS0\n');
+  put(root, 'sbin/agetty', '#!/bin/sh\nexec sleep 60\n');
+  chmodSync(join(root, 'sbin/agetty'), 0o755);
+  const tc = testContext(root, {});
+  t.teardown(() => tc.ctx.services.stopAll());
+  const results = await runPhases(phasesNamed('console', 'initrd-keys'), tc.ctx, tc.ctx.log);
+  t.equal(results.find((r) => r.name === 'console')?.detail, 'getty-ttyS0 (logs in as cairn by itself until a key or a password is installed)');
+  t.equal(readFileSync(join(root, AUTOLOGIN_FLAG), 'utf8'), 'cairn\n');
+});
+
+t.test('a configured password is set with the early keys, before the console and init_cmd', async (t) => {
+  const root = nodeRoot(t.testdir());
+  const tc = testContext(root, { cairn: { password: 'rancher' } }, { exec: chpasswdWrites(root) });
+  t.notOk(installedLogin(root).password, 'no password before');
+  await applyEarlyKeys(tc.ctx);
+  t.ok(installedLogin(root).password, 'the password is set by initrd-keys');
 });

@@ -158,6 +158,24 @@ export function isCryptHash(password: string): boolean {
   return /^\$(1|2[abxy]?|5|6|7|y|gy)\$[^\s:]+$/.test(password);
 }
 
+/**
+ * The configured password (plain or a crypt hash) for the cairn user, through
+ * chpasswd's standard input. Returns what went wrong, in chpasswd's own words,
+ * never with the password. Local and quick: the boot applies it with the
+ * early keys, so that a console login works while init_cmd runs.
+ */
+export async function applyPassword(ctx: NodeContext): Promise<string | undefined> {
+  const password = ctx.config.cairn?.password;
+  if (!password) return undefined;
+  const r = await ctx.exec('chpasswd', isCryptHash(password) ? ['-e'] : [], { input: `${USER}:${password}\n`, timeoutMs: 15_000 });
+  return r.code === 0 ? undefined : `cannot set the password of ${USER}: ${(r.stderr || `exit ${r.code}`).trim().split('\n')[0]}`;
+}
+
+/** Whether the config asks for a way in (a password or SSH keys), whether or not it is installed yet. */
+export function loginConfigured(config: NodeContext['config']): boolean {
+  return Boolean(config.cairn?.password) || (config.ssh_authorized_keys ?? []).length > 0;
+}
+
 export async function applyUsers(ctx: NodeContext): Promise<string> {
   ensureUser(ctx.root);
   const { keys, notes } = await resolveKeys(ctx, ctx.config.ssh_authorized_keys ?? []);
@@ -171,14 +189,7 @@ export async function applyUsers(ctx: NodeContext): Promise<string> {
       // best effort
     }
   }
-  const password = ctx.config.cairn?.password;
-  let passwordProblem: string | undefined;
-  if (password) {
-    const hashed = isCryptHash(password);
-    const r = await ctx.exec('chpasswd', hashed ? ['-e'] : [], { input: `${USER}:${password}\n`, timeoutMs: 15_000 });
-    // chpasswd's own words, never the input (the password)
-    if (r.code !== 0) passwordProblem = `cannot set the password of ${USER}: ${(r.stderr || `exit ${r.code}`).trim().split('\n')[0]}`;
-  }
+  const passwordProblem = await applyPassword(ctx);
   for (const n of notes) ctx.log.info(`users: ${n}`);
   const login = installedLogin(ctx.root);
   let summary: string;
