@@ -41,6 +41,9 @@ export function gettySpec(ctx: { root: string }, tty: string): ServiceSpec {
   return { name: `getty-${tty}`, command: '/bin/sh', args: ['-c', gettyScript(ctx), 'getty', ...gettyArgs(tty)], env: { TERM: 'vt100', PATH: process.env.PATH ?? '/usr/bin:/bin' } };
 }
 
+/** Boots whose users phase has tried to install the keys and the password. */
+const keysApplied = new WeakSet<NodeContext>();
+
 /**
  * Decides the console login from what is installed now: without a password
  * and an SSH key the console logs in by itself (there is always a way in).
@@ -51,7 +54,9 @@ export function gettySpec(ctx: { root: string }, tty: string): ServiceSpec {
  * in by itself is closed once a key or a password is installed.
  */
 export function updateConsoleLogin(ctx: NodeContext, opts: { keysApplied?: boolean } = {}): boolean {
-  const auto = consoleAutologin(ctx.root) && (opts.keysApplied === true || !loginConfigured(ctx.config));
+  // Once the users phase has run, later calls (a getty started again after the boot) keep to what it installed.
+  if (opts.keysApplied) keysApplied.add(ctx);
+  const auto = consoleAutologin(ctx.root) && (keysApplied.has(ctx) || !loginConfigured(ctx.config));
   const flag = at(ctx, AUTOLOGIN_FLAG);
   let was: boolean | undefined;
   try {

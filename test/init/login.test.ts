@@ -9,7 +9,7 @@ import { syncTime, tlsFetches } from '../../src/init/apply/time.js';
 import { fetchDataSources } from '../../src/init/apply/datasources.js';
 import { applyEarlyKeys, boot, usersPhase } from '../../src/init/phases.js';
 import { runPhases } from '../../src/init/phase.js';
-import { AUTOLOGIN_FLAG } from '../../src/init/services.js';
+import { AUTOLOGIN_FLAG, startGettys } from '../../src/init/services.js';
 import type { NodeContext } from '../../src/init/context.js';
 import { chpasswdWrites, nodeRoot, put, sshKey, testContext } from './support.js';
 
@@ -211,6 +211,11 @@ t.test('a login on the console comes before init_cmd and boot_cmd, which may han
   await usersPhase(tc.ctx);
   const after = await until(/^--autologin cairn --noclear -L ttyS0 /m);
   t.match(after, /^--autologin cairn --noclear -L ttyS0 115200,57600,38400,9600 vt100$/m, 'no key could be installed: the console logs in by itself from then on');
+  // The init starts the gettys once more after the boot (should the console phase have failed): the decision stands.
+  const pid = tc.ctx.services.get('getty-ttyS0')?.pid;
+  startGettys(tc.ctx);
+  t.ok(existsSync(join(root, AUTOLOGIN_FLAG)), 'still logs in by itself after the boot');
+  t.equal(tc.ctx.services.get('getty-ttyS0')?.pid, pid, 'the logged-in console was not hung up');
 });
 
 t.test('a config that asks for no login: the console logs in by itself from the start', async (t) => {
