@@ -89,7 +89,7 @@ const tricky = [
 // wpa_passphrase's output for some of these, to cross-check the derivation where the tool is installed.
 t.test('Wi-Fi: the same PSK as the wpa_passphrase tool', async (t) => {
   const tool = spawnSync('wpa_passphrase', ['IEEE'], { input: 'password\n', encoding: 'utf8' });
-  if (tool.error && process.getuid?.() !== 0) {
+  if ((tool.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' && process.getuid?.() !== 0) {
     t.pass('wpa_passphrase', { skip: 'wpa_passphrase is not installed (scripts/setup.sh installs wpasupplicant)' });
     return;
   }
@@ -130,7 +130,7 @@ function wpaSupplicantReads(dir: string, conf: string): { code: number | null; o
 t.test("Wi-Fi: Debian's wpa_supplicant reads the rendered file, tricky names and passphrases byte for byte", async (t) => {
   const probe = spawnSync('wpa_supplicant', ['-v'], { encoding: 'utf8' });
   if (probe.error) {
-    if (process.getuid?.() === 0) t.fail('wpa_supplicant is not installed: run scripts/setup.sh (it installs wpasupplicant)');
+    if (process.getuid?.() === 0 || (probe.error as NodeJS.ErrnoException).code !== 'ENOENT') t.fail(`wpa_supplicant cannot run (${probe.error.message}): run scripts/setup.sh (it installs wpasupplicant)`);
     else t.pass('wpa_supplicant', { skip: 'wpa_supplicant is not installed (scripts/setup.sh installs wpasupplicant as root)' });
     return;
   }
