@@ -47,10 +47,13 @@ async function bootNode(tt: Parameters<typeof bootForTest>[0], artifact: Paramet
   return new Node(vm, key);
 }
 
-/** A console line, also when it follows a login prompt or a shell prompt printed without a newline. */
+/**
+ * A console line, also when it follows a login prompt or a shell prompt printed without a newline,
+ * or lands between the two writes of agetty's `<hostname> login: ` prompt.
+ */
 function L(re: RegExp): RegExp {
   // Also after a shell prompt on a console that logged in by itself (bash's bracketed-paste codes around it).
-  return new RegExp(`(?:^|login: |\\$ )(?:\\x1b\\[\\?2004[hl])*${re.source}`, 'm');
+  return new RegExp(`(?:^|login: |\\$ |[A-Za-z0-9.-]+ )(?:\\x1b\\[\\?2004[hl])*${re.source}`, 'm');
 }
 const line = (source: string): RegExp => L(new RegExp(source));
 /**
