@@ -10,6 +10,7 @@ import type { Exec } from './exec.js';
 import type { Logger } from './log.js';
 import type { Supervisor } from './supervisor.js';
 import type { StatusStore } from './status.js';
+import type { TrialGuard } from './trial.js';
 
 /** What the first stage recorded in /run/cairn/boot.env. */
 export interface BootInfo {
@@ -41,6 +42,10 @@ export interface NodeContext {
   env: Record<string, string>;
   services: Supervisor;
   status: StatusStore;
+  /** Set during a trial boot of an upgrade until the boot is good (src/init/trial.ts). */
+  trial?: TrialGuard;
+  /** Reboots the node the way `cairn reboot` does (set by the init). */
+  reboot?: () => void;
 }
 
 export function at(ctx: { root: string }, path: string): string {

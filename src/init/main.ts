@@ -12,6 +12,7 @@ import { execCommand } from './exec.js';
 import { consoleWriter, createLogger } from './log.js';
 import { runPhases } from './phase.js';
 import { boot } from './phases.js';
+import { k3sHealthy, markGood } from './mark-good.js';
 import { startGettys } from './services.js';
 import { INIT_PID, SHUTDOWN_REQUEST, shutdown, watchPowerButton, type ShutdownAction } from './shutdown.js';
 import { StatusStore, readJson } from './status.js';
@@ -68,6 +69,7 @@ export async function runInit(root = '/'): Promise<void> {
     }
     void shutdown(ctx, requested === 'reboot' || requested === 'poweroff' ? requested : action);
   };
+  ctx.reboot = () => stop('reboot');
   process.on('SIGTERM', () => stop('poweroff'));
   process.on('SIGINT', () => stop('reboot'));
   process.on('SIGUSR1', () => stop('reboot'));
@@ -91,6 +93,13 @@ export async function runInit(root = '/'): Promise<void> {
   const failed = results.filter((r) => !r.ok).map((r) => r.name);
   log.info(`boot complete ${version}${failed.length ? ` (failed phases: ${failed.join(', ')})` : ''}`);
   startGettys(ctx);
+  const trial = ctx.trial;
+  if (trial) {
+    // Not good yet: k3s may still become healthy before the trial's deadline (which reboots otherwise).
+    void (async () => {
+      if (await k3sHealthy(ctx, Math.max(0, trial.deadlineAt - Date.now()))) log.info(`mark-good: ${await markGood(ctx)}`);
+    })();
+  }
   setInterval(() => {
     if (status.status.k3s?.mode !== 'server') return;
     snapshot(ctx.exec, at(ctx, STATE_DB), at(ctx, SNAPSHOTS), { reason: 'periodic' }).catch((e: Error) => log.info(`datastore: ${e.message}`));

@@ -18,6 +18,7 @@ import { runCommands } from './apply/commands.js';
 import { AUTOLOGIN_FLAG, startGettys, startServices, updateConsoleLogin } from './services.js';
 import { startK3s } from '../runtime/k3s.js';
 import { k3sHealthy, markGood } from './mark-good.js';
+import { beginStateBoot } from './trial.js';
 
 /** Loads every config source; problems are logged and kept for `cairn status`, never fatal. */
 export async function loadNodeConfig(ctx: NodeContext, opts: { quiet?: boolean } = {}): Promise<string> {
@@ -122,11 +123,16 @@ export const MARK_GOOD_WAIT_MS = 300_000;
  * - the console login decided again once the keys are installed (users).
  */
 export const boot: Phase<NodeContext>[] = [
-  phase('mounts', 5_000, async (ctx) => {
+  phase('mounts', 30_000, async (ctx) => {
     for (const d of ['/run/cairn', '/var/log/cairn', '/var/lib/cairn']) mkdirSync(at(ctx, d), { recursive: true });
     ctx.log.toFile(at(ctx, '/var/log/cairn/boot.log'));
     ctx.status.startBoot();
-    return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}`;
+    const { line, guard } = await beginStateBoot(ctx, (why) => {
+      ctx.log.info(`trial: ${why}`);
+      ctx.reboot?.();
+    });
+    ctx.trial = guard;
+    return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}${line ? `; ${line}` : ''}`;
   }),
   phase('config', 60_000, configPhase),
   phase('initrd-keys', 30_000, applyEarlyKeys),

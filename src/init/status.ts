@@ -10,6 +10,20 @@ import { writeFileAtomic } from './apply/files.js';
 import type { Diagnostic } from '../config/diagnostics.js';
 import type { PhaseResult } from './phase.js';
 import type { ServiceState } from './supervisor.js';
+import type { BootState } from '../boot/state.js';
+
+export const UPGRADE_PATH = '/var/lib/cairn/upgrade.json';
+
+/** The last upgrade: written by `cairn upgrade` when it stages a version, by the init when the trial ends. */
+export interface UpgradeRecord {
+  version: string;
+  from: string;
+  stagedAt: string;
+  outcome: 'staged' | 'good' | 'rolled-back';
+  endedAt?: string;
+  /** For a rollback: why, in a line. */
+  reason?: string;
+}
 
 export const STATUS_PATH = '/run/cairn/status.json';
 export const HISTORY_PATH = '/var/lib/cairn/boot-history.json';
@@ -36,6 +50,10 @@ export interface NodeStatus {
   history: BootRecord[];
   /** k3s' arguments and its environment from the config, secrets redacted. */
   k3s?: { mode: 'server' | 'agent'; args: string[]; env?: Record<string, string> };
+  /** The boot state on a state-partition boot: versions, the trial, what this boot was. */
+  boot?: { state?: BootState; kind: string; trialDeadline?: string; watchdog?: string };
+  /** The last upgrade and its outcome (also in /var/lib/cairn/upgrade.json). */
+  upgrade?: UpgradeRecord;
   /** Set when the init started to shut down (what `cairn poweroff`/`reboot` wait for). */
   shutdown?: { action: 'poweroff' | 'reboot'; at: string };
   updatedAt: string;

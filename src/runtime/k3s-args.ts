@@ -4,7 +4,8 @@
  * - server by default; agent when `server_url` and `token` are set;
  *   a first `k3s_args` entry of `server` or `agent` decides it outright.
  * - `server_url` → --server, labels → --node-label, taints → --node-taint,
- *   plus cairn's own labels cairn.io/version and cairn.io/mode; `k3s_args`
+ *   plus cairn's own labels cairn.io/version, cairn.io/mode and, after a
+ *   rollback, cairn.io/rollback=<the version given up>; `k3s_args`
  *   are passed on after cairn's.
  * - secrets never go on the command line (anyone can read /proc/<pid>/cmdline):
  *   the config's `token` and any `--token`/`-t`/`--agent-token` in `k3s_args`
@@ -89,7 +90,7 @@ export function redactEnv(env: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(env).map(([k, v]) => [k, isSecretEnvName(k) ? REDACTED : redactUrlCredentials(v)]));
 }
 
-export function k3sInvocation(config: CairnConfig, opts: { version: string; bootMode: string }): K3sInvocation {
+export function k3sInvocation(config: CairnConfig, opts: { version: string; bootMode: string; rollback?: string }): K3sInvocation {
   const sys = config.cairn ?? {};
   const extracted = extractTokens([...(sys.k3s_args ?? [])]);
   const extra = extracted.args;
@@ -111,6 +112,8 @@ export function k3sInvocation(config: CairnConfig, opts: { version: string; boot
   if (extracted.datastoreEndpoint) env.K3S_DATASTORE_ENDPOINT = extracted.datastoreEndpoint;
   if (mode === 'server') args.push('--write-kubeconfig-mode', '0600');
   const labels: Record<string, string> = { ...(sys.labels ?? {}), 'cairn.io/version': toLabelValue(opts.version), 'cairn.io/mode': toLabelValue(opts.bootMode || 'unknown') };
+  // the last trial that did not come up, so that a fleet's rollout can see where it stopped
+  if (opts.rollback) labels['cairn.io/rollback'] = toLabelValue(opts.rollback);
   for (const [k, v] of Object.entries(labels)) args.push('--node-label', `${k}=${v}`);
   for (const t of sys.taints ?? []) args.push('--node-taint', t);
   args.push(...extra);

@@ -11,6 +11,7 @@ import { checkDatastore } from './datastore.js';
 import { k3sInvocation, redactEnv, redactK3sArgs, type K3sSecretFile } from './k3s-args.js';
 import { syncRuntimeFiles } from './manifests.js';
 import { AGENT_TOKEN_FILE, K3S_BIN, K3S_SECRETS_DIR, SNAPSHOTS, STATE_DB, TOKEN_FILE } from './paths.js';
+import { GRUBENV, readState } from '../boot/state.js';
 
 export const K3S_SERVICE = 'k3s';
 export const LOG_DIR = '/var/log/cairn';
@@ -28,7 +29,7 @@ export function writeK3sSecrets(root: string, secrets: K3sSecretFile[]): void {
 export async function startK3s(ctx: NodeContext, signal?: AbortSignal): Promise<string> {
   const bin = at(ctx, K3S_BIN);
   if (!existsSync(bin)) throw new Error(`${K3S_BIN} is not in this image`);
-  const inv = k3sInvocation(ctx.config, { version: ctx.version, bootMode: ctx.boot.mode });
+  const inv = k3sInvocation(ctx.config, { version: ctx.version, bootMode: ctx.boot.mode, rollback: ctx.boot.mode === 'state' ? readState(at(ctx, GRUBENV))?.failed : undefined });
   if (inv.mode === 'server') {
     const db = await checkDatastore(ctx.exec, at(ctx, STATE_DB), at(ctx, SNAPSHOTS), { signal });
     ctx.log.info(`datastore: ${db.detail}`);

@@ -2,6 +2,7 @@
 // then real archives from a real trixie root, then real boots under QEMU
 // (TCG) of a real kernel with the first stage finding the system on a
 // state partition, over the network, and not at all.
+import { parseState, renderState } from '../../src/boot/state.js';
 import t from 'tap';
 import { createServer } from 'node:http';
 import { createReadStream, existsSync, statSync } from 'node:fs';
@@ -387,9 +388,11 @@ t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written 
   for (const v of ['0.0.1', '0.0.2']) {
     await mkdir(path.join(tree, 'cairn/system', v), { recursive: true });
     await fixtureSquashfs(rootfs, path.join(tree, 'cairn/system', v, 'rootfs.squashfs'), { version: v });
+    // booted with -kernel: the first stage only looks for the version's kernel and initrd
+    for (const f of ['kernel', 'initrd']) await writeFile(path.join(tree, 'cairn/system', v, f), '');
   }
-  await writeFile(path.join(tree, 'cairn/system/active'), '0.0.1\n');
-  await writeFile(path.join(tree, 'cairn/system/next'), '0.0.2 2\n');
+  await mkdir(path.join(tree, 'cairn/grub'), { recursive: true });
+  await writeFile(path.join(tree, 'cairn/grub/grubenv'), renderState({ active: '0.0.1', trial: '0.0.2', tries: 2 }));
   const img = path.join(work, 'state.img');
   await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'CAIRN_STATE', '-d', tree, img, '96M']);
   // as after a power cut: not cleanly unmounted, so the first stage's e2fsck -p checks it whole
@@ -407,7 +410,7 @@ t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written 
   t.match(r.output, /var seeded/);
   t.match(r.output, /mount \/dev\/loop0 \/ squashfs ro/);
   t.match(r.output, /mount \S+ \/cairn ext4 rw/);
-  t.equal((await debugfsCat(img, '/cairn/system/next')).trim(), '0.0.2 1', 'the try was counted on disk');
+  t.same(parseState(await debugfsCat(img, '/cairn/grub/grubenv')), { active: '0.0.1', trial: '0.0.2', tries: 1 }, 'the try was counted on disk');
   t.equal(await debugfsCat(img, '/cairn/data/etc/cairn-fixture-write'), '', '/etc upper layer is on the state partition');
   t.match((await execa('debugfs', ['-R', 'ls /cairn/data/var', img])).stdout, /cairn-fixture-write/, '/var is on the state partition');
   const fsck = await execa('e2fsck', ['-fn', img], { reject: false });
@@ -420,7 +423,9 @@ t.test('boot (TCG): a state partition e2fsck -p cannot repair is mounted read-on
   await mkdir(path.join(tree, 'cairn/system/0.0.1'), { recursive: true });
   await mkdir(path.join(tree, 'cairn/data'), { recursive: true });
   await fixtureSquashfs(rootfs, path.join(tree, 'cairn/system/0.0.1/rootfs.squashfs'));
-  await writeFile(path.join(tree, 'cairn/system/active'), '0.0.1\n');
+  for (const f of ['kernel', 'initrd']) await writeFile(path.join(tree, 'cairn/system/0.0.1', f), '');
+  await mkdir(path.join(tree, 'cairn/grub'), { recursive: true });
+  await writeFile(path.join(tree, 'cairn/grub/grubenv'), renderState({ active: '0.0.1' }));
   await writeFile(path.join(tree, 'cairn/data/a'), 'a'.repeat(10000));
   await writeFile(path.join(tree, 'cairn/data/b'), 'b'.repeat(10000));
   const img = path.join(work, 'state-broken.img');

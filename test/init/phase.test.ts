@@ -2,7 +2,6 @@ import t from 'tap';
 import { phase, runPhases } from '../../src/init/phase.js';
 import { createLogger } from '../../src/init/log.js';
 import { parseBootEnv } from '../../src/init/bootinfo.js';
-import { commitTrialBoot, promote } from '../../src/init/mark-good.js';
 import { unmountOrder, requestShutdown } from '../../src/init/shutdown.js';
 import { gettyArgs } from '../../src/init/services.js';
 import { readFileSync } from 'node:fs';
@@ -84,19 +83,6 @@ t.test('boot.env from the first stage', async (t) => {
   t.same(parseBootEnv('CAIRN_BOOT_MODE=live\nCAIRN_BOOT_VERSION=0.1.0\nCAIRN_BOOT_TRIES_LEFT=\n'), { mode: 'live', version: '0.1.0', triesLeft: undefined, stateDevice: undefined });
 });
 
-t.test('a good trial boot makes the new version active and the old one the fallback', async (t) => {
-  t.same(promote({ active: '0.1.0', next: '0.2.0' }), { active: '0.2.0', fallback: '0.1.0' });
-  t.equal(promote({ active: '0.1.0' }), undefined);
-  const root = t.testdir();
-  put(root, 'cairn/system/active', '0.1.0\n');
-  put(root, 'cairn/system/next', '0.2.0 2\n');
-  t.equal(commitTrialBoot(root), '0.2.0');
-  t.equal(readFileSync(join(root, 'cairn/system/active'), 'utf8'), '0.2.0\n');
-  t.equal(readFileSync(join(root, 'cairn/system/fallback'), 'utf8'), '0.1.0\n');
-  t.throws(() => readFileSync(join(root, 'cairn/system/next')));
-  t.equal(commitTrialBoot(root), undefined, 'nothing on trial any more');
-});
-
 t.test('shutdown: unmount order and the request to the init', async (t) => {
   const mounts = ['/dev/root / squashfs ro 0 0', 'proc /proc proc rw 0 0', 'tmpfs /run tmpfs rw 0 0', '/dev/vda2 /run/cairn/state ext4 rw 0 0', 'cairn-etc /etc overlay rw 0 0', '/dev/vda2 /var ext4 rw 0 0', '/dev/vda2 /cairn ext4 rw 0 0', 'tmpfs /tmp tmpfs rw 0 0'].join('\n');
   t.same(unmountOrder(mounts), ['/tmp', '/cairn', '/var', '/etc', '/run/cairn/state']);
@@ -157,17 +143,6 @@ t.test('shutdown: every step bounded; a hung service stop and a failed busybox s
 t.test('getty: serial consoles at serial speeds; autologin only when asked', async (t) => {
   t.same(gettyArgs('ttyS0', true), ['--noclear', '--autologin', 'cairn', '-L', 'ttyS0', '115200,57600,38400,9600', 'vt100']);
   t.same(gettyArgs('tty1', false), ['--noclear', 'tty1', 'linux']);
-});
-
-t.test("a good trial boot chosen by GRUB is promoted in GRUB's environment block too", async (t) => {
-  const { renderGrubEnv, parseGrubEnv } = await import('../../src/system/grubenv.js');
-  const root = t.testdir();
-  put(root, 'cairn/grub/grubenv', renderGrubEnv({ cairn_active: '0.1.0', cairn_next: '0.2.0', cairn_next_tries: '2' }).toString());
-  t.equal(commitTrialBoot(root, '0.1.0'), undefined, 'booting the old version (a fallback) promotes nothing');
-  t.equal(commitTrialBoot(root, '0.2.0'), '0.2.0');
-  const env = readFileSync(join(root, 'cairn/grub/grubenv'));
-  t.equal(env.length, 1024, 'still one 1024-byte block');
-  t.same(parseGrubEnv(env), { cairn_active: '0.2.0', cairn_fallback: '0.1.0' });
 });
 
 t.test('log lines go to every active console', async (t) => {

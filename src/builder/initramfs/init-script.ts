@@ -7,17 +7,14 @@
  * GRUB on the ISO passes cairn.mode=live; without it: state, then live):
  *   net    cairn.root_url=URL: DHCP on each interface, the squashfs fetched
  *          with wget into RAM (optional cairn.root_sha256= check).
- *   state  the ext4 partition labelled CAIRN_STATE. It holds
- *            cairn/system/<version>/{kernel,initrd,rootfs.squashfs,release.json}
- *            cairn/system/active      the version to boot (one line)
- *            cairn/system/fallback    the version before it (one line, optional)
- *            cairn/system/next        "<version> <tries left>": an upgrade on trial
- *            cairn/data/{etc,var,home,opt}  what persists
- *          The bootloader may choose the version itself (cairn.version=).
- *          Otherwise a "next" version with tries left is booted and its
- *          count lowered; with none left it is renamed next.failed and the
- *          active version boots (the fallback one if the active one is
- *          missing). The init makes "next" active once the boot is good.
+ *   state  the ext4 partition labelled CAIRN_STATE: the versions in
+ *          cairn/system/<version>/, the boot state in cairn/grub/grubenv,
+ *          what persists in cairn/data/{etc,var,home,opt} (see
+ *          src/boot/state.ts). GRUB chooses the version and passes
+ *          cairn.version=; without it the same choice is made here. A trial
+ *          version's squashfs is checked against its SHA256SUMS; one that
+ *          fails it or does not mount is given up (src/boot: abandon) and
+ *          the node reboots into the version before it.
  *   live   the ISO9660 medium labelled CAIRN_LIVE with cairn/rootfs.squashfs.
  *
  * The new root: the squashfs read-only; tmpfs on /run and /tmp; /etc an
@@ -50,6 +47,8 @@
  * The script is kept free of shell "${" forms that a template literal would
  * take, so it reads as plain sh.
  */
+
+import { shellStateFunctions } from '../../boot/shell.js';
 
 export const INIT_MARKER_SWITCHING = 'cairn-initramfs: switching root';
 /** Printed when the clock read earlier than the image's build time and was set to it. */
@@ -184,6 +183,7 @@ log() {
 DEBUG=
 dbg() { [ -n "$DEBUG" ] && log "debug: $*"; return 0; }
 ${FIRST_STAGE_FUNCTIONS}
+${shellStateFunctions()}
 
 MODE=
 ROOT_URL=
@@ -265,37 +265,52 @@ MEDIUM_DEV=
 
 read_pointer() { [ -f "$1" ] && head -n 1 "$1" | tr -d ' \r\t'; }
 
-# Sets CHOSEN to the version to boot from the state partition (empty: none).
+STATE_SYS=/mnt/state/cairn/system
+STATE_ENV=/mnt/state/cairn/grub/grubenv
+BOOT_KIND=
+
+# Sets CHOSEN (the version to boot from the state partition, empty: none)
+# and BOOT_KIND. GRUB chose already when it passed cairn.version=; without
+# it, the same decision is made here (see src/boot/state.ts).
 choose_version() {
-  sys=/mnt/state/cairn/system
   CHOSEN=
+  BOOT_KIND=
+  if [ ! -f "$STATE_ENV" ]; then note "CAIRN_STATE has no cairn/grub/grubenv (the boot state)"; return; fi
   if [ -n "$WANT_VERSION" ]; then
-    if [ -f "$sys/$WANT_VERSION/rootfs.squashfs" ]; then CHOSEN=$WANT_VERSION; return; fi
-    log "cairn.version=$WANT_VERSION is not installed; using the active version"
-  fi
-  if [ -f "$sys/next" ]; then
-    set -- $(head -n 1 "$sys/next")
-    nv=$1
-    tries=$2
-    case "$tries" in ''|*[!0-9]*) tries=3 ;; esac
-    if [ -n "$nv" ] && [ "$tries" -gt 0 ] && [ -f "$sys/$nv/rootfs.squashfs" ]; then
-      { echo "$nv $((tries - 1))" >"$sys/next.tmp" && mv "$sys/next.tmp" "$sys/next" && sync; } 2>/dev/null
-      BOOT_TRY=$((tries - 1))
-      CHOSEN=$nv
+    cairn_state_load "$STATE_ENV"
+    if cairn_bootable "$STATE_SYS" "$WANT_VERSION"; then
+      CHOSEN=$WANT_VERSION
+      if [ "$CHOSEN" = "$S_TRIAL" ]; then BOOT_KIND=trial; BOOT_TRY=$S_TRIES
+      elif [ "$CHOSEN" = "$S_ACTIVE" ]; then BOOT_KIND=active
+      elif [ "$CHOSEN" = "$S_FALLBACK" ]; then BOOT_KIND=fallback
+      else BOOT_KIND=chosen
+      fi
       return
     fi
-    log "version $nv did not come up within its tries: falling back"
-    { mv "$sys/next" "$sys/next.failed" && sync; } 2>/dev/null
+    log "cairn.version=$WANT_VERSION is not installed; choosing from cairn/grub/grubenv"
   fi
-  for p in active fallback; do
-    v=$(read_pointer "$sys/$p")
-    if [ -n "$v" ] && [ -f "$sys/$v/rootfs.squashfs" ]; then
-      [ "$p" = fallback ] && log "the active version is missing or broken; booting the fallback $v"
-      CHOSEN=$v
-      return
-    fi
-    if [ -n "$v" ]; then note "$p version $v has no cairn/system/$v/rootfs.squashfs"; else note "no $p pointer in cairn/system"; fi
-  done
+  cairn_choose "$STATE_SYS" "$STATE_ENV" 2>/dev/null
+  BOOT_KIND=$CHOSEN_KIND
+  [ "$BOOT_KIND" = trial ] && BOOT_TRY=$S_TRIES
+  if [ -n "$S_TRIAL" ] && [ "$BOOT_KIND" != trial ]; then log "version $S_TRIAL did not come up within its tries: falling back"; fi
+  [ "$BOOT_KIND" = fallback ] && log "the active version $S_ACTIVE is missing or broken; booting the fallback $CHOSEN"
+  [ -z "$CHOSEN" ] && note "no bootable version in cairn/system (active: $S_ACTIVE, fallback: $S_FALLBACK, trial: $S_TRIAL)"
+  return 0
+}
+
+# Gives up on the version booted from the state partition ($1 says why):
+# a trial loses its tries, a broken active version hands over to the
+# fallback; then a reboot, so the bootloader starts the matching kernel.
+abandon_version() {
+  log "version $BOOT_VERSION $1"
+  if [ "$BOOT_MODE" = state ] && [ -z "$STATE_RO" ] && cairn_abandon "$STATE_ENV" "$BOOT_VERSION"; then
+    log "version $BOOT_VERSION is given up; rebooting into $S_ACTIVE"
+    umount /mnt/root 2>/dev/null
+    umount /mnt/state 2>/dev/null
+    sync
+    reboot -f
+    sleep 60
+  fi
 }
 
 try_state() {
@@ -323,7 +338,7 @@ try_state() {
   BOOT_MODE=state
   BOOT_VERSION=$CHOSEN
   SQUASHFS=/mnt/state/cairn/system/$CHOSEN/rootfs.squashfs
-  if [ -n "$BOOT_TRY" ]; then log "system $CHOSEN on $dev (trial boot, $BOOT_TRY tries left)"; else log "system $CHOSEN on $dev"; fi
+  if [ "$BOOT_KIND" = trial ]; then log "system $CHOSEN on $dev (trial boot, $BOOT_TRY tries left)"; else log "system $CHOSEN on $dev"; fi
 }
 
 try_live() {
@@ -415,7 +430,16 @@ done
 # --- the new root ---------------------------------------------------------
 NEWROOT=/mnt/root
 mkdir -p $NEWROOT
+# a trial's squashfs is checked against the sums written with it before it is trusted
+if [ "$BOOT_KIND" = trial ] && [ -f "$STATE_SYS/$BOOT_VERSION/SHA256SUMS" ]; then
+  if ! (cd "$STATE_SYS/$BOOT_VERSION" && grep ' rootfs.squashfs$' SHA256SUMS | sha256sum -c) >/dev/null 2>&1; then
+    abandon_version "fails its checksum (cairn/system/$BOOT_VERSION/rootfs.squashfs)"
+    fail "$SQUASHFS fails its checksum"
+    exec /init
+  fi
+fi
 mount -t squashfs -o ro,loop "$SQUASHFS" $NEWROOT || {
+  abandon_version "does not mount its squashfs (cairn/system/$BOOT_VERSION/rootfs.squashfs)"
   fail "$SQUASHFS does not mount as squashfs"
   exec /init
 }
@@ -483,6 +507,7 @@ cat >$NEWROOT/run/cairn/boot.env <<BOOTENV
 CAIRN_BOOT_MODE=$BOOT_MODE
 CAIRN_BOOT_VERSION=$BOOT_VERSION
 CAIRN_BOOT_TRIES_LEFT=$BOOT_TRY
+CAIRN_BOOT_KIND=$BOOT_KIND
 CAIRN_STATE_DEVICE=$STATE_DEV
 CAIRN_STATE_READONLY=$STATE_RO
 CAIRN_MEDIUM_DEVICE=$MEDIUM_DEV

@@ -101,6 +101,15 @@ export const consoleArgs: Record<Arch, string> = {
   armv7: 'console=ttyAMA0,115200 console=tty0',
 };
 
+/**
+ * The kernel command line of a boot: the mode, panic=10 (a kernel that
+ * panics reboots, so the bootloader's try count and fallback take over),
+ * the arch's consoles, the spec's own arguments.
+ */
+export function kernelArgs(mode: 'state' | 'live' | 'net', arch: Arch, cmdline?: string): string {
+  return joinArgs(`cairn.mode=${mode}`, 'panic=10', consoleArgs[arch], cmdline);
+}
+
 export function joinArgs(...parts: (string | undefined)[]): string {
   return parts
     .filter((p): p is string => !!p && p.trim() !== '')

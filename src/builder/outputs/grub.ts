@@ -14,7 +14,9 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { UserError } from '../../errors.js';
 import type { Arch, SystemArtifacts } from '../types.js';
-import { cacheDir, consoleArgs, joinArgs, run } from './common.js';
+import { renderStateGrubCfg } from '../../boot/grub.js';
+import { GRUB_DIR } from '../../boot/state.js';
+import { cacheDir, joinArgs, kernelArgs, run } from './common.js';
 
 export type GrubPlatform = 'i386-pc' | 'x86_64-efi' | 'arm64-efi' | 'arm-efi';
 
@@ -44,7 +46,7 @@ const PLATFORM_MODULES: Record<GrubPlatform, readonly string[]> = {
 };
 
 /** Where GRUB's files live on the state partition. */
-export const GRUB_DIR_ON_STATE = '/cairn/grub';
+export const GRUB_DIR_ON_STATE = GRUB_DIR;
 
 export interface GrubDirOptions {
   log?: (line: string) => void;
@@ -129,7 +131,7 @@ function terminalSetup(arch: Arch): string[] {
 
 /** GRUB's menu for the live ISO: the system, and the same with a rescue shell and tracing. */
 export function renderLiveGrubCfg(system: Pick<SystemArtifacts, 'name' | 'version' | 'arch' | 'cmdline'>): string {
-  const args = joinArgs('cairn.mode=live', consoleArgs[system.arch], system.cmdline);
+  const args = kernelArgs('live', system.arch, system.cmdline);
   const title = `cairn ${system.name} ${system.version}`;
   return [
     '# cairn live medium',
@@ -149,57 +151,12 @@ export function renderLiveGrubCfg(system: Pick<SystemArtifacts, 'name' | 'versio
   ].join('\n');
 }
 
-/**
- * GRUB's menu on the state partition. The versions come from the
- * environment block next to it (grubenv): cairn_active, cairn_fallback, and
- * an upgrade on trial, cairn_next with cairn_next_tries (3, 2, 1). Each boot
- * of the trial version lowers the count before booting; at 0 the trial is
- * over and the active version boots again. The init, once the new version is
- * healthy, makes it cairn_active (and the old one cairn_fallback).
- */
+/** GRUB's menu on the state partition: see src/boot/grub.ts. */
 export function renderDiskGrubCfg(system: Pick<SystemArtifacts, 'arch' | 'cmdline'>): string {
-  const args = joinArgs('cairn.mode=state', consoleArgs[system.arch], system.cmdline);
-  const env = `${GRUB_DIR_ON_STATE}/grubenv`;
-  const entry = (title: string, version: string, extra = ''): string[] => [
-    `menuentry "${title}" {`,
-    `  linux /cairn/system/${version}/kernel ${joinArgs(args, `cairn.version=${version}`, extra)}`,
-    `  initrd /cairn/system/${version}/initrd`,
-    '}',
-  ];
-  return [
-    '# cairn: boots the version named in grubenv (see cairn/system on this partition)',
-    ...terminalSetup(system.arch),
-    'set timeout=3',
-    'set default=0',
-    'set cairn_active=',
-    'set cairn_fallback=',
-    'set cairn_next=',
-    'set cairn_next_tries=',
-    `load_env -f ${env}`,
-    'set boot_version="$cairn_active"',
-    'set boot_note=""',
-    'if [ -n "$cairn_next" ]; then',
-    '  if [ "$cairn_next_tries" = 3 ]; then set cairn_next_tries=2; set boot_version="$cairn_next"',
-    '  elif [ "$cairn_next_tries" = 2 ]; then set cairn_next_tries=1; set boot_version="$cairn_next"',
-    '  elif [ "$cairn_next_tries" = 1 ]; then set cairn_next_tries=0; set boot_version="$cairn_next"',
-    '  else set cairn_next_tries=0',
-    '  fi',
-    '  if [ "$boot_version" = "$cairn_next" ]; then set boot_note=" (trial)"; fi',
-    `  save_env -f ${env} cairn_next_tries`,
-    'fi',
-    '# menu entries run in their own scope: only exported variables reach them',
-    'export boot_version cairn_active cairn_fallback',
-    '',
-    ...entry('cairn ${boot_version}${boot_note}', '${boot_version}'),
-    'if [ -n "$cairn_fallback" ]; then',
-    ...entry('cairn ${cairn_fallback} (fallback)', '${cairn_fallback}').map((l) => `  ${l}`),
-    'fi',
-    ...entry('cairn ${cairn_active} (rescue shell)', '${cairn_active}', 'cairn.rescue cairn.debug'),
-    '',
-  ].join('\n');
+  return renderStateGrubCfg({ terminal: terminalSetup(system.arch), defaultArgs: kernelArgs('state', system.arch, system.cmdline) });
 }
 
-export { renderGrubEnv, parseGrubEnv } from '../../system/grubenv.js';
+export { renderGrubEnv, parseGrubEnv } from '../../boot/grubenv.js';
 
 const SECTOR = 512;
 

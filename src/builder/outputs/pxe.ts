@@ -21,6 +21,7 @@ export const PXE_FILES = ['vmlinuz', 'initrd', 'rootfs.squashfs', 'release.json'
 export function renderIpxe(system: Pick<SystemArtifacts, 'name' | 'version' | 'arch' | 'cmdline'>, folder: string, squashfsSha256: string): string {
   const args = joinArgs(
     'initrd=initrd',
+    'panic=10',
     'cairn.mode=net',
     'cairn.root_url=${cairn-base}/rootfs.squashfs',
     `cairn.root_sha256=${squashfsSha256}`,

@@ -6,8 +6,8 @@
  *                                  cairn/{vmlinuz,initrd} and extlinux/extlinux.conf
  *                                  for firmware that boots Linux itself (U-Boot)
  *   CAIRN_STATE (ext4)             cairn/system/<version>/{kernel,initrd,rootfs.squashfs,release.json}
- *                                  cairn/system/active        the version to boot
- *                                  cairn/grub/{grub.cfg,grubenv}
+ *                                  cairn/system/<version>/{bootenv,SHA256SUMS}
+ *                                  cairn/grub/{grub.cfg,grubenv}  menu, boot state (src/boot)
  *                                  cairn/data/                what persists (/etc, /var, /home, /opt)
  *
  * Each file system is made in its own file (mkfs.vfat + mmd/mcopy,
@@ -19,7 +19,8 @@ import { lstat, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Artifact, OutputWriter, SystemArtifacts } from '../types.js';
-import { artifactStem, clampTimes, consoleArgs, imageSeed, joinArgs, placeFile, run } from './common.js';
+import { REL, renderState, renderVersionEnv } from '../../boot/state.js';
+import { artifactStem, clampTimes, imageSeed, kernelArgs, placeFile, run, sha256File } from './common.js';
 import { type DiskPlan, MIB, SECTOR, planDisk, sfdiskScript, stateFsBytes } from './disk.js';
 import {
   GRUB_DIR_ON_STATE,
@@ -30,7 +31,6 @@ import {
   grubModuleDir,
   renderDiskGrubCfg,
   renderEmbeddedConfig,
-  renderGrubEnv,
 } from './grub.js';
 
 export const STATE_LABEL = 'CAIRN_STATE';
@@ -56,11 +56,12 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   await placeFile(system.initramfs, path.join(vdir, 'initrd'));
   await placeFile(system.squashfs, path.join(vdir, 'rootfs.squashfs'));
   await placeFile(system.release, path.join(vdir, 'release.json'));
-  await writeFile(path.join(tree, 'cairn/system/active'), `${system.version}\n`);
+  await writeFile(path.join(vdir, 'bootenv'), renderVersionEnv(kernelArgs('state', system.arch, system.cmdline)));
+  await writeFile(path.join(vdir, 'SHA256SUMS'), await versionSums(vdir));
   await mkdir(path.join(tree, 'cairn/data'), { recursive: true });
-  await mkdir(path.join(tree, `.${GRUB_DIR_ON_STATE}`), { recursive: true });
-  await writeFile(path.join(tree, `.${GRUB_DIR_ON_STATE}/grub.cfg`), renderDiskGrubCfg(system));
-  await writeFile(path.join(tree, `.${GRUB_DIR_ON_STATE}/grubenv`), renderGrubEnv({ cairn_active: system.version }));
+  await mkdir(path.join(tree, REL.grub), { recursive: true });
+  await writeFile(path.join(tree, REL.grub, 'grub.cfg'), renderDiskGrubCfg(system));
+  await writeFile(path.join(tree, REL.grubenv), renderState({ active: system.version }));
   await clampTimes(tree, epoch);
   let content = 0;
   for (const f of [system.kernel, system.initramfs, system.squashfs, system.release]) content += (await stat(f)).size;
@@ -123,9 +124,16 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   return { file: out, plan };
 }
 
+/** sha256sum's lines for the files of a version folder (the first stage checks a trial's squashfs with them). */
+export async function versionSums(dir: string): Promise<string> {
+  const lines: string[] = [];
+  for (const f of ['initrd', 'kernel', 'release.json', 'rootfs.squashfs']) lines.push(`${await sha256File(path.join(dir, f))}  ${f}\n`);
+  return lines.join('');
+}
+
 /** extlinux.conf for firmware that boots Linux from the EFI partition itself (U-Boot's distro boot on armv7 boards). */
 export function renderExtlinux(system: Pick<SystemArtifacts, 'name' | 'version' | 'arch' | 'cmdline'>): string {
-  const args = joinArgs('cairn.mode=state', consoleArgs[system.arch], system.cmdline);
+  const args = kernelArgs('state', system.arch, system.cmdline);
   return [
     'default cairn',
     'timeout 3',

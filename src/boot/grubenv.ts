@@ -1,8 +1,8 @@
 /**
- * GRUB's environment block (cairn/grub/grubenv on the state partition): where
- * the bootloader keeps the active, fallback and trial versions and counts
- * the trial's tries. Written by the image builder and by the init when a
- * trial boot turns out good.
+ * GRUB's environment block: 1024 bytes of `key=value` lines that GRUB reads
+ * with load_env and rewrites in place with save_env. cairn keeps the boot
+ * state in one (cairn/grub/grubenv, see ./state.ts) and each version's
+ * kernel command line in another (cairn/system/<version>/bootenv).
  */
 
 /** A GRUB environment block: exactly 1024 bytes, "#"-padded, as grub-editenv writes it. */
