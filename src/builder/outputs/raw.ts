@@ -34,6 +34,12 @@ import {
 } from './grub.js';
 
 export const STATE_LABEL = 'CAIRN_STATE';
+/**
+ * CAIRN_STATE holds room for this many versions of the system's size: the
+ * active one, the fallback, and an upgrade on trial beside them (the image
+ * is sparse: the room costs nothing until it is used).
+ */
+export const UPGRADE_ROOM = 3;
 export const EFI_LABEL = 'CAIRN_EFI';
 
 export interface RawImage {
@@ -81,7 +87,7 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
     efiContent += (await stat(system.kernel)).size + (await stat(system.initramfs)).size;
   }
 
-  const plan = planDisk({ arch: system.arch, efiBytes: efiContent * 1.2 + 8 * MIB, stateBytes: stateFsBytes(content, 16), seed });
+  const plan = planDisk({ arch: system.arch, efiBytes: efiContent * 1.2 + 8 * MIB, stateBytes: stateFsBytes(content * UPGRADE_ROOM, 16 * UPGRADE_ROOM), seed });
   const part = (name: string) => plan.partitions.find((p) => p.name === name)!;
 
   // CAIRN_EFI: FAT32

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { formatDiagnostic } from '../../config/diagnostics.js';
 import { UserError } from '../../errors.js';
 import { requestShutdown, waitShutdownStarted, type ShutdownAction } from '../../init/shutdown.js';
-import { readJson, STATUS_PATH, type NodeStatus } from '../../init/status.js';
+import { readJson, STATUS_PATH, UPGRADE_PATH, type NodeStatus, type UpgradeRecord } from '../../init/status.js';
+import { GRUBENV, readState } from '../../boot/state.js';
 import { redactEnv, redactK3sArgs } from '../../runtime/k3s-args.js';
 
 /** How long `cairn poweroff`/`reboot` wait for the init to say it is shutting down. */
@@ -33,6 +34,19 @@ export function renderStatus(st: NodeStatus, now = Date.now()): string {
     const env = Object.entries(redactEnv(st.k3s.env ?? {}));
     if (env.length) out.push(`k3s env   ${env.map(([k, v]) => `${k}=${v}`).join(' ')}`);
   }
+  if (st.boot?.state) {
+    const b = st.boot.state;
+    const parts = [`active ${b.active}`];
+    if (b.fallback) parts.push(`fallback ${b.fallback}`);
+    if (b.trial) parts.push(`trial ${b.trial} (${b.tries ?? 0} tries left${b.deadline ? `, healthy within ${b.deadline} s` : ''})`);
+    if (b.failed) parts.push(`rolled back ${b.failed}`);
+    out.push(`versions  ${parts.join(', ')}`);
+    out.push(`this boot ${st.boot.kind}${st.boot.trialDeadline ? ` (healthy by ${st.boot.trialDeadline}${st.boot.watchdog ? `, watchdog ${st.boot.watchdog} armed` : ''})` : ''}`);
+  }
+  if (st.upgrade) {
+    const u = st.upgrade;
+    out.push(`upgrade   ${u.from} → ${u.version}: ${u.outcome}${u.endedAt ? ` at ${u.endedAt}` : u.stagedAt ? ` at ${u.stagedAt}` : ''}${u.reason ? ` (${u.reason})` : ''}`);
+  }
   if (st.shutdown) out.push(`shutdown  ${st.shutdown.action} since ${st.shutdown.at}`);
   out.push('');
   out.push(table([['SERVICE', 'STATE', 'PID', 'RESTARTS', 'UP', 'LAST EXIT'], ...st.services.map((s) => [s.name, s.state, String(s.pid ?? '-'), String(s.restarts), s.state === 'running' ? ago(s.startedAt, now) : '-', s.lastExit ? (s.lastExit.signal ? `signal ${s.lastExit.signal}` : `code ${s.lastExit.code}`) : '-'])]));
@@ -59,6 +73,11 @@ export function registerNode(program: Command): void {
     .action((opts: { root: string; json?: boolean }) => {
       const st = readJson<NodeStatus>(join(opts.root, STATUS_PATH));
       if (!st) throw new UserError(`no node status at ${join(opts.root, STATUS_PATH)}`, 'cairn status runs on a cairn node (or give --root with a node file system)');
+      // the boot state and the last upgrade as they are now (cairn upgrade changes them after the boot)
+      const state = readState(join(opts.root, GRUBENV));
+      if (state) st.boot = { kind: st.boot?.kind ?? 'unknown', ...st.boot, state };
+      const upgrade = readJson<UpgradeRecord>(join(opts.root, UPGRADE_PATH));
+      if (upgrade) st.upgrade = upgrade;
       const shown = st.k3s ? { ...st, k3s: { ...st.k3s, args: redactK3sArgs(st.k3s.args), ...(st.k3s.env ? { env: redactEnv(st.k3s.env) } : {}) } } : st;
       process.stdout.write(opts.json ? `${JSON.stringify(shown, null, 2)}\n` : renderStatus(shown));
     });
