@@ -89,7 +89,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
   checkFormatArches(arches, formats);
   if (!opts.skipHostCheck) checkHost(arches, formats);
   await checkOverlayInputs(spec);
-  await checkRuntimeInputs(spec);
+  await checkRuntimeInputs(spec, log);
   const sde = await resolveSourceDateEpoch(opts.sourceDateEpoch);
   const squashfsSettings = { ...spec.squashfs, ...opts.squashfs };
 

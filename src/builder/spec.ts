@@ -9,6 +9,7 @@ import { Ajv2020, type ErrorObject } from 'ajv/dist/2020.js';
 import { LineCounter, parseDocument, stringify, isMap, isSeq, isScalar, type Node as YamlNode, type Document } from 'yaml';
 import { UserError } from '../errors.js';
 import { readConfig } from '../config/read.js';
+import { checkImageRepository, imageRepositoryProblem, versionTagProblem } from '../upgrade/plan.js';
 import type { Arch, Format } from './types.js';
 import schema from '../../images/schema.json' with { type: 'json' };
 
@@ -52,6 +53,7 @@ export interface RawSpec {
   modules?: { profile?: ModuleProfileName; include?: string[]; firmware?: string[] };
   formats?: Format[];
   squashfs?: { compression?: Compression; level?: number };
+  upgrade?: { image?: string };
 }
 
 /** The spec with defaults filled and every path made absolute. */
@@ -75,6 +77,8 @@ export interface ImageSpec {
   modules: { profile: ModuleProfileName; include: string[]; firmware: string[] };
   formats: Format[];
   squashfs: { compression: Compression; level: number };
+  /** The OCI repository nodes upgrade from (no tag: the version is the tag); without it the image ships no Plan. */
+  upgrade: { image?: string };
 }
 
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
@@ -222,6 +226,14 @@ export function parseSpec(text: string, file: string): ImageSpec {
   for (const arch of Object.keys(raw.k3s.sha256 ?? {})) {
     if (!raw.arches.includes(arch as Arch)) problems.push(problemAt(['k3s', 'sha256', arch], `arch ${arch} is not in arches`));
   }
+  // The upgrade image is named without a tag: the Plan's version (this spec's) is the tag.
+  const upgradeImage = raw.upgrade?.image;
+  if (upgradeImage !== undefined) {
+    const imageProblem = imageRepositoryProblem(upgradeImage);
+    if (imageProblem) problems.push(problemAt(['upgrade', 'image'], `not an OCI repository without a tag: ${imageProblem}`));
+    const versionProblem = versionTagProblem(raw.version);
+    if (versionProblem) problems.push(problemAt(['version'], `with an upgrade image, the version is its tag, and ${versionProblem}`));
+  }
   // The default cloud-config is checked by the config schema, located in the spec.
   if (raw.config) {
     for (const d of readConfig(stringify(raw.config), `${file}#config`).diagnostics) {
@@ -270,7 +282,18 @@ function withDefaults(raw: RawSpec, file: string): ImageSpec {
     },
     formats: raw.formats ?? ['iso'],
     squashfs: { compression: raw.squashfs?.compression ?? 'zstd', level: raw.squashfs?.level ?? defaultLevel(raw.squashfs?.compression ?? 'zstd') },
+    upgrade: { image: raw.upgrade?.image },
   };
+}
+
+/** The spec with another upgrade image (`cairn build --upgrade-image REF`), checked as the spec's own would be. */
+export function withUpgradeImage(spec: ImageSpec, ref: string): ImageSpec {
+  checkImageRepository(ref, '--upgrade-image');
+  const versionProblem = versionTagProblem(spec.version);
+  if (versionProblem) {
+    throw new UserError(`--upgrade-image: the upgrade image's tag is the version of ${spec.file}, and ${versionProblem}`, 'give the spec a version that can be an image tag, such as 0.2.0');
+  }
+  return { ...spec, upgrade: { image: ref } };
 }
 
 function defaultLevel(c: Compression): number {

@@ -13,6 +13,8 @@ export async function main(argv: string[]): Promise<number> {
     .description('cairn: build and run an immutable, k3OS-style edge OS')
     .version(VERSION, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
+    // -V/--version only before a subcommand: `cairn plan --version 0.2.0` is plan's own.
+    .enablePositionalOptions()
     .exitOverride();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
   for (const register of commands) register(program);

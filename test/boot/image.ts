@@ -1,6 +1,7 @@
 // The image the boot tests start: the default spec, amd64, with the k3s test
-// double as its k3s (the release cannot be downloaded here). Built once per
-// run through the normal stage cache, so later runs only check it.
+// double as its k3s (the release cannot be downloaded here) and an upgrade
+// image, so that it ships the upgrade Plan. Built once per run through the
+// normal stage cache, so later runs only check it.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,7 +24,7 @@ export function buildTestImage(): TestImage {
   mkdirSync(out, { recursive: true });
   const r = spawnSync(
     join(REPO, 'bin/cairn'),
-    ['build', join(REPO, 'images/default.yaml'), '--arch', 'amd64', '--format', 'iso,raw,pxe', '--k3s', K3S_DOUBLE, '--level', '3', '--out', out, '--quiet'],
+    ['build', join(REPO, 'images/default.yaml'), '--arch', 'amd64', '--format', 'iso,raw,pxe', '--k3s', K3S_DOUBLE, '--upgrade-image', 'registry.example/cairn', '--level', '3', '--out', out, '--quiet'],
     { encoding: 'utf8', stdio: ['ignore', 'inherit', 'pipe'], timeout: 40 * 60_000 },
   );
   if (r.status !== 0) throw new Error(`building the test image failed (exit ${r.status}):\n${r.stderr}`);

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { UserError } from '../../errors.js';
 import { parseArches, parseFormats } from '../../builder/formats.js';
 import { build } from '../../builder/pipeline.js';
+import { loadSpec, withUpgradeImage } from '../../builder/spec.js';
 import { createReporter } from '../../builder/progress.js';
 
 interface BuildFlags {
@@ -16,6 +17,7 @@ interface BuildFlags {
   compression?: string;
   level?: string;
   sourceDateEpoch?: string;
+  upgradeImage?: string;
 }
 
 export function registerBuild(program: Command): void {
@@ -32,6 +34,7 @@ export function registerBuild(program: Command): void {
     .option('--compression <name>', 'squashfs compression: zstd or xz (default: the spec\'s)')
     .option('--level <n>', 'squashfs compression level (a low zstd level such as 3 makes fast development builds)')
     .option('--source-date-epoch <seconds>', 'time stamp of every file (default $SOURCE_DATE_EPOCH, else the last commit\'s time)')
+    .option('--upgrade-image <ref>', 'OCI repository the upgrade image is pushed to, without a tag, e.g. registry.example/cairn: ships a system-upgrade-controller Plan that upgrades labelled nodes to this version (overrides the spec\'s upgrade.image)')
     .option('--json', 'print the build record as JSON on stdout')
     .option('-q, --quiet', 'print nothing but errors (and --json)')
     .action(async (specFile: string, flags: BuildFlags) => {
@@ -55,7 +58,7 @@ export function registerBuild(program: Command): void {
         const sde = flags.sourceDateEpoch === undefined ? undefined : Number(flags.sourceDateEpoch);
         if (sde !== undefined && (!Number.isInteger(sde) || sde < 0)) throw new UserError(`--source-date-epoch must be whole seconds, not "${flags.sourceDateEpoch}"`);
         const record = await build({
-          spec: specFile,
+          spec: flags.upgradeImage === undefined ? specFile : withUpgradeImage(loadSpec(specFile), flags.upgradeImage),
           arches: flags.arch ? parseArches(flags.arch) : undefined,
           formats: flags.format ? parseFormats(flags.format) : undefined,
           outDir: flags.out,

@@ -3,9 +3,10 @@ import type { Command } from 'commander';
 import { registerConfig } from './config.js';
 import { registerBuild } from './build.js';
 import { registerNode } from './node.js';
+import { registerPlan } from './plan.js';
 import { registerRun } from './run.js';
 import { registerSeed } from './seed.js';
 
 export type Register = (program: Command) => void;
 
-export const commands: Register[] = [registerConfig, registerBuild, registerNode, registerRun, registerSeed];
+export const commands: Register[] = [registerConfig, registerBuild, registerNode, registerPlan, registerRun, registerSeed];
