@@ -49,8 +49,7 @@ export interface SystemArtifacts {
   sourceDateEpoch: number;
   /**
    * The k3s binary of this version, for writers that carry it beside the
-   * squashfs (oci, the state partition's version folder). The squashfs holds
-   * it too, at /usr/local/bin/k3s.
+   * squashfs. The squashfs holds it too, at /usr/local/bin/k3s.
    */
   k3s?: string;
 }
@@ -70,6 +69,8 @@ export interface OutputContext {
   workDir: string;
   /** Progress and log lines. */
   log: (line: string) => void;
+  /** An ed25519 private key file (cairn build --sign): writers that carry an upgrade payload sign its record with it. */
+  signingKey?: string;
 }
 
 export type OutputWriter = (system: SystemArtifacts, ctx: OutputContext) => Promise<Artifact[]>;

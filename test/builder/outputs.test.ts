@@ -6,7 +6,7 @@
 import t, { type Test } from 'tap';
 import { createServer } from 'node:http';
 import { copyFileSync, createReadStream, existsSync, statSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -16,6 +16,7 @@ import { artifactStem, sha256File, stableUuid } from '../../src/builder/outputs/
 import { GPT_TYPES, planDisk, sfdiskScript, stateFsBytes, MIB } from '../../src/builder/outputs/disk.js';
 import { biosBootSectors, grubModuleDir, parseGrubEnv, renderDiskGrubCfg, renderGrubEnv, renderLiveGrubCfg } from '../../src/builder/outputs/grub.js';
 import { renderIpxe } from '../../src/builder/outputs/pxe.js';
+import { COMPONENTS, openPayload } from '../../src/upgrade/payload.js';
 import { parseFormats } from '../../src/builder/formats.js';
 import { FORMATS, type Arch, type OutputContext, type SystemArtifacts } from '../../src/builder/types.js';
 import { NETWORK_ERROR, SOURCE_DATE_EPOCH, fixtureSquashfs, fixtureSystem, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
@@ -257,7 +258,7 @@ for (const arch of ['amd64', 'arm64', 'armv7'] as const) {
     t.equal(meta.Architecture, arch === 'armv7' ? 'arm' : arch);
     t.equal(meta.Os, 'linux');
     t.equal(meta.Labels?.['org.opencontainers.image.version'], b.system.version);
-    t.equal(meta.Layers?.length, 1);
+    t.equal(meta.Layers?.length, 4, 'a layer per component and one for the record');
     const tagged = await execa('skopeo', ['inspect', `oci-archive:${at(`${stem}.oci.tar`)}:${b.system.version}`], { reject: false });
     t.equal(tagged.exitCode, 0, 'the image is named by its version');
     const again = path.join(dir, 'again.oci.tar');
@@ -266,19 +267,30 @@ for (const arch of ['amd64', 'arm64', 'armv7'] as const) {
     await outputs.oci(b.system, { outDir: dir, workDir, log: () => undefined });
     await execa('mv', [path.join(dir, `${stem}.oci.tar`), again]);
     t.ok((await readFile(again)).equals(await readFile(at(`${stem}.oci.tar`))), 'the OCI archive is byte-identical when built again');
-    // the payload inside the layer
+    // the payload in its layers, unpacked as a container runtime lays them out, and read back as the node does
     const layout = path.join(dir, 'layout');
     await mkdir(layout);
     await execa('tar', ['-xf', at(`${stem}.oci.tar`), '-C', layout]);
     const index = JSON.parse(await readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
-    const manifest = JSON.parse(await readFile(path.join(layout, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
-    const layerList = (await execa('tar', ['-tvf', path.join(layout, 'blobs/sha256', manifest.layers[0]!.digest.slice(7))])).stdout;
-    for (const f of ['cairn/kernel', 'cairn/initrd', 'cairn/rootfs.squashfs', 'cairn/release.json', 'cairn/version', 'cairn/SHA256SUMS']) t.match(layerList, new RegExp(`0/0 .* ${f}$`, 'm'), `layer holds ${f}`);
+    const manifest = JSON.parse(await readFile(path.join(layout, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string; annotations?: Record<string, string> }[] };
+    t.same(manifest.layers.map((l) => l.annotations?.['io.cairn.component']), ['kernel', 'initrd', 'rootfs.squashfs', 'payload']);
     const payload = path.join(dir, 'payload');
     await mkdir(payload);
-    await execa('tar', ['-xf', path.join(layout, 'blobs/sha256', manifest.layers[0]!.digest.slice(7)), '-C', payload]);
-    const sums = await execa('sha256sum', ['-c', 'SHA256SUMS'], { cwd: path.join(payload, 'cairn'), reject: false });
-    t.equal(sums.exitCode, 0, 'the payload matches its SHA256SUMS');
+    for (const l of manifest.layers) {
+      const blob = path.join(layout, 'blobs/sha256', l.digest.slice(7));
+      const files = (await execa('tar', ['-tvf', blob])).stdout.split('\n').filter((x) => !x.endsWith('/'));
+      for (const f of files) t.match(f, /^-rw-r--r-- 0\/0 /, `${l.annotations?.['io.cairn.component']}: ${f.split(' ').pop()} is root's, 0644`);
+      await execa('tar', ['-xf', blob, '-C', payload]);
+    }
+    t.same((await readdir(path.join(payload, 'cairn'))).sort(), ['initrd', 'kernel', 'payload.json', 'release.json', 'rootfs.squashfs']);
+    const opened = await openPayload(at(`${stem}.oci.tar`), { arch, workDir: path.join(dir, 'read') });
+    const sources = { kernel: b.system.kernel, initrd: b.system.initramfs, 'rootfs.squashfs': b.system.squashfs, 'release.json': b.system.release };
+    for (const c of COMPONENTS) {
+      t.same(opened.record.components[c], { sha256: await sha256File(sources[c]), size: statSync(sources[c]).size }, `payload.json records ${c}`);
+      t.equal(await sha256File(path.join(payload, 'cairn', c)), opened.record.components[c].sha256, `the unpacked ${c} matches payload.json`);
+    }
+    t.same({ name: opened.record.name, version: opened.record.version, arch: opened.record.arch }, { name: b.system.name, version: b.system.version, arch });
+    await opened.close();
   });
 }
 

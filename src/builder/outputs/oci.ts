@@ -3,24 +3,49 @@
  * (`skopeo copy oci-archive:FILE docker://registry/cairn:VERSION` pushes
  * it; system-upgrade-controller's Plan runs `cairn upgrade` from it).
  *
- * One uncompressed layer (the payload is compressed already) holding
- *   cairn/kernel  cairn/initrd  cairn/rootfs.squashfs  cairn/k3s (when the
- *   system has it)  cairn/release.json  cairn/version  cairn/SHA256SUMS
- * plus the image config and manifest; index.json names the image by its
- * version (org.opencontainers.image.ref.name). Deterministic: sorted
- * entries, times at SOURCE_DATE_EPOCH, owner 0:0, fixed JSON key order.
+ * One uncompressed layer (the payload is compressed already) per component,
+ * so an upgrade that changes one component moves one layer:
+ *
+ *   kernel           cairn/kernel
+ *   initrd           cairn/initrd
+ *   rootfs.squashfs  cairn/rootfs.squashfs
+ *   payload          cairn/release.json  cairn/payload.json  cairn/payload.json.sig (when signed)
+ *
+ * each descriptor annotated `io.cairn.component: <name>`; payload.json is
+ * the record that a signature covers (see src/upgrade/payload.ts). index.json
+ * names the image by its version (org.opencontainers.image.ref.name).
+ *
+ * Deterministic: sorted entries, owner 0:0, fixed JSON key order. A layer's
+ * bytes depend on its files' bytes alone (their times are 0, not
+ * SOURCE_DATE_EPOCH), so a kernel that did not change between two builds
+ * gives the same kernel layer, which a registry or node already has; the
+ * image config's times are SOURCE_DATE_EPOCH.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
+import { publicKeyOf, signRecord } from '../../upgrade/keys.js';
+import {
+  COMPONENT_ANNOTATION,
+  OCI_PLATFORMS,
+  PAYLOAD_DIR,
+  PAYLOAD_FORMAT,
+  RECORD_FILE,
+  RECORD_LAYER,
+  SIGNATURE_FILE,
+  renderRecord,
+  type ComponentName,
+  type ComponentRecord,
+  type PayloadRecord,
+} from '../../upgrade/payload.js';
 import type { Arch, Artifact, OutputWriter, SystemArtifacts } from '../types.js';
 import { artifactStem, sha256File } from './common.js';
 
-export const OCI_PAYLOAD_DIR = 'cairn';
+export const OCI_PAYLOAD_DIR = PAYLOAD_DIR;
 
 const MT = {
   index: 'application/vnd.oci.image.index.v1+json',
@@ -29,28 +54,10 @@ const MT = {
   layer: 'application/vnd.oci.image.layer.v1.tar',
 } as const;
 
-export const ociPlatform: Record<Arch, { architecture: string; os: 'linux'; variant?: string }> = {
-  amd64: { architecture: 'amd64', os: 'linux' },
-  arm64: { architecture: 'arm64', os: 'linux', variant: 'v8' },
-  armv7: { architecture: 'arm', os: 'linux', variant: 'v7' },
-};
+export const ociPlatform: Record<Arch, { architecture: string; os: 'linux'; variant?: string }> = OCI_PLATFORMS;
 
-interface PayloadFile {
-  name: string;
-  src?: string;
-  data?: Buffer;
-  mode: number;
-}
-
-/** The k3s binary of a system: the pipeline's, or the one in its root. */
-function findK3s(system: SystemArtifacts & { k3s?: string }): string | undefined {
-  if (system.k3s && existsSync(system.k3s)) return system.k3s;
-  for (const rel of ['usr/local/bin/k3s', 'usr/bin/k3s']) {
-    const p = path.join(system.rootfs, rel);
-    if (existsSync(p)) return p;
-  }
-  return undefined;
-}
+/** The time of every entry in a layer: fixed, so a layer's bytes are its files' bytes. */
+const LAYER_MTIME = new Date(0);
 
 type TarHeader = Parameters<tar.Pack['entry']>[0];
 
@@ -62,16 +69,28 @@ function addBuffer(pack: tar.Pack, h: TarHeader, data: Buffer): Promise<void> {
   return new Promise((resolve, reject) => pack.entry(h, data, (err) => (err ? reject(err) : resolve())));
 }
 
-async function addStream(pack: tar.Pack, h: TarHeader, file: string): Promise<void> {
+/** Adds a file, streaming; returns the sha256 and size of what went in (a file that changes meanwhile is an error). */
+async function addStream(pack: tar.Pack, h: TarHeader, file: string): Promise<ComponentRecord> {
   let done: () => void = () => undefined;
   let fail: (e: Error) => void = () => undefined;
   const finished = new Promise<void>((resolve, reject) => {
     done = resolve;
     fail = reject;
   });
+  const hash = createHash('sha256');
+  let size = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      hash.update(chunk);
+      size += chunk.length;
+      cb(null, chunk);
+    },
+  });
   const entry = pack.entry(h, (err) => (err ? fail(err) : done()));
-  await pipeline(createReadStream(file), entry);
+  await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), tap, entry);
   await finished;
+  if (size !== h.size) throw new Error(`${file} changed while it was written into the OCI image`);
+  return { sha256: hash.digest('hex'), size };
 }
 
 /** Writes a tar made by `fill` to `out`, returning its sha256 and size. */
@@ -99,41 +118,97 @@ async function writeTar(out: string, fill: (pack: tar.Pack) => Promise<void>): P
   return { digest: `sha256:${hash.digest('hex')}`, size };
 }
 
-export async function buildOciArchive(system: SystemArtifacts, workDir: string, out: string): Promise<{ manifestDigest: string; layerDigest: string }> {
-  const mtime = new Date(system.sourceDateEpoch * 1000);
-  const created = mtime.toISOString().replace(/\.000Z$/, 'Z');
-  const files: PayloadFile[] = [
-    { name: 'kernel', src: system.kernel, mode: 0o644 },
-    { name: 'initrd', src: system.initramfs, mode: 0o644 },
-    { name: 'rootfs.squashfs', src: system.squashfs, mode: 0o644 },
-    { name: 'release.json', src: system.release, mode: 0o644 },
-    { name: 'version', data: Buffer.from(`${system.version}\n`), mode: 0o644 },
-  ];
-  const k3s = findK3s(system);
-  if (k3s) files.push({ name: 'k3s', src: k3s, mode: 0o755 });
-  const sums: string[] = [];
-  for (const f of files) sums.push(`${f.src ? await sha256File(f.src) : createHash('sha256').update(f.data!).digest('hex')}  ${f.name}\n`);
-  files.push({ name: 'SHA256SUMS', data: Buffer.from(sums.sort((a, b) => (a.slice(66) < b.slice(66) ? -1 : 1)).join('')), mode: 0o644 });
-  files.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+interface LayerFile {
+  name: string;
+  src?: string;
+  data?: Buffer;
+  mode: number;
+}
 
-  // the layer
-  const layerFile = path.join(workDir, 'layer.tar');
-  const layer = await writeTar(layerFile, async (pack) => {
-    await addBuffer(pack, header(`${OCI_PAYLOAD_DIR}/`, 0, 0o755, mtime, 'directory'), Buffer.alloc(0));
-    for (const f of files) {
-      const name = `${OCI_PAYLOAD_DIR}/${f.name}`;
-      if (f.src) await addStream(pack, header(name, (await stat(f.src)).size, f.mode, mtime), f.src);
-      else await addBuffer(pack, header(name, f.data!.length, f.mode, mtime), f.data!);
+interface BuiltLayer {
+  component: string;
+  digest: string;
+  size: number;
+  file: string;
+  /** sha256 and size of each file in it, by name. */
+  files: Record<string, ComponentRecord>;
+}
+
+/** One layer: the payload folder and the files in it, in name order. */
+async function buildLayer(component: string, files: LayerFile[], workDir: string): Promise<BuiltLayer> {
+  const file = path.join(workDir, `layer-${component}.tar`);
+  const sums: Record<string, ComponentRecord> = {};
+  const sorted = [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const t = await writeTar(file, async (pack) => {
+    await addBuffer(pack, header(`${PAYLOAD_DIR}/`, 0, 0o755, LAYER_MTIME, 'directory'), Buffer.alloc(0));
+    for (const f of sorted) {
+      const name = `${PAYLOAD_DIR}/${f.name}`;
+      if (f.src) sums[f.name] = await addStream(pack, header(name, (await stat(f.src)).size, f.mode, LAYER_MTIME), f.src);
+      else {
+        await addBuffer(pack, header(name, f.data!.length, f.mode, LAYER_MTIME), f.data!);
+        sums[f.name] = { sha256: createHash('sha256').update(f.data!).digest('hex'), size: f.data!.length };
+      }
     }
   });
+  return { component, digest: t.digest, size: t.size, file, files: sums };
+}
+
+export interface OciOptions {
+  /** An ed25519 private key (PEM): payload.json is signed with it. */
+  signingKey?: string;
+}
+
+export interface OciResult {
+  manifestDigest: string;
+  layers: { component: string; digest: string; size: number }[];
+  record: PayloadRecord;
+  /** The fingerprint of the key that signed payload.json. */
+  signedBy?: string;
+}
+
+export async function buildOciArchive(system: SystemArtifacts, workDir: string, out: string, opts: OciOptions = {}): Promise<OciResult> {
+  const mtime = new Date(system.sourceDateEpoch * 1000);
+  const created = mtime.toISOString().replace(/\.000Z$/, 'Z');
+  const signer = opts.signingKey ? publicKeyOf(opts.signingKey) : undefined;
+
+  const component = async (name: Exclude<ComponentName, 'release.json'>, src: string) => buildLayer(name, [{ name, src, mode: 0o644 }], workDir);
+  const kernel = await component('kernel', system.kernel);
+  const initrd = await component('initrd', system.initramfs);
+  const squashfs = await component('rootfs.squashfs', system.squashfs);
+  const releaseSize = (await stat(system.release)).size;
+  const release = { sha256: await sha256File(system.release), size: releaseSize };
+  const record: PayloadRecord = {
+    format: PAYLOAD_FORMAT,
+    name: system.name,
+    version: system.version,
+    arch: system.arch,
+    sourceDateEpoch: system.sourceDateEpoch,
+    components: {
+      kernel: kernel.files.kernel!,
+      initrd: initrd.files.initrd!,
+      'rootfs.squashfs': squashfs.files['rootfs.squashfs']!,
+      'release.json': release,
+    },
+  };
+  const recordBytes = renderRecord(record);
+  const recordFiles: LayerFile[] = [
+    { name: 'release.json', src: system.release, mode: 0o644 },
+    { name: RECORD_FILE, data: recordBytes, mode: 0o644 },
+  ];
+  if (opts.signingKey) recordFiles.push({ name: SIGNATURE_FILE, data: signRecord(recordBytes, opts.signingKey), mode: 0o644 });
+  const meta = await buildLayer(RECORD_LAYER, recordFiles, workDir);
+  if (meta.files['release.json']!.sha256 !== release.sha256) throw new Error(`${system.release} changed while the OCI image was written`);
+  const layers = [kernel, initrd, squashfs, meta];
 
   const platform = ociPlatform[system.arch];
-  const labels = {
+  const labels: Record<string, string> = {
     'org.opencontainers.image.title': `cairn ${system.name}`,
     'org.opencontainers.image.version': system.version,
     'org.opencontainers.image.created': created,
     'io.cairn.kernel-release': system.kernelRelease,
-    'io.cairn.payload': OCI_PAYLOAD_DIR,
+    'io.cairn.payload': PAYLOAD_DIR,
+    'io.cairn.payload-format': String(PAYLOAD_FORMAT),
+    ...(signer ? { 'io.cairn.signed-by': signer.fingerprint } : {}),
   };
   const config = Buffer.from(
     JSON.stringify({
@@ -142,8 +217,8 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
       ...(platform.variant ? { variant: platform.variant } : {}),
       os: platform.os,
       config: { Labels: labels },
-      rootfs: { type: 'layers', diff_ids: [layer.digest] },
-      history: [{ created, created_by: 'cairn build', comment: `cairn ${system.name} ${system.version} upgrade payload` }],
+      rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
+      history: layers.map((l) => ({ created, created_by: 'cairn build', comment: `cairn ${system.name} ${system.version}: ${l.component}` })),
     }),
   );
   const configDigest = `sha256:${createHash('sha256').update(config).digest('hex')}`;
@@ -152,7 +227,7 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
       schemaVersion: 2,
       mediaType: MT.manifest,
       config: { mediaType: MT.config, digest: configDigest, size: config.length },
-      layers: [{ mediaType: MT.layer, digest: layer.digest, size: layer.size }],
+      layers: layers.map((l) => ({ mediaType: MT.layer, digest: l.digest, size: l.size, annotations: { [COMPONENT_ANNOTATION]: l.component } })),
       annotations: labels,
     }),
   );
@@ -174,31 +249,40 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
   );
   const layout = Buffer.from(JSON.stringify({ imageLayoutVersion: '1.0.0' }));
 
-  const blobs: { digest: string; data?: Buffer; file?: string; size: number }[] = [
-    { digest: configDigest, data: config, size: config.length },
-    { digest: manifestDigest, data: manifest, size: manifest.length },
-    { digest: layer.digest, file: layerFile, size: layer.size },
-  ].sort((a, b) => (a.digest < b.digest ? -1 : 1));
+  // Two components with the same bytes are one blob.
+  const blobs = new Map<string, { digest: string; data?: Buffer; file?: string; size: number }>();
+  blobs.set(configDigest, { digest: configDigest, data: config, size: config.length });
+  blobs.set(manifestDigest, { digest: manifestDigest, data: manifest, size: manifest.length });
+  for (const l of layers) if (!blobs.has(l.digest)) blobs.set(l.digest, { digest: l.digest, file: l.file, size: l.size });
+  const sorted = [...blobs.values()].sort((a, b) => (a.digest < b.digest ? -1 : 1));
   await rm(out, { force: true });
-  await writeTar(out, async (pack) => {
-    await addBuffer(pack, header('blobs/', 0, 0o755, mtime, 'directory'), Buffer.alloc(0));
-    await addBuffer(pack, header('blobs/sha256/', 0, 0o755, mtime, 'directory'), Buffer.alloc(0));
-    for (const b of blobs) {
-      const name = `blobs/sha256/${b.digest.slice('sha256:'.length)}`;
-      if (b.file) await addStream(pack, header(name, b.size, 0o644, mtime), b.file);
-      else await addBuffer(pack, header(name, b.size, 0o644, mtime), b.data!);
-    }
-    await addBuffer(pack, header('index.json', index.length, 0o644, mtime), index);
-    await addBuffer(pack, header('oci-layout', layout.length, 0o644, mtime), layout);
-  });
-  await rm(layerFile, { force: true });
-  return { manifestDigest, layerDigest: layer.digest };
+  try {
+    await writeTar(out, async (pack) => {
+      await addBuffer(pack, header('blobs/', 0, 0o755, mtime, 'directory'), Buffer.alloc(0));
+      await addBuffer(pack, header('blobs/sha256/', 0, 0o755, mtime, 'directory'), Buffer.alloc(0));
+      for (const b of sorted) {
+        const name = `blobs/sha256/${b.digest.slice('sha256:'.length)}`;
+        if (b.file) await addStream(pack, header(name, b.size, 0o644, mtime), b.file);
+        else await addBuffer(pack, header(name, b.size, 0o644, mtime), b.data!);
+      }
+      await addBuffer(pack, header('index.json', index.length, 0o644, mtime), index);
+      await addBuffer(pack, header('oci-layout', layout.length, 0o644, mtime), layout);
+    });
+  } finally {
+    for (const l of layers) await rm(l.file, { force: true });
+  }
+  return {
+    manifestDigest,
+    layers: layers.map((l) => ({ component: l.component, digest: l.digest, size: l.size })),
+    record,
+    ...(signer ? { signedBy: signer.fingerprint } : {}),
+  };
 }
 
 export const oci: OutputWriter = async (system, ctx) => {
   const file = `${artifactStem(system)}.oci.tar`;
-  ctx.log(`oci: ${file}`);
-  await buildOciArchive(system, ctx.workDir, path.join(ctx.outDir, file));
+  const r = await buildOciArchive(system, ctx.workDir, path.join(ctx.outDir, file), { signingKey: ctx.signingKey });
+  ctx.log(`oci: ${file}, payload ${r.signedBy ? `signed by key ${r.signedBy}` : 'unsigned'}`);
   const artifacts: Artifact[] = [{ file, format: 'oci', arch: system.arch }];
   return artifacts;
 };
