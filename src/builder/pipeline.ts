@@ -29,6 +29,7 @@ import { buildSquashfs, squashfsInputs } from './stages/squashfs.js';
 import { SYSTEM_STAGE_VERSION, buildSystem, systemKey, type SystemData, type SystemInputs } from './stages/system.js';
 import type { Arch, Artifact, Format, OutputWriter, SystemArtifacts } from './types.js';
 import { defaultInitramfs, defaultOutputs, type InitramfsFn } from './writers.js';
+import { publicKeyOf } from '../upgrade/keys.js';
 
 export interface BuildOptions {
   spec: string | ImageSpec;
@@ -55,6 +56,12 @@ export interface BuildOptions {
   initramfs?: InitramfsFn;
   /** Skip the host tool check (tests that inject writers). */
   skipHostCheck?: boolean;
+  /**
+   * An ed25519 private key file (cairn build --sign): the upgrade payload of
+   * every oci output is signed with it, and the image trusts its public key
+   * (so nodes running the image take only payloads it signed).
+   */
+  signingKey?: string;
 }
 
 export async function resolveSourceDateEpoch(explicit?: number): Promise<number> {
@@ -91,6 +98,9 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
   await checkOverlayInputs(spec);
   await checkRuntimeInputs(spec, log);
   const sde = await resolveSourceDateEpoch(opts.sourceDateEpoch);
+  // A bad key stops the build before any stage runs.
+  const signingKey = opts.signingKey === undefined ? undefined : path.resolve(opts.signingKey);
+  const signer = signingKey === undefined ? undefined : publicKeyOf(signingKey);
   const squashfsSettings = { ...spec.squashfs, ...opts.squashfs };
 
   const outDir = path.resolve(opts.outDir ?? 'out');
@@ -146,6 +156,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         init: init.sha256,
         // The profile's globs, not only its name: a changed profile prunes anew.
         modules: { ...spec.modules, globs: moduleProfile(spec.modules.profile, arch) },
+        trustedKeys: signer ? [signer] : undefined,
       };
       // The rootfs is only read (and checked) when the system tree must be made anew.
       const cachedSystem = await cache.lookup<SystemData>('system', systemKey(sysIn));
@@ -227,7 +238,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         await mkdir(workDir, { recursive: true });
         const made = await reporter.stage(`${format}${arches.length > 1 ? `/${arch}` : ''}`, async () => {
           const t = performance.now();
-          const r = await writer(sys, { outDir: staging, workDir, log });
+          const r = await writer(sys, { outDir: staging, workDir, log, signingKey });
           stages.push({ name: format, seconds: (performance.now() - t) / 1000, cached: false });
           return { value: r, cached: false, detail: r.map((a) => a.file).join(', ') };
         }, { long: true });

@@ -10,7 +10,8 @@ import { rename, rm, lstat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Entry, StageCache } from '../cache.js';
 import { hashValue } from '../hash.js';
-import { linkTree } from '../fsutil.js';
+import { linkTree, writeFresh } from '../fsutil.js';
+import { TRUSTED_KEYS_IN_ROOT } from '../../upgrade/keys.js';
 import type { ImageSpec } from '../spec.js';
 import type { Arch } from '../types.js';
 import { applyOverlay } from './overlay.js';
@@ -36,6 +37,12 @@ export interface SystemInputs {
   runtime: unknown;
   init: string;
   modules: ImageSpec['modules'] & { globs?: unknown };
+  /**
+   * Public keys the image trusts for upgrade payloads (cairn build --sign),
+   * written to /usr/lib/cairn/keys/<fingerprint>.pub. Absent when the build
+   * is not signed, which keeps the key of an unsigned build as it was.
+   */
+  trustedKeys?: { fingerprint: string; pem: string }[];
 }
 
 export function systemKey(inputs: SystemInputs): string {
@@ -74,7 +81,10 @@ export async function buildSystem(
         return v;
       };
       await timed('copy', () => linkTree(path.join(ctx.rootfs.dir, 'rootfs'), root));
-      await timed('overlay', () => applyOverlay(root, ctx.spec, ctx.log));
+      await timed('overlay', async () => {
+        await applyOverlay(root, ctx.spec, ctx.log);
+        await installTrustedKeys(root, inputs.trustedKeys ?? [], ctx.log);
+      });
       await timed('runtime', () => installRuntime(root, ctx.spec, ctx.k3sBinary, ctx.log));
       await timed('init', () => installInit(root, ctx.init, ctx.log));
       const pruned = await timed('prune', async () => {
@@ -93,4 +103,12 @@ export async function buildSystem(
     },
     { needBytes: 300 * 1024 ** 2 },
   );
+}
+
+/** The payload signing keys an image trusts: a node running it takes only upgrades one of them signed. */
+export async function installTrustedKeys(root: string, keys: { fingerprint: string; pem: string }[], log: (l: string) => void): Promise<void> {
+  for (const k of keys) {
+    await writeFresh(root, `${TRUSTED_KEYS_IN_ROOT}/${k.fingerprint}.pub`, { content: k.pem }, { mode: 0o644, uid: 0, gid: 0 });
+  }
+  if (keys.length) log(`keys: the image trusts upgrade payloads signed by ${keys.map((k) => k.fingerprint).join(', ')}`);
 }

@@ -17,6 +17,7 @@ interface BuildFlags {
   compression?: string;
   level?: string;
   sourceDateEpoch?: string;
+  sign?: string;
   upgradeImage?: string;
 }
 
@@ -35,6 +36,7 @@ export function registerBuild(program: Command): void {
     .option('--level <n>', 'squashfs compression level (a low zstd level such as 3 makes fast development builds)')
     .option('--source-date-epoch <seconds>', 'time stamp of every file (default $SOURCE_DATE_EPOCH, else the last commit\'s time)')
     .option('--upgrade-image <ref>', 'OCI repository the upgrade image is pushed to, without a tag, e.g. registry.example/cairn: ships a system-upgrade-controller Plan that upgrades labelled nodes to this version (overrides the spec\'s upgrade.image)')
+    .option('--sign <key>', 'sign the OCI upgrade payload with this ed25519 private key (cairn keys generate); the image then trusts only payloads signed by it')
     .option('--json', 'print the build record as JSON on stdout')
     .option('-q, --quiet', 'print nothing but errors (and --json)')
     .action(async (specFile: string, flags: BuildFlags) => {
@@ -69,6 +71,7 @@ export function registerBuild(program: Command): void {
           sourceDateEpoch: sde,
           reporter: createReporter({ quiet: flags.quiet }),
           signal: controller.signal,
+          signingKey: flags.sign,
         });
         if (flags.json) process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
         else if (!flags.quiet) {
