@@ -136,6 +136,8 @@ const K3S = [
   // virtualisation on the node (KubeVirt, Kata): kvm and its vendor modules
   'arch/*/kvm/**',
   'virt/**',
+  // the hardware watchdog an upgrade's trial boot arms (softdog where there is none)
+  'drivers/watchdog/**',
 ];
 
 /** ARM boards: clocks, regulators, PCIe and PHY drivers the SoC needs to reach storage and network. */

@@ -5,12 +5,14 @@
 import { Command, CommanderError } from 'commander';
 import { registerConfig } from '../cli/commands/config.js';
 import { registerNode } from '../cli/commands/node.js';
+import { registerUpgrade } from '../cli/commands/upgrade.js';
 import { EXIT_INTERNAL, EXIT_USER, UserError, describeError } from '../errors.js';
 import { VERSION } from '../version.js';
 
 const program = new Command('cairn').description('cairn on this node').version(VERSION, '-V, --version').exitOverride();
 registerConfig(program);
 registerNode(program);
+registerUpgrade(program);
 try {
   await program.parseAsync(process.argv.slice(2), { from: 'user' });
 } catch (err) {

@@ -3,7 +3,8 @@
 // image, so that it ships the upgrade Plan. Built once per run through the
 // normal stage cache, so later runs only check it.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { createPrivateKey, createPublicKey } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -19,15 +20,58 @@ export interface TestImage {
   sourceDateEpoch: number;
 }
 
+/**
+ * The key the test images are signed with: derived from a fixed seed, so the
+ * image (which carries the public key) stays the same from run to run and
+ * its stages come from the cache. A test key, trusted by test images only.
+ */
+export function testSigningKey(): { key: string; pub: string } {
+  const dir = join(REPO, '.tap', 'signing');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const seed = Buffer.alloc(32, 0x5a);
+  const der = Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), seed]);
+  const priv = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' });
+  const key = join(dir, 'test.key');
+  writeFileSync(key, priv.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+  const pub = join(dir, 'test.pub');
+  writeFileSync(pub, createPublicKey(priv).export({ format: 'pem', type: 'spki' }));
+  return { key, pub };
+}
+
+function cairnBuild(args: string[], what: string): void {
+  const r = spawnSync(join(REPO, 'bin/cairn'), ['build', ...args, '--k3s', K3S_DOUBLE, '--upgrade-image', 'registry.example/cairn', '--level', '3', '--sign', testSigningKey().key, '--quiet'], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'inherit', 'pipe'],
+    timeout: 40 * 60_000,
+  });
+  if (r.status !== 0) throw new Error(`building ${what} failed (exit ${r.status}):\n${r.stderr}`);
+}
+
+/**
+ * Another version of the default image, as an OCI upgrade payload: the
+ * default spec with another version (and optionally more overlays or
+ * kernel arguments), signed with the test key. Returns the archive's path.
+ */
+export function buildUpgradeVersion(version: string, opts: { overlays?: string[]; cmdline?: string } = {}): string {
+  const out = join(REPO, '.tap', `upgrade-${version}`);
+  mkdirSync(out, { recursive: true });
+  const specText = readFileSync(join(REPO, 'images/default.yaml'), 'utf8')
+    .replace(/^version: .*$/m, `version: ${version}`)
+    .replace(/^ {2}- manifests\//gm, `  - ${join(REPO, 'images/manifests')}/`)
+    .replace(/^overlays: \[\]$/m, `overlays: [${(opts.overlays ?? []).map((o) => JSON.stringify(join(REPO, o))).join(', ')}]`)
+    .replace(/^cmdline: (.*)$/m, (_, c: string) => `cmdline: ${c}${opts.cmdline ? ` ${opts.cmdline}` : ''}`);
+  const spec = join(out, 'default.yaml');
+  writeFileSync(spec, specText);
+  cairnBuild([spec, '--arch', 'amd64', '--format', 'oci', '--out', out], `version ${version}`);
+  const archive = join(out, `default-${version}-amd64.oci.tar`);
+  if (!existsSync(archive)) throw new Error(`the build did not write ${archive}`);
+  return archive;
+}
+
 export function buildTestImage(): TestImage {
   const out = join(REPO, '.tap', 'boot-image');
   mkdirSync(out, { recursive: true });
-  const r = spawnSync(
-    join(REPO, 'bin/cairn'),
-    ['build', join(REPO, 'images/default.yaml'), '--arch', 'amd64', '--format', 'iso,raw,pxe', '--k3s', K3S_DOUBLE, '--upgrade-image', 'registry.example/cairn', '--level', '3', '--out', out, '--quiet'],
-    { encoding: 'utf8', stdio: ['ignore', 'inherit', 'pipe'], timeout: 40 * 60_000 },
-  );
-  if (r.status !== 0) throw new Error(`building the test image failed (exit ${r.status}):\n${r.stderr}`);
+  cairnBuild([join(REPO, 'images/default.yaml'), '--arch', 'amd64', '--format', 'iso,raw,pxe', '--out', out], 'the test image');
   const files = { iso: join(out, 'default-0.1.0-amd64.iso'), raw: join(out, 'default-0.1.0-amd64.raw'), pxe: join(out, 'default-0.1.0-amd64-pxe') };
   for (const f of Object.values(files)) if (!existsSync(f)) throw new Error(`the build did not write ${f}`);
   const release = JSON.parse(readFileSync(join(files.pxe, 'release.json'), 'utf8')) as { sourceDateEpoch?: unknown };
