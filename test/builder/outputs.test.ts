@@ -258,7 +258,7 @@ for (const arch of ['amd64', 'arm64', 'armv7'] as const) {
     t.equal(meta.Architecture, arch === 'armv7' ? 'arm' : arch);
     t.equal(meta.Os, 'linux');
     t.equal(meta.Labels?.['org.opencontainers.image.version'], b.system.version);
-    t.equal(meta.Layers?.length, 4, 'a layer per component and one for the record');
+    t.equal(meta.Layers?.length, 5, 'the runner, a layer per component and one for the record');
     const tagged = await execa('skopeo', ['inspect', `oci-archive:${at(`${stem}.oci.tar`)}:${b.system.version}`], { reject: false });
     t.equal(tagged.exitCode, 0, 'the image is named by its version');
     const again = path.join(dir, 'again.oci.tar');
@@ -273,16 +273,19 @@ for (const arch of ['amd64', 'arm64', 'armv7'] as const) {
     await execa('tar', ['-xf', at(`${stem}.oci.tar`), '-C', layout]);
     const index = JSON.parse(await readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
     const manifest = JSON.parse(await readFile(path.join(layout, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string; annotations?: Record<string, string> }[] };
-    t.same(manifest.layers.map((l) => l.annotations?.['io.cairn.component']), ['kernel', 'initrd', 'rootfs.squashfs', 'payload']);
+    t.same(manifest.layers.map((l) => l.annotations?.['io.cairn.component']), ['runner', 'kernel', 'initrd', 'rootfs.squashfs', 'payload']);
     const payload = path.join(dir, 'payload');
     await mkdir(payload);
     for (const l of manifest.layers) {
       const blob = path.join(layout, 'blobs/sha256', l.digest.slice(7));
       const files = (await execa('tar', ['-tvf', blob])).stdout.split('\n').filter((x) => !x.endsWith('/'));
-      for (const f of files) t.match(f, /^-rw-r--r-- 0\/0 /, `${l.annotations?.['io.cairn.component']}: ${f.split(' ').pop()} is root's, 0644`);
+      const runner = l.annotations?.['io.cairn.component'] === 'runner';
+      for (const f of files) t.match(f, runner ? /^(-rwxr-xr-x|lrwxrwxrwx) 0\/0 / : /^-rw-r--r-- 0\/0 /, `${l.annotations?.['io.cairn.component']}: ${f.split(' ').pop()} is root's`);
       await execa('tar', ['-xf', blob, '-C', payload]);
     }
     t.same((await readdir(path.join(payload, 'cairn'))).sort(), ['initrd', 'kernel', 'payload.json', 'release.json', 'rootfs.squashfs']);
+    t.equal((await execa('file', ['-b', path.join(payload, 'bin/busybox')])).stdout.includes('statically linked'), true, "the image's /bin/sh is the root's static busybox");
+    t.equal(await sha256File(path.join(payload, 'bin/busybox')), await sha256File(path.join(b.system.rootfs, 'usr/bin/busybox')));
     const opened = await openPayload(at(`${stem}.oci.tar`), { arch, workDir: path.join(dir, 'read') });
     const sources = { kernel: b.system.kernel, initrd: b.system.initramfs, 'rootfs.squashfs': b.system.squashfs, 'release.json': b.system.release };
     for (const c of COMPONENTS) {

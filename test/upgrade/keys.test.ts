@@ -4,10 +4,11 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { build } from '../../src/builder/pipeline.js';
-import { oci } from '../../src/builder/outputs/oci.js';
+import { oci as ociWriter } from '../../src/builder/outputs/oci.js';
+import type { OutputWriter } from '../../src/builder/types.js';
 import { fingerprint, generateKeys, publicKeyOf, signRecord, verifyRecord } from '../../src/upgrade/keys.js';
 import { openPayload } from '../../src/upgrade/payload.js';
 import { REPO, plantRootfs, quickBuild, tempDir, writeSpec } from '../builder/support.js';
@@ -178,6 +179,11 @@ t.test('cairn build --sign: the payload is signed and the image trusts the key; 
   const spec = await writeSpec(dir, { formats: ['oci'] });
   await plantRootfs(cacheDir, spec, 'amd64');
   const k = generateKeys(path.join(dir, 'keys'), 'release');
+  // the fake root's busybox is a stand-in: the upgrade image gets this machine's static one
+  const bbRoot = path.join(dir, 'bb-root');
+  mkdirSync(path.join(bbRoot, 'usr/bin'), { recursive: true });
+  copyFileSync(['/usr/bin/busybox', '/bin/busybox'].find((p) => existsSync(p))!, path.join(bbRoot, 'usr/bin/busybox'));
+  const oci: OutputWriter = (sys, ctx) => ociWriter({ ...sys, rootfs: bbRoot }, ctx);
 
   // unsigned first: no keys in the image
   const plain = quickBuild(spec, cacheDir, path.join(dir, 'out-plain'), { formats: ['oci'], outputs: { oci } });

@@ -6,20 +6,24 @@ import t, { type Test } from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
-import { copyFile, mkdir, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, symlink, mkdir, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
-import { buildOciArchive, oci } from '../../src/builder/outputs/oci.js';
+import { elfIsDynamic } from '../../src/builder/initramfs/index.js';
+import { buildOciArchive, oci, renderRunner } from '../../src/builder/outputs/oci.js';
 import type { Arch, SystemArtifacts } from '../../src/builder/types.js';
 import { generateKeys, verifyRecord } from '../../src/upgrade/keys.js';
 import { COMPONENTS, openPayload, parseRecord, renderRecord, type OpenedPayload, type PayloadRecord } from '../../src/upgrade/payload.js';
 import { tempDir } from '../builder/support.js';
 
 const SDE = 1_700_000_000;
+/** A static busybox (busybox-static) of this machine, standing in for the image root's. */
+const HOST_BUSYBOX = ['/usr/bin/busybox', '/bin/busybox'].find((p) => existsSync(p) && !elfIsDynamic(readFileSync(p))) ?? '';
+if (!HOST_BUSYBOX) throw new Error('these tests need a static busybox on the machine: apt-get install busybox-static');
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const digestOf = (b: Buffer) => `sha256:${sha(b)}`;
 
@@ -30,7 +34,9 @@ interface Fixture {
 
 /** A system of small files: sizes that are not multiples of 512, a squashfs of a few MiB (several read chunks). */
 async function fixture(dir: string, opts: { arch?: Arch; version?: string; sde?: number; squashfs?: Buffer; kernel?: Buffer } = {}): Promise<Fixture> {
-  await mkdir(path.join(dir, 'rootfs'), { recursive: true });
+  // the image root: only its static busybox is read (the upgrade image's /bin/sh)
+  await mkdir(path.join(dir, 'rootfs/usr/bin'), { recursive: true });
+  await copyFile(HOST_BUSYBOX, path.join(dir, 'rootfs/usr/bin/busybox'));
   const arch = opts.arch ?? 'amd64';
   const version = opts.version ?? '1.2.3';
   const files = {
@@ -77,11 +83,17 @@ async function untar(file: string | Buffer, dest: string): Promise<string[]> {
     names.push(h.name);
     const to = path.join(dest, h.name);
     if (h.type === 'directory') await mkdir(to, { recursive: true });
-    else {
+    else if (h.type === 'symlink') {
+      await mkdir(path.dirname(to), { recursive: true });
+      await rm(to, { force: true });
+      await symlink(h.linkname, to);
+      entry.resume();
+    } else {
       await mkdir(path.dirname(to), { recursive: true });
       const chunks: Buffer[] = [];
       for await (const c of entry) chunks.push(c as Buffer);
       await writeFile(to, Buffer.concat(chunks));
+      await chmod(to, h.mode);
     }
   }
   await feeding;
@@ -151,10 +163,11 @@ t.test('the archive: one layer per component, annotated; payload.json records ea
   const l = await readLayout(layout);
   t.equal(l.index.manifests.length, 1);
   t.same(l.index.manifests[0]!.platform, { architecture: 'amd64', os: 'linux' });
-  t.same(l.manifest.layers.map((x) => x.annotations?.['io.cairn.component']), ['kernel', 'initrd', 'rootfs.squashfs', 'payload']);
-  t.same(l.manifest.layers.map((x) => x.mediaType), Array(4).fill('application/vnd.oci.image.layer.v1.tar'), 'uncompressed layers');
+  t.same(l.manifest.layers.map((x) => x.annotations?.['io.cairn.component']), ['runner', 'kernel', 'initrd', 'rootfs.squashfs', 'payload']);
+  t.same(l.manifest.layers.map((x) => x.mediaType), Array(5).fill('application/vnd.oci.image.layer.v1.tar'), 'uncompressed layers');
   t.same(l.config.rootfs.diff_ids, l.manifest.layers.map((x) => x.digest), 'diff_ids are the (uncompressed) layers');
-  t.equal(l.config.history.length, 4, 'one history entry per layer');
+  t.equal(l.config.history.length, 5, 'one history entry per layer');
+  t.same((l.config.config as Record<string, unknown>).Entrypoint, ['/usr/bin/cairn'], 'the image runs /usr/bin/cairn');
   t.equal(l.config.os, 'linux');
   t.equal(l.config.architecture, 'amd64');
   t.equal(l.config.config.Labels['org.opencontainers.image.version'], '1.2.3');
@@ -169,10 +182,12 @@ t.test('the archive: one layer per component, annotated; payload.json records ea
     for (const e of entries) {
       t.equal(`${e.uid}:${e.gid}`, '0:0', `${e.name} owned by 0:0`);
       t.equal(e.mtime, 0, `${e.name}: time 0, so the layer's bytes are its files' bytes`);
-      t.equal(e.mode, e.type === 'directory' ? 0o755 : 0o644);
+      const runnable = e.type === 'directory' || e.name === 'bin/busybox' || e.name === 'usr/bin/cairn';
+      t.equal(e.mode, e.type === 'symlink' ? 0o777 : runnable ? 0o755 : 0o644, `${e.name} mode`);
     }
   }
   t.same(contents, {
+    runner: ['bin/', 'bin/busybox', 'bin/sh', 'usr/', 'usr/bin/', 'usr/bin/cairn'],
     kernel: ['cairn/', 'cairn/kernel'],
     initrd: ['cairn/', 'cairn/initrd'],
     'rootfs.squashfs': ['cairn/', 'cairn/rootfs.squashfs'],
@@ -256,9 +271,72 @@ t.test('the oci writer: <stem>.oci.tar in the output folder, signed when the bui
   await untar(path.join(dir, 'out/default-1.2.3-amd64.oci.tar'), layout);
   const l = await readLayout(layout);
   t.equal(l.config.config.Labels['io.cairn.signed-by'], key.fingerprint);
-  const last = await tarEntries(l.blob(l.manifest.layers[3]!.digest));
+  const last = await tarEntries(l.blob(l.manifest.layers[4]!.digest));
   t.same(last.map((e) => e.name), ['cairn/', 'cairn/payload.json', 'cairn/payload.json.sig', 'cairn/release.json']);
   t.equal(last[2]!.size, 64, 'a raw ed25519 signature');
+
+  // the image's /bin/sh is the root's static busybox: without one there is no runnable image
+  const bb = path.join(fx.system.rootfs, 'usr/bin/busybox');
+  const dynamic = ['/bin/ls', '/usr/bin/ls'].find((x) => existsSync(x) && elfIsDynamic(readFileSync(x)));
+  if (dynamic) {
+    await copyFile(dynamic, bb);
+    await t.rejects(buildOciArchive(fx.system, path.join(dir, 'work'), path.join(dir, 'x.tar')), { name: 'UserError', message: /usr\/bin\/busybox is a dynamically linked busybox: the upgrade image needs a static one/, hint: /busybox-static/ });
+  }
+  await writeFile(bb, '#!/bin/sh\n');
+  await t.rejects(buildOciArchive(fx.system, path.join(dir, 'work'), path.join(dir, 'x.tar')), { name: 'UserError', message: /usr\/bin\/busybox is not a busybox executable/ });
+  await rm(bb);
+  await t.rejects(buildOciArchive(fx.system, path.join(dir, 'work'), path.join(dir, 'x.tar')), { name: 'UserError', message: /the image root .* has no busybox \(looked in \/usr\/bin and \/bin\)/, hint: /busybox-static/ });
+  t.notOk(existsSync(path.join(dir, 'x.tar')), 'no archive written');
+});
+
+t.test('the image runs: /usr/bin/cairn copies the payload to the node at /host and runs the node\'s cairn upgrade on it', { skip: process.getuid?.() !== 0 && 'needs root (chroot)' }, async (t) => {
+  const key = generateKeys(path.join(await work(t), 'keys'), 'k');
+  const a = await archiveOf(t, { signingKey: key.privateKey });
+  const layout = path.join(a.dir, 'layout');
+  await untar(a.archive, layout);
+  const l = await readLayout(layout);
+  // the container's root, as a runtime lays the layers out
+  const c = path.join(a.dir, 'container');
+  for (const x of l.manifest.layers) await untar(l.blob(x.digest), c);
+  t.equal(readFileSync(path.join(c, 'usr/bin/cairn'), 'utf8'), renderRunner());
+  const bare = spawnSync('chroot', [c, '/usr/bin/cairn', 'upgrade'], { encoding: 'utf8' });
+  t.equal(bare.status, 1, 'no node mounted at /host');
+  t.match(bare.stderr, /no cairn node at \/host \(\/host\/usr\/local\/bin\/cairn is missing\): mount the node's root filesystem at \/host/);
+  const help = spawnSync('chroot', [c, '/usr/bin/cairn', '--help'], { encoding: 'utf8' });
+  t.equal(help.status, 0);
+  t.match(help.stdout, /usage: cairn upgrade \[options\]/);
+
+  // the node: a shell, and a cairn that reports how it was called and what it was given
+  const host = path.join(c, 'host');
+  await mkdir(path.join(host, 'bin'), { recursive: true });
+  await mkdir(path.join(host, 'usr/local/bin'), { recursive: true });
+  await mkdir(path.join(host, 'out'));
+  await copyFile(HOST_BUSYBOX, path.join(host, 'bin/busybox'));
+  await symlink('busybox', path.join(host, 'bin/sh'));
+  await writeFile(
+    path.join(host, 'usr/local/bin/cairn'),
+    '#!/bin/sh\necho "$@" > /out/args\ncd /var/lib/cairn/upgrade-payload && /bin/busybox sha256sum * > /out/sums\nexit 3\n',
+    { mode: 0o755 },
+  );
+  await mkdir(path.join(host, 'var/lib/cairn/upgrade-payload.new'), { recursive: true });
+  await writeFile(path.join(host, 'var/lib/cairn/upgrade-payload.new/stale'), 'from a job that was killed');
+  const r = spawnSync('chroot', [c, '/usr/bin/cairn', 'upgrade', '--check'], { encoding: 'utf8' });
+  t.equal(r.status, 3, `the node's cairn's exit status is the job's ${r.stderr}`);
+  t.equal(readFileSync(path.join(host, 'out/args'), 'utf8'), 'upgrade --source /var/lib/cairn/upgrade-payload --check\n');
+  const sums = Object.fromEntries(readFileSync(path.join(host, 'out/sums'), 'utf8').trim().split('\n').map((x) => x.split(/\s+/).reverse()));
+  t.same(Object.keys(sums).sort(), ['initrd', 'kernel', 'payload.json', 'payload.json.sig', 'release.json', 'rootfs.squashfs'], 'every payload file, the signature too, and nothing stale');
+  for (const comp of COMPONENTS) t.equal(sums[comp], sha(a.files[comp]), `${comp} copied intact`);
+  t.notOk(existsSync(path.join(host, 'var/lib/cairn/upgrade-payload')), 'the copy is removed afterwards');
+  t.notOk(existsSync(path.join(host, 'var/lib/cairn/upgrade-payload.new')));
+  // and the copy is what cairn upgrade reads: a folder of payload files
+  await rm(path.join(host, 'out/args'));
+  await writeFile(path.join(host, 'usr/local/bin/cairn'), '#!/bin/sh\n/bin/busybox cp -r /var/lib/cairn/upgrade-payload /out/payload\n', { mode: 0o755 });
+  t.equal(spawnSync('chroot', [c, '/usr/bin/cairn', 'upgrade'], { encoding: 'utf8' }).status, 0);
+  const p = await openPayload(path.join(host, 'out/payload'), { arch: 'amd64', workDir: await work(t) });
+  t.equal(p.kind, 'folder');
+  t.same(p.record, a.result.record);
+  t.ok(p.signature);
+  await p.close();
 });
 
 // ----- reading it back: every kind of source ---------------------------------------
@@ -574,12 +652,12 @@ t.test('a damaged layout folder: missing index.json, manifest or layer; a trunca
   }
   {
     const { dir, l } = await fresh('no-layer');
-    await rm(l.blob(l.manifest.layers[2]!.digest));
-    await t.rejects(openPayload(dir, { workDir: wd }), { name: 'UserError', message: new RegExp(`no-layer has no blob ${l.manifest.layers[2]!.digest} \\(the layer rootfs\\.squashfs\\)`) });
+    await rm(l.blob(l.manifest.layers.find((x) => x.annotations?.['io.cairn.component'] === 'rootfs.squashfs')!.digest));
+    await t.rejects(openPayload(dir, { workDir: wd }), { name: 'UserError', message: new RegExp(`no-layer has no blob ${l.manifest.layers.find((x) => x.annotations?.['io.cairn.component'] === 'rootfs.squashfs')!.digest} \\(the layer rootfs\\.squashfs\\)`) });
   }
   {
     const { dir, l } = await fresh('short-layer');
-    await truncate(l.blob(l.manifest.layers[2]!.digest), 1000);
+    await truncate(l.blob(l.manifest.layers.find((x) => x.annotations?.['io.cairn.component'] === 'rootfs.squashfs')!.digest), 1000);
     await t.rejects(openPayload(dir, { workDir: wd }), { name: 'UserError', message: /the layer sha256:[0-9a-f]{64} \(rootfs\.squashfs\) is 1000 bytes, its descriptor says \d+: truncated or corrupt/ });
   }
   {

@@ -6,6 +6,7 @@
  * One uncompressed layer (the payload is compressed already) per component,
  * so an upgrade that changes one component moves one layer:
  *
+ *   runner           bin/busybox  bin/sh  usr/bin/cairn (the entrypoint)
  *   kernel           cairn/kernel
  *   initrd           cairn/initrd
  *   rootfs.squashfs  cairn/rootfs.squashfs
@@ -15,6 +16,12 @@
  * the record that a signature covers (see src/upgrade/payload.ts). index.json
  * names the image by its version (org.opencontainers.image.ref.name).
  *
+ * The image runs: its /usr/bin/cairn (a busybox sh script; the busybox is
+ * the image root's static one) copies /cairn/* to the node whose root is
+ * mounted at /host and runs the node's own `cairn upgrade` on the copy, so
+ * the Plan's `/usr/bin/cairn upgrade [--check]` upgrades the node with the
+ * code of the version it runs.
+ *
  * Deterministic: sorted entries, owner 0:0, fixed JSON key order. A layer's
  * bytes depend on its files' bytes alone (their times are 0, not
  * SOURCE_DATE_EPOCH), so a kernel that did not change between two builds
@@ -23,7 +30,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -42,6 +49,9 @@ import {
   type ComponentRecord,
   type PayloadRecord,
 } from '../../upgrade/payload.js';
+import { UserError } from '../../errors.js';
+import { resolveInRoot } from '../fsutil.js';
+import { elfIsDynamic } from '../initramfs/index.js';
 import type { Arch, Artifact, OutputWriter, SystemArtifacts } from '../types.js';
 import { artifactStem, sha256File } from './common.js';
 
@@ -123,6 +133,8 @@ interface LayerFile {
   src?: string;
   data?: Buffer;
   mode: number;
+  /** A symlink to this target (no src or data). */
+  link?: string;
 }
 
 interface BuiltLayer {
@@ -134,24 +146,116 @@ interface BuiltLayer {
   files: Record<string, ComponentRecord>;
 }
 
-/** One layer: the payload folder and the files in it, in name order. */
-async function buildLayer(component: string, files: LayerFile[], workDir: string): Promise<BuiltLayer> {
+/** One layer: files (paths from the image root) and their folders, in name order. */
+async function writeLayer(component: string, files: LayerFile[], workDir: string): Promise<BuiltLayer> {
   const file = path.join(workDir, `layer-${component}.tar`);
   const sums: Record<string, ComponentRecord> = {};
-  const sorted = [...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const dirs = new Set<string>();
+  for (const f of files) for (let d = path.posix.dirname(f.name); d !== '.'; d = path.posix.dirname(d)) dirs.add(d);
+  const entries = [...[...dirs].map((d) => ({ name: `${d}/`, dir: true as const })), ...files.map((f) => ({ ...f, dir: false as const }))];
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const t = await writeTar(file, async (pack) => {
-    await addBuffer(pack, header(`${PAYLOAD_DIR}/`, 0, 0o755, LAYER_MTIME, 'directory'), Buffer.alloc(0));
-    for (const f of sorted) {
-      const name = `${PAYLOAD_DIR}/${f.name}`;
-      if (f.src) sums[f.name] = await addStream(pack, header(name, (await stat(f.src)).size, f.mode, LAYER_MTIME), f.src);
+    for (const e of entries) {
+      if (e.dir) await addBuffer(pack, header(e.name, 0, 0o755, LAYER_MTIME, 'directory'), Buffer.alloc(0));
+      else if (e.link !== undefined) await addBuffer(pack, { ...header(e.name, 0, 0o777, LAYER_MTIME), type: 'symlink', linkname: e.link }, Buffer.alloc(0));
+      else if (e.src) sums[e.name] = await addStream(pack, header(e.name, (await stat(e.src)).size, e.mode, LAYER_MTIME), e.src);
       else {
-        await addBuffer(pack, header(name, f.data!.length, f.mode, LAYER_MTIME), f.data!);
-        sums[f.name] = { sha256: createHash('sha256').update(f.data!).digest('hex'), size: f.data!.length };
+        await addBuffer(pack, header(e.name, e.data!.length, e.mode, LAYER_MTIME), e.data!);
+        sums[e.name] = { sha256: createHash('sha256').update(e.data!).digest('hex'), size: e.data!.length };
       }
     }
   });
   return { component, digest: t.digest, size: t.size, file, files: sums };
 }
+
+/** A payload layer: its files under cairn/; `files` in the result by their names there. */
+async function buildLayer(component: string, files: LayerFile[], workDir: string): Promise<BuiltLayer> {
+  const l = await writeLayer(component, files.map((f) => ({ ...f, name: `${PAYLOAD_DIR}/${f.name}` })), workDir);
+  return { ...l, files: Object.fromEntries(Object.entries(l.files).map(([n, v]) => [n.slice(PAYLOAD_DIR.length + 1), v])) };
+}
+
+/** Where the upgrade image's cairn puts the payload on the node, and the node's cairn. */
+export const HOST_PAYLOAD_DIR = '/var/lib/cairn/upgrade-payload';
+export const HOST_CAIRN = '/usr/local/bin/cairn';
+export const RUNNER_ENTRYPOINT = '/usr/bin/cairn';
+
+/** /usr/bin/cairn in the upgrade image: `cairn upgrade [options]` on the node mounted at /host, with this image's payload. */
+export function renderRunner(): string {
+  return `#!/bin/sh
+# cairn's upgrade image: hands the payload in /cairn to the cairn node whose
+# root is mounted at /host (as the cairn Plan of system-upgrade-controller
+# mounts it) and runs the node's own cairn upgrade on it:
+#   /usr/bin/cairn upgrade [--check] ...
+set -eu
+bb=/bin/busybox
+host=/host
+dest=${HOST_PAYLOAD_DIR}
+if [ "\${1:-}" = upgrade ]; then shift; fi
+case "\${1:-}" in
+  -h|--help)
+    echo "usage: cairn upgrade [options]  (in the upgrade image: runs ${HOST_CAIRN} upgrade --source $dest [options] on the node at $host)"
+    exit 0 ;;
+esac
+if [ ! -x "$host${HOST_CAIRN}" ]; then
+  echo "cairn upgrade image: no cairn node at $host ($host${HOST_CAIRN} is missing): mount the node's root filesystem at $host" >&2
+  exit 1
+fi
+$bb rm -rf "$host$dest.new"
+if ! { $bb mkdir -p "$host$dest.new" && $bb cp /cairn/* "$host$dest.new/" && $bb sync; }; then
+  $bb rm -rf "$host$dest.new"
+  echo "cairn upgrade image: cannot copy the payload to $host$dest on the node (is its disk full?)" >&2
+  exit 1
+fi
+$bb rm -rf "$host$dest"
+$bb mv "$host$dest.new" "$host$dest"
+status=0
+$bb chroot "$host" ${HOST_CAIRN} upgrade --source "$dest" "$@" || status=$?
+$bb rm -rf "$host$dest"
+exit $status
+`;
+}
+
+/** The image root's static busybox: the upgrade image's /bin/sh. */
+async function findStaticBusybox(rootfs: string): Promise<string> {
+  for (const rel of ['usr/bin/busybox', 'bin/busybox']) {
+    const p = await resolveInRoot(rootfs, rel);
+    const st = await stat(p).catch(() => undefined);
+    if (!st?.isFile()) continue;
+    const head = Buffer.alloc(64 * 1024);
+    const fh = await open(p, 'r');
+    let n: number;
+    try {
+      n = (await fh.read(head, 0, head.length, 0)).bytesRead;
+    } finally {
+      await fh.close();
+    }
+    let dynamic: boolean;
+    try {
+      dynamic = elfIsDynamic(head.subarray(0, n));
+    } catch {
+      throw new UserError(`${p} is not a busybox executable: the upgrade image needs the image root's static busybox for its /bin/sh`, "put busybox-static in the image spec's packages");
+    }
+    if (dynamic) throw new UserError(`${p} is a dynamically linked busybox: the upgrade image needs a static one for its /bin/sh`, "put busybox-static (not busybox) in the image spec's packages");
+    return p;
+  }
+  throw new UserError(`the image root ${rootfs} has no busybox (looked in /usr/bin and /bin): the upgrade image needs it for its /bin/sh`, "put busybox-static in the image spec's packages");
+}
+
+/** The layer that makes the image run: busybox as /bin/sh and the /usr/bin/cairn script. */
+async function runnerLayer(rootfs: string, workDir: string): Promise<BuiltLayer> {
+  const busybox = await findStaticBusybox(rootfs);
+  return writeLayer(
+    RUNNER_LAYER,
+    [
+      { name: 'bin/busybox', src: busybox, mode: 0o755 },
+      { name: 'bin/sh', link: 'busybox', mode: 0o777 },
+      { name: RUNNER_ENTRYPOINT.slice(1), data: Buffer.from(renderRunner()), mode: 0o755 },
+    ],
+    workDir,
+  );
+}
+
+const RUNNER_LAYER = 'runner';
 
 export interface OciOptions {
   /** An ed25519 private key (PEM): payload.json is signed with it. */
@@ -171,6 +275,7 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
   const created = mtime.toISOString().replace(/\.000Z$/, 'Z');
   const signer = opts.signingKey ? publicKeyOf(opts.signingKey) : undefined;
 
+  const runner = await runnerLayer(system.rootfs, workDir);
   const component = async (name: Exclude<ComponentName, 'release.json'>, src: string) => buildLayer(name, [{ name, src, mode: 0o644 }], workDir);
   const kernel = await component('kernel', system.kernel);
   const initrd = await component('initrd', system.initramfs);
@@ -198,7 +303,7 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
   if (opts.signingKey) recordFiles.push({ name: SIGNATURE_FILE, data: signRecord(recordBytes, opts.signingKey), mode: 0o644 });
   const meta = await buildLayer(RECORD_LAYER, recordFiles, workDir);
   if (meta.files['release.json']!.sha256 !== release.sha256) throw new Error(`${system.release} changed while the OCI image was written`);
-  const layers = [kernel, initrd, squashfs, meta];
+  const layers = [runner, kernel, initrd, squashfs, meta];
 
   const platform = ociPlatform[system.arch];
   const labels: Record<string, string> = {
@@ -216,7 +321,7 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
       architecture: platform.architecture,
       ...(platform.variant ? { variant: platform.variant } : {}),
       os: platform.os,
-      config: { Labels: labels },
+      config: { Entrypoint: [RUNNER_ENTRYPOINT], Env: ['PATH=/usr/bin:/bin'], WorkingDir: '/', Labels: labels },
       rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
       history: layers.map((l) => ({ created, created_by: 'cairn build', comment: `cairn ${system.name} ${system.version}: ${l.component}` })),
     }),
