@@ -410,6 +410,8 @@ t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written 
   t.match(r.output, /var seeded/);
   t.match(r.output, /mount \/dev\/loop0 \/ squashfs ro/);
   t.match(r.output, /mount \S+ \/cairn ext4 rw/);
+  t.match(r.output, /mount \S+ \/run\/cairn\/image-etc squashfs ro/, "the image's /etc bound read-only for the init");
+  t.match(r.output, /image etc apart/, "it is the image's, without the writes to /etc");
   t.same(parseState(await debugfsCat(img, '/cairn/grub/grubenv')), { active: '0.0.1', trial: '0.0.2', tries: 1 }, 'the try was counted on disk');
   t.equal(await debugfsCat(img, '/cairn/data/etc/cairn-fixture-write'), '', '/etc upper layer is on the state partition');
   t.match((await execa('debugfs', ['-R', 'ls /cairn/data/var', img])).stdout, /cairn-fixture-write/, '/var is on the state partition');

@@ -19,8 +19,10 @@
  *
  * The new root: the squashfs read-only; tmpfs on /run and /tmp; /etc an
  * overlay over the image's /etc (upper layer in cairn/data/etc on the state
- * partition, in RAM on a live or net boot); /var, /home and /opt bound from
- * cairn/data (seeded from the image on first boot; RAM on a live or net
+ * partition, in RAM on a live or net boot; the image's /etc itself is bound
+ * read-only at /run/cairn/image-etc, for the init to tell the node's changes
+ * from the image's: src/init/apply/persist.ts); /var, /home and /opt bound
+ * from cairn/data (seeded from the image on first boot; RAM on a live or net
  * boot); the state partition mounted at /run/cairn/state and its cairn/
  * folder bound at /cairn. /run/cairn/boot.env records what was booted.
  * Then switch_root to tini and the TypeScript init.
@@ -461,8 +463,14 @@ mount -t tmpfs -o mode=0755,nosuid,nodev cairn-run $NEWROOT/run
 mount -t tmpfs -o mode=1777,nosuid,nodev cairn-tmp $NEWROOT/tmp
 mkdir -p $NEWROOT/run/cairn
 
-# /etc: the image's, with a writable layer on top
-mkdir -p $RW/etc $RW/.work/etc
+# /etc: the image's, with a writable layer on top; the image's own also at
+# /run/cairn/image-etc, read-only (bound before the overlay hides it)
+mkdir -p $RW/etc $RW/.work/etc $NEWROOT/run/cairn/image-etc
+if mount --bind $NEWROOT/etc $NEWROOT/run/cairn/image-etc; then
+  mount -o remount,bind,ro $NEWROOT/run/cairn/image-etc 2>/dev/null
+else
+  log "warning: the image's /etc is not at /run/cairn/image-etc: the init cannot tell the node's changes to /etc from the image's"
+fi
 if ! mount -t overlay cairn-etc -o lowerdir=$NEWROOT/etc,upperdir=$RW/etc,workdir=$RW/.work/etc $NEWROOT/etc; then
   log "warning: no overlay for /etc; it stays read-only"
 fi
