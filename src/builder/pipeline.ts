@@ -157,6 +157,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         // The profile's globs, not only its name: a changed profile prunes anew.
         modules: { ...spec.modules, globs: moduleProfile(spec.modules.profile, arch) },
         trustedKeys: signer ? [signer] : undefined,
+        release: { name: spec.name, version: spec.version, arch },
       };
       // The rootfs is only read (and checked) when the system tree must be made anew.
       const cachedSystem = await cache.lookup<SystemData>('system', systemKey(sysIn));

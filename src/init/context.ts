@@ -44,6 +44,8 @@ export interface NodeContext {
   status: StatusStore;
   /** Set during a trial boot of an upgrade until the boot is good (src/init/trial.ts). */
   trial?: TrialGuard;
+  /** Set on the boot that follows a rollback: the version given up (its datastore may need the pre-upgrade snapshot). */
+  rollbackFrom?: string;
   /** Reboots the node the way `cairn reboot` does (set by the init). */
   reboot?: () => void;
 }

@@ -16,7 +16,9 @@ import { applyPassword, applyUsers, ensureUser, USER } from './apply/users.js';
 import { syncTime, tlsFetches, waitForClock } from './apply/time.js';
 import { runCommands } from './apply/commands.js';
 import { AUTOLOGIN_FLAG, startGettys, startServices, updateConsoleLogin } from './services.js';
-import { startK3s } from '../runtime/k3s.js';
+import { K3S_SERVICE, startK3s } from '../runtime/k3s.js';
+import { restoreUpgradeSnapshot } from '../runtime/datastore.js';
+import { SNAPSHOTS, STATE_DB } from '../runtime/paths.js';
 import { k3sHealthy, markGood } from './mark-good.js';
 import { beginStateBoot } from './trial.js';
 
@@ -114,6 +116,28 @@ export async function usersPhase(ctx: NodeContext): Promise<string> {
 }
 
 export const MARK_GOOD_WAIT_MS = 300_000;
+/** After a rollback: how long k3s gets with the database the failed version left before the pre-upgrade snapshot is restored. */
+export const ROLLBACK_DATASTORE_WAIT_MS = 90_000;
+
+/**
+ * Waits for k3s to be healthy. On the boot after a rollback, a k3s server
+ * that is not healthy with the database the newer version left gets the
+ * snapshot `cairn upgrade` took before it (the newer database kept aside),
+ * and the rest of the wait.
+ */
+export async function waitHealthyAfterRollback(ctx: NodeContext, waitMs: number, firstWaitMs = ROLLBACK_DATASTORE_WAIT_MS): Promise<boolean> {
+  const failed = ctx.rollbackFrom;
+  if (!failed || ctx.status.status.k3s?.mode !== 'server') return k3sHealthy(ctx, waitMs);
+  const start = Date.now();
+  if (await k3sHealthy(ctx, Math.min(firstWaitMs, waitMs))) return true;
+  let done: string | undefined;
+  await ctx.services.restart(K3S_SERVICE, () => {
+    done = restoreUpgradeSnapshot(at(ctx, STATE_DB), at(ctx, SNAPSHOTS), failed);
+  });
+  ctx.log.info(`datastore: k3s is not healthy with the database ${failed} left; ${done ?? 'no snapshot from before that upgrade to restore'}`);
+  return k3sHealthy(ctx, Math.max(0, waitMs - (Date.now() - start)));
+}
+
 
 /**
  * The order matters where one phase needs another's work:
@@ -151,7 +175,7 @@ export const boot: Phase<NodeContext>[] = [
   phase('runtime', 120_000, startK3s),
   phase('run-cmd', 600_000, (ctx) => runCommands(ctx, 'run_cmd')),
   phase('mark-good', MARK_GOOD_WAIT_MS + 60_000, async (ctx, signal) => {
-    if (!(await k3sHealthy(ctx, MARK_GOOD_WAIT_MS))) throw new Error(`k3s is not healthy after ${MARK_GOOD_WAIT_MS / 1000} s; the boot stays on trial`);
+    if (!(await waitHealthyAfterRollback(ctx, MARK_GOOD_WAIT_MS))) throw new Error(`k3s is not healthy after ${MARK_GOOD_WAIT_MS / 1000} s; the boot stays on trial`);
     // A phase that ran out of time must not mark the boot good behind the runner's back.
     signal.throwIfAborted();
     return markGood(ctx);

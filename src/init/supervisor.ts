@@ -230,6 +230,18 @@ export class Supervisor {
     }
   }
 
+  /** Stops a service and starts it again with the same spec (after `between`, e.g. a datastore restore). */
+  async restart(name: string, between?: () => Promise<void> | void): Promise<boolean> {
+    const entry = this.entries.get(name);
+    if (!entry) return false;
+    await this.stop(name);
+    await between?.();
+    entry.failures = 0;
+    entry.restartTimes = [];
+    this.launch(entry);
+    return true;
+  }
+
   /** Stops every service, the last started first. */
   async stopAll(): Promise<void> {
     for (const name of [...this.order].reverse()) await this.stop(name);

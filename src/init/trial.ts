@@ -80,6 +80,7 @@ export async function beginStateBoot(ctx: NodeContext, onExpire: (why: string) =
     }
     ctx.status.update({ upgrade: updated });
     line = `rolled back from ${event.failed}`;
+    ctx.rollbackFrom = event.failed;
   } else {
     const rec = readJson<UpgradeRecord>(at(ctx, UPGRADE_PATH));
     if (rec) ctx.status.update({ upgrade: rec });

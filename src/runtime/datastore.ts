@@ -127,3 +127,32 @@ export async function checkDatastore(exec: Exec, db: string, snapshots: string, 
   }
   return { state: 'damaged', detail: `state.db was damaged (${check.detail}); moved to ${basename(aside)}; no good snapshot to restore: k3s starts with an empty datastore` };
 }
+
+/** The snapshot `cairn upgrade` took before installing `version` (the newest, if there are several). */
+export function upgradeSnapshot(dir: string, version: string): string | undefined {
+  const suffix = `-upgrade-${version.replace(/[^\w.-]/g, '_')}.db`;
+  return listSnapshots(dir).find((s) => s.endsWith(suffix));
+}
+
+/**
+ * After a rollback from `failed`, when k3s cannot use the database that
+ * version left: state.db (and its -wal/-shm) is kept aside as
+ * state.db.from-<failed>-<time>, and the snapshot taken before the upgrade
+ * becomes state.db again (mode 0600). Returns what was done, or undefined
+ * when there is no such snapshot.
+ */
+export function restoreUpgradeSnapshot(db: string, snapshots: string, failed: string): string | undefined {
+  const snap = upgradeSnapshot(snapshots, failed);
+  if (!snap) return undefined;
+  const aside = `${db}.from-${failed.replace(/[^\w.-]/g, '_')}-${stamp()}`;
+  if (existsSync(db)) renameSync(db, aside);
+  for (const ext of ['-wal', '-shm']) if (existsSync(db + ext)) renameSync(db + ext, aside + ext);
+  mkdirSync(dirname(db), { recursive: true });
+  const restoring = `${db}.restoring`;
+  copyFileSync(snap, restoring);
+  chmodSync(restoring, STATE_DB_MODE);
+  fsyncPath(restoring);
+  renameSync(restoring, db);
+  fsyncPath(dirname(db));
+  return `restored ${basename(snap)}, the snapshot taken before the upgrade to ${failed}; the database ${failed} left is kept as ${basename(aside)}`;
+}

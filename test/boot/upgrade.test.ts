@@ -1,7 +1,11 @@
 // Upgrades in QEMU: the default image's raw disk (0.1.0, signed builds that
-// trust the test key) upgraded by hand to 0.2.0 over HTTP, then to a 0.3.0
-// whose k3s never becomes healthy: the node comes back to 0.2.0 by itself
-// within its tries, records the rollback and labels the node.
+// trust the test key) upgraded by hand to 0.2.0 over HTTP; then three
+// versions that do not come up, each of which the node leaves by itself
+// for 0.2.0, recording the rollback: a 0.3.0 whose k3s never becomes
+// healthy (the trial's deadline) and leaves a database 0.2.0's k3s refuses
+// (the snapshot from before the upgrade comes back), a 0.3.1 whose init hangs
+// (the hardware watchdog), and a 0.4.0 whose kernel panics (panic=10, GRUB's
+// try count).
 import t from 'tap';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -19,7 +23,11 @@ t.before(async () => {
   raw = buildTestImage().raw;
   mkdirSync(serve, { recursive: true });
   payloads['0.2.0'] = buildUpgradeVersion('0.2.0');
-  payloads['0.3.0'] = buildUpgradeVersion('0.3.0', { overlays: ['test/fixtures/overlays/never-ready'] });
+  // a k3s that never becomes healthy, and leaves a database the older k3s refuses
+  payloads['0.3.0'] = buildUpgradeVersion('0.3.0', { overlays: ['test/fixtures/overlays/never-ready', 'test/fixtures/overlays/newer-datastore'] });
+  payloads['0.3.1'] = buildUpgradeVersion('0.3.1', { overlays: ['test/fixtures/overlays/never-ready'] });
+  // no such init in the initramfs and no root= to fall back on: the kernel panics
+  payloads['0.4.0'] = buildUpgradeVersion('0.4.0', { cmdline: 'rdinit=/no-such-init' });
   for (const p of Object.values(payloads)) copyFileSync(p, join(serve, basename(p)));
 });
 t.teardown(() => key?.remove());
@@ -33,7 +41,7 @@ interface Status {
   k3s?: { args: string[] };
 }
 
-t.test('upgrades: 0.1.0 → 0.2.0 by hand, then a 0.3.0 that never becomes healthy is rolled back without anyone', async (tt) => {
+t.test('upgrades: 0.1.0 → 0.2.0 by hand; an unhealthy, a hung and a panicking version rolled back without anyone', async (tt) => {
   const config = `hostname: upgrade-node\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
   const vm = await bootForTest(tt, { artifact: { kind: 'raw', path: raw }, configText: config, sshPort: 'auto', memMb: 2048, cpus: 2, name: 'upgrade', timeoutMs: BOOT_TIMEOUT, serveDir: serve, extraArgs: ['-device', 'i6300esb'] });
   const node = new Node(vm, key);
@@ -61,17 +69,19 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand, then a 0.3.0 that never becomes healt
   // the job retried after the reboot: nothing to do, exit 0
   tt.equal((await node.sh(`sudo cairn upgrade --source ${url('0.2.0')}`)).trim(), 'already on 0.2.0');
 
-  // 0.2.0 → 0.3.0, whose k3s never becomes healthy: two tries of 60 s, then back on 0.2.0
-  const s3 = await node.sh(`sudo cairn upgrade --source ${url('0.3.0')} --tries 2 --deadline 60 --reboot`, { ok: false });
-  tt.match(s3, /^version 0\.3\.0 is installed and on trial \(2 tries, healthy within 60 s\); the fallback is 0\.2\.0$/m);
-  await vm.waitFor(/^cairn-initramfs: system 0\.3\.0 on \/dev\/vda3 \(trial boot, 1 tries left\)$/m, BOOT_TIMEOUT);
-  await vm.waitFor(/cairn: trial: version 0\.3\.0 is not healthy after 60 s of its trial: rebooting \(1 tries left\)$/m, BOOT_TIMEOUT);
+  // 0.2.0 → 0.3.0, whose k3s never becomes healthy: one try of 60 s, then back on 0.2.0
+  const s3 = await node.sh(`sudo cairn upgrade --source ${url('0.3.0')} --tries 1 --deadline 60 --reboot`, { ok: false });
+  tt.match(s3, /^version 0\.3\.0 is installed and on trial \(1 tries, healthy within 60 s\); the fallback is 0\.2\.0$/m);
   await vm.waitFor(/^cairn-initramfs: system 0\.3\.0 on \/dev\/vda3 \(trial boot, 0 tries left\)$/m, BOOT_TIMEOUT);
   await vm.waitFor(/cairn: trial: version 0\.3\.0 is not healthy after 60 s of its trial: rebooting \(0 tries left\)$/m, BOOT_TIMEOUT);
   await vm.waitFor(/^cairn-initramfs: system 0\.2\.0 on \/dev\/vda3$/m, BOOT_TIMEOUT);
   await vm.waitFor(/cairn: upgrade: version 0\.3\.0 did not come up within its tries; back on 0\.2\.0$/m, BOOT_TIMEOUT);
+  // 0.2.0's k3s cannot use the database 0.3.0 left: the snapshot from before the upgrade comes back
+  await vm.waitFor(/cairn: datastore: k3s is not healthy with the database 0\.3\.0 left; restored state-\d{8}T\d{6}Z-upgrade-0\.3\.0\.db, the snapshot taken before the upgrade to 0\.3\.0; the database 0\.3\.0 left is kept as state\.db\.from-0\.3\.0-\d{8}T\d{6}Z$/m, BOOT_TIMEOUT);
+  await vm.waitFor(/cairn: mark-good ok \(\d+ ms\): boot marked good/m, BOOT_TIMEOUT);
   await vm.waitFor(exact('0.2.0'), BOOT_TIMEOUT);
   await node.waitSsh();
+  tt.match(await node.sh('sudo cat /var/log/cairn/k3s.log'), /was written by a newer k3s \(table double_newer\): cannot use it/, "0.2.0's k3s refused 0.3.0's database first");
   const s4 = JSON.parse(await node.sh('cairn status --json')) as Status;
   tt.equal(s4.version, '0.2.0', 'back on 0.2.0');
   tt.same(s4.boot?.state, { active: '0.2.0', fallback: '0.1.0', failed: '0.3.0' }, 'the trial is over, its failure kept');
@@ -81,5 +91,35 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand, then a 0.3.0 that never becomes healt
   const again = await node.sh(`sudo cairn upgrade --source ${url('0.3.0')} 2>&1; echo "exit=$?"`, { ok: false });
   tt.match(again, /version 0\.3\.0 was rolled back on this node/, 'a rolled-back version is refused');
   tt.match(again, /^exit=1$/m, 'with a non-zero exit');
-  tt.match(await node.sh('sudo cairn upgrade --help'), /--force/);
+
+  tt.match((await node.sh(`sudo cairn upgrade --source ${url('0.3.0')} --force --check`)).trim(), /^payload default 0\.3\.0 \(amd64, \d+ MiB\) verified, signed by \S+$/, '--check verifies and changes nothing');
+
+  // 0.3.1, one try, a long deadline: its init hangs, only the watchdog can end this trial
+  const s5 = await node.sh(`sudo cairn upgrade --source ${url('0.3.1')} --tries 1 --deadline 900 --reboot`, { ok: false });
+  tt.match(s5, /^version 0\.3\.1 is installed and on trial \(1 tries, healthy within 900 s\)/m);
+  await vm.waitFor(/^cairn-initramfs: system 0\.3\.1 on \/dev\/vda3 \(trial boot, 0 tries left\)$/m, BOOT_TIMEOUT);
+  await vm.waitFor(/cairn: mounts ok \(\d+ ms\): state boot of 0\.3\.1; trial boot of 0\.3\.1 \(0 tries left\), healthy by 900 s, watchdog .+ armed$/m, BOOT_TIMEOUT);
+  await node.waitSsh();
+  await node.sh('sudo kill -STOP $(cat /run/cairn/init.pid)');
+  const hungAt = vm.output.length;
+  await vm.waitFor(/^cairn-initramfs: system 0\.2\.0 on \/dev\/vda3$/m, BOOT_TIMEOUT);
+  tt.notMatch(vm.output.slice(hungAt), /cairn: (shutting down|rebooting)/, 'the hung init did not reboot: the watchdog reset the machine');
+  await vm.waitFor(/cairn: upgrade: version 0\.3\.1 did not come up within its tries; back on 0\.2\.0$/m, BOOT_TIMEOUT);
+  await vm.waitFor(exact('0.2.0'), BOOT_TIMEOUT);
+  await node.waitSsh();
+
+  // 0.4.0, whose kernel panics: panic=10 reboots, GRUB counts two tries, then 0.2.0
+  await node.sh(`sudo cairn upgrade --source ${url('0.4.0')} --tries 2 --reboot`, { ok: false });
+  for (const left of [1, 0]) {
+    await vm.waitFor(new RegExp(`Booting \`cairn 0\\.4\\.0 \\(trial, ${left} tries left after this one\\)'`), BOOT_TIMEOUT);
+    await vm.waitFor(/Kernel panic - not syncing/, BOOT_TIMEOUT);
+  }
+  await vm.waitFor(/^cairn-initramfs: system 0\.2\.0 on \/dev\/vda3$/m, BOOT_TIMEOUT);
+  await vm.waitFor(/cairn: upgrade: version 0\.4\.0 did not come up within its tries; back on 0\.2\.0$/m, BOOT_TIMEOUT);
+  await vm.waitFor(exact('0.2.0'), BOOT_TIMEOUT);
+  await node.waitSsh();
+  const s6 = JSON.parse(await node.sh('cairn status --json')) as Status;
+  tt.same(s6.boot?.state, { active: '0.2.0', fallback: '0.1.0', failed: '0.4.0' }, 'the panicking version is given up');
+  tt.same([s6.upgrade?.version, s6.upgrade?.outcome], ['0.4.0', 'rolled-back']);
+  tt.equal((await node.sh('ls /cairn/system')).trim().split('\n').sort().join(' '), '0.1.0 0.2.0 0.4.0', 'the active and fallback versions are never removed');
 });

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { buildOciArchive } from '../../src/builder/outputs/oci.js';
@@ -34,7 +34,9 @@ function nodeRoot(dir: string, opts: { booted?: string; state?: BootState; trust
 async function payload(dir: string, opts: { version?: string; arch?: Arch; signingKey?: string } = {}): Promise<string> {
   const version = opts.version ?? '2.0';
   const src = join(dir, `src-${version}-${opts.arch ?? 'amd64'}${opts.signingKey ? '-signed' : ''}`);
-  mkdirSync(join(src, 'rootfs'), { recursive: true });
+  mkdirSync(join(src, 'rootfs/usr/bin'), { recursive: true });
+  // the upgrade image's /bin/sh comes from the image's busybox (the host's busybox-static here)
+  copyFileSync(existsSync('/usr/bin/busybox') ? '/usr/bin/busybox' : '/bin/busybox', join(src, 'rootfs/usr/bin/busybox'));
   const files: Record<string, Buffer> = {
     kernel: randomBytes(50_001),
     initrd: randomBytes(20_003),
@@ -180,4 +182,24 @@ t.test('too little space on CAIRN_STATE: refused before anything is written', { 
   await t.rejects(upgrade(opts(root, src)), /not enough space on CAIRN_STATE for 2\.0: it needs 67 MiB \(the payload and 64 MiB to spare\), 2\d MiB can be had/);
   t.same(snapshotTree(root), before, 'nothing changed');
   t.ok(statSync(sys).isDirectory());
+});
+
+t.test('after a rollback: the snapshot taken before the upgrade becomes the datastore again, the newer one kept aside', async (t) => {
+  const { restoreUpgradeSnapshot, upgradeSnapshot } = await import('../../src/runtime/datastore.js');
+  const dir = t.testdir({
+    snaps: { 'state-20261201T100000Z-upgrade-2.0.db': 'before 2.0', 'state-20261201T110000Z-boot.db': 'a later boot', 'state-20261101T100000Z-upgrade-1.9.db': 'before 1.9' },
+    db: { 'state.db': 'written by 2.0', 'state.db-wal': 'wal of 2.0' },
+  });
+  const db = join(dir, 'db/state.db');
+  t.equal(upgradeSnapshot(join(dir, 'snaps'), '2.0'), join(dir, 'snaps/state-20261201T100000Z-upgrade-2.0.db'), "the one from before 2.0, not the newest");
+  t.equal(upgradeSnapshot(join(dir, 'snaps'), '3.0'), undefined);
+  t.equal(restoreUpgradeSnapshot(db, join(dir, 'snaps'), '3.0'), undefined, 'no snapshot from before 3.0: nothing done');
+  t.equal(readFileSync(db, 'utf8'), 'written by 2.0', 'untouched');
+  const done = restoreUpgradeSnapshot(db, join(dir, 'snaps'), '2.0');
+  t.match(done, /^restored state-20261201T100000Z-upgrade-2\.0\.db, the snapshot taken before the upgrade to 2\.0; the database 2\.0 left is kept as state\.db\.from-2\.0-\d{8}T\d{6}Z$/);
+  t.equal(readFileSync(db, 'utf8'), 'before 2.0');
+  t.equal(statSync(db).mode & 0o777, 0o600, 'state.db 0600');
+  const aside = readdirSync(join(dir, 'db')).filter((f) => f.startsWith('state.db.from-2.0-')).sort();
+  t.equal(aside.length, 2, 'the newer database and its -wal kept aside');
+  t.notOk(existsSync(`${db}-wal`), 'no -wal of the newer database left beside the restored one');
 });

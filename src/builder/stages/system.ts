@@ -43,6 +43,8 @@ export interface SystemInputs {
    * is not signed, which keeps the key of an unsigned build as it was.
    */
   trustedKeys?: { fingerprint: string; pem: string }[];
+  /** Which system this root is (/usr/lib/cairn/release.json: what the init and an upgrade's checks read). */
+  release?: { name: string; version: string; arch: Arch };
 }
 
 export function systemKey(inputs: SystemInputs): string {
@@ -86,7 +88,10 @@ export async function buildSystem(
         await installTrustedKeys(root, inputs.trustedKeys ?? [], ctx.log);
       });
       await timed('runtime', () => installRuntime(root, ctx.spec, ctx.k3sBinary, ctx.log));
-      await timed('init', () => installInit(root, ctx.init, ctx.log));
+      await timed('init', async () => {
+        await installInit(root, ctx.init, ctx.log);
+        if (inputs.release) await writeFresh(root, 'usr/lib/cairn/release.json', { content: `${JSON.stringify(inputs.release, null, 2)}\n` }, { mode: 0o644, uid: 0, gid: 0 });
+      });
       const pruned = await timed('prune', async () => {
         // The kernel is loaded by the bootloader, not read from the root.
         const kernel = path.join(root, kernelInRoot(kr));
