@@ -13,6 +13,7 @@ import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImag
 import { applyNetwork } from './apply/network.js';
 import { fetchDataSources, isLocalSource, pruneUserdata } from './apply/datasources.js';
 import { applyPassword, applyUsers, ensureUser, USER } from './apply/users.js';
+import { keepNodeEtc } from './apply/persist.js';
 import { syncTime, tlsFetches, waitForClock } from './apply/time.js';
 import { runCommands } from './apply/commands.js';
 import { AUTOLOGIN_FLAG, startGettys, startServices, updateConsoleLogin } from './services.js';
@@ -141,6 +142,8 @@ export async function waitHealthyAfterRollback(ctx: NodeContext, waitMs: number,
 
 /**
  * The order matters where one phase needs another's work:
+ * - /etc made from the image and the node's changes (etc) before anything
+ *   reads an account or a config file of /etc;
  * - the cairn user (initrd-keys) before write_files owned by it;
  * - a login on the console before any init_cmd or boot_cmd, which may hang;
  * - the clock (time) before anything fetched over TLS (data sources, keys);
@@ -158,6 +161,7 @@ export const boot: Phase<NodeContext>[] = [
     ctx.trial = guard;
     return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}${line ? `; ${line}` : ''}`;
   }),
+  phase('etc', 15_000, keepNodeEtc),
   phase('config', 60_000, configPhase),
   phase('initrd-keys', 30_000, applyEarlyKeys),
   phase('console', 5_000, async (ctx) => {

@@ -6,9 +6,10 @@
  * entry), not from what is configured: a key fetch that failed leaves no key.
  */
 import { createHash } from 'node:crypto';
-import { chownSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { at, urlForLog, withoutQuery, type NodeContext } from '../context.js';
+import { isSecret, ownerMode, writeAccountFile, type AccountFile } from './accounts.js';
 import { writeFileAtomic } from './files.js';
 
 export const USER = 'cairn';
@@ -31,22 +32,25 @@ export function upsertAccountLine(existing: string[], name: string, line: string
   return out;
 }
 
-/** Makes sure the cairn user and group exist (written straight into the account files, atomically). */
+/**
+ * Makes sure the cairn user and group exist, written straight into the
+ * account files (atomically, each keeping its owner and mode: shadow and
+ * gshadow stay root:shadow 0640 as Debian has them). The etc phase keeps
+ * them across image versions (accounts.ts).
+ */
 export function ensureUser(root: string): void {
-  const etc = (f: string) => join(root, 'etc', f);
-  const passwd = lines(etc('passwd'));
-  if (!passwd.some((l) => l.startsWith(`${USER}:`))) {
-    writeFileAtomic(etc('passwd'), `${upsertAccountLine(passwd, USER, `${USER}:x:${UID}:${UID}:cairn:${HOME}:/bin/bash`).join('\n')}\n`);
-  }
-  const group = lines(etc('group'));
-  if (!group.some((l) => l.startsWith(`${USER}:`))) {
-    writeFileAtomic(etc('group'), `${upsertAccountLine(group, USER, `${USER}:x:${UID}:`).join('\n')}\n`);
-  }
-  const shadow = lines(etc('shadow'));
-  if (!shadow.some((l) => l.startsWith(`${USER}:`))) {
-    // "*": no password login until one is configured; SSH keys still work.
-    writeFileAtomic(etc('shadow'), `${upsertAccountLine(shadow, USER, `${USER}:*:19000:0:99999:7:::`).join('\n')}\n`, { mode: 0o640 });
-  }
+  const etc = (f: AccountFile) => join(root, 'etc', f);
+  const add = (f: AccountFile, line: string) => {
+    const existing = lines(etc(f));
+    if (existing.some((l) => l.startsWith(`${USER}:`))) return;
+    const like = ownerMode(etc(f)) ?? { mode: isSecret(f) ? 0o640 : 0o644, uid: 0, gid: 0 };
+    writeAccountFile(etc(f), f, upsertAccountLine(existing, USER, line), like);
+  };
+  add('passwd', `${USER}:x:${UID}:${UID}:cairn:${HOME}:/bin/bash`);
+  add('group', `${USER}:x:${UID}:`);
+  // "*": no password login until one is configured; SSH keys still work.
+  add('shadow', `${USER}:*:19000:0:99999:7:::`);
+  if (existsSync(etc('gshadow'))) add('gshadow', `${USER}:!::`);
   mkdirSync(join(root, HOME), { recursive: true, mode: 0o755 });
   if (process.getuid?.() === 0) {
     for (const d of [HOME]) {
