@@ -66,7 +66,7 @@ async function bootComplete(tt: Check, vm: Vm, timeoutMs = BOOT_TIMEOUT, failing
   tt.equal(r.match.slice(r.match.indexOf('cairn: ')), want, 'the boot completed as expected');
 }
 
-const PHASES = ['mounts', 'config', 'initrd-keys', 'console', 'init-cmd', 'network', 'time', 'data-sources', 'users', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
+const PHASES = ['mounts', 'etc', 'config', 'initrd-keys', 'console', 'init-cmd', 'network', 'time', 'data-sources', 'users', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
 
 /** Every phase printed its line, in order, and the boot completed. */
 async function bootsThrough(tt: Check, vm: Vm, failing: string[] = [], opts: { from?: 'start' } = {}): Promise<void> {

@@ -51,7 +51,7 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand; an unhealthy, a hung and a panicking 
 
   // 0.1.0 → 0.2.0
   // the session ends as the node goes down: its exit status is not the upgrade's
-  const staged = await node.sh(`sudo cairn upgrade --source ${url('0.2.0')} --tries 2 --reboot`, { ok: false });
+  const staged = await node.sh(`sudo cairn upgrade --source ${url('0.2.0')} --tries 2 --reboot 2>&1`, { ok: false });
   tt.match(staged, /^version 0\.2\.0 is installed and on trial \(2 tries, healthy within 900 s\); the fallback is 0\.1\.0$/m, 'staged and on trial');
   await vm.waitFor(/^cairn-initramfs: system 0\.2\.0 on \/dev\/vda3 \(trial boot, 1 tries left\)$/m, BOOT_TIMEOUT);
   await vm.waitFor(/cairn: mounts ok \(\d+ ms\): state boot of 0\.2\.0; trial boot of 0\.2\.0 \(1 tries left\), healthy by 900 s, watchdog .+ armed$/m, BOOT_TIMEOUT);
@@ -70,7 +70,7 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand; an unhealthy, a hung and a panicking 
   tt.equal((await node.sh(`sudo cairn upgrade --source ${url('0.2.0')}`)).trim(), 'already on 0.2.0');
 
   // 0.2.0 → 0.3.0, whose k3s never becomes healthy: one try of 60 s, then back on 0.2.0
-  const s3 = await node.sh(`sudo cairn upgrade --source ${url('0.3.0')} --tries 1 --deadline 60 --reboot`, { ok: false });
+  const s3 = await node.sh(`sudo cairn upgrade --source ${url('0.3.0')} --tries 1 --deadline 60 --reboot 2>&1`, { ok: false });
   tt.match(s3, /^version 0\.3\.0 is installed and on trial \(1 tries, healthy within 60 s\); the fallback is 0\.2\.0$/m);
   await vm.waitFor(/^cairn-initramfs: system 0\.3\.0 on \/dev\/vda3 \(trial boot, 0 tries left\)$/m, BOOT_TIMEOUT);
   await vm.waitFor(/cairn: trial: version 0\.3\.0 is not healthy after 60 s of its trial: rebooting \(0 tries left\)$/m, BOOT_TIMEOUT);
@@ -95,7 +95,7 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand; an unhealthy, a hung and a panicking 
   tt.match((await node.sh(`sudo cairn upgrade --source ${url('0.3.0')} --force --check`)).trim(), /^payload default 0\.3\.0 \(amd64, \d+ MiB\) verified, signed by \S+$/, '--check verifies and changes nothing');
 
   // 0.3.1, one try, a long deadline: its init hangs, only the watchdog can end this trial
-  const s5 = await node.sh(`sudo cairn upgrade --source ${url('0.3.1')} --tries 1 --deadline 900 --reboot`, { ok: false });
+  const s5 = await node.sh(`sudo cairn upgrade --source ${url('0.3.1')} --tries 1 --deadline 900 --reboot 2>&1`, { ok: false });
   tt.match(s5, /^version 0\.3\.1 is installed and on trial \(1 tries, healthy within 900 s\)/m);
   await vm.waitFor(/^cairn-initramfs: system 0\.3\.1 on \/dev\/vda3 \(trial boot, 0 tries left\)$/m, BOOT_TIMEOUT);
   await vm.waitFor(/cairn: mounts ok \(\d+ ms\): state boot of 0\.3\.1; trial boot of 0\.3\.1 \(0 tries left\), healthy by 900 s, watchdog .+ armed$/m, BOOT_TIMEOUT);
@@ -109,7 +109,7 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand; an unhealthy, a hung and a panicking 
   await node.waitSsh();
 
   // 0.4.0, whose kernel panics: panic=10 reboots, GRUB counts two tries, then 0.2.0
-  await node.sh(`sudo cairn upgrade --source ${url('0.4.0')} --tries 2 --reboot`, { ok: false });
+  await node.sh(`sudo cairn upgrade --source ${url('0.4.0')} --tries 2 --reboot 2>&1`, { ok: false });
   for (const left of [1, 0]) {
     await vm.waitFor(new RegExp(`Booting \`cairn 0\\.4\\.0 \\(trial, ${left} tries left after this one\\)'`), BOOT_TIMEOUT);
     await vm.waitFor(/Kernel panic - not syncing/, BOOT_TIMEOUT);

@@ -186,6 +186,8 @@ export function renderRunner(): string {
 # root is mounted at /host (as the cairn Plan of system-upgrade-controller
 # mounts it) and runs the node's own cairn upgrade on it:
 #   /usr/bin/cairn upgrade [--check] ...
+# (as the controller's job, with SYSTEM_UPGRADE_PLAN_NAME set, it reboots
+# the node into the new version)
 set -eu
 bb=/bin/busybox
 host=/host
@@ -200,6 +202,24 @@ if [ ! -x "$host${HOST_CAIRN}" ]; then
   echo "cairn upgrade image: no cairn node at $host ($host${HOST_CAIRN} is missing): mount the node's root filesystem at $host" >&2
   exit 1
 fi
+# system-upgrade-controller's job: the node reboots into the new version (the
+# job, retried after the reboot, then finds it running and succeeds)
+reboot=
+if [ -n "\${SYSTEM_UPGRADE_PLAN_NAME:-}" ]; then
+  reboot=--reboot
+  for a in "$@"; do [ "$a" = --check ] && reboot=; done
+fi
+# In the host's PID namespace (the controller's job has it) the node reads the
+# payload straight from this container's root, /proc/<pid>/root/cairn: no copy
+# on its disk. Only when that is really this container's /cairn.
+me=$($bb stat -c '%d:%i' /cairn/payload.json 2>/dev/null || true)
+there=$($bb stat -c '%d:%i' "$host/proc/$$/root/cairn/payload.json" 2>/dev/null || true)
+if [ -n "$me" ] && [ "$me" = "$there" ]; then
+  # (this shell stays: its root is what /proc/$$/root shows the node)
+  status=0
+  $bb chroot "$host" ${HOST_CAIRN} upgrade --source "/proc/$$/root/cairn" $reboot "$@" || status=$?
+  exit $status
+fi
 $bb rm -rf "$host$dest.new"
 if ! { $bb mkdir -p "$host$dest.new" && $bb cp /cairn/* "$host$dest.new/" && $bb sync; }; then
   $bb rm -rf "$host$dest.new"
@@ -209,7 +229,7 @@ fi
 $bb rm -rf "$host$dest"
 $bb mv "$host$dest.new" "$host$dest"
 status=0
-$bb chroot "$host" ${HOST_CAIRN} upgrade --source "$dest" "$@" || status=$?
+$bb chroot "$host" ${HOST_CAIRN} upgrade --source "$dest" $reboot "$@" || status=$?
 $bb rm -rf "$host$dest"
 exit $status
 `;

@@ -36,10 +36,11 @@ import {
 export const STATE_LABEL = 'CAIRN_STATE';
 /**
  * CAIRN_STATE holds room for this many versions of the system's size: the
- * active one, the fallback, and an upgrade on trial beside them (the image
- * is sparse: the room costs nothing until it is used).
+ * active one, the fallback, an upgrade on trial beside them, and the
+ * archive of that upgrade while `cairn upgrade` downloads it (the image is
+ * sparse: the room costs nothing until it is used).
  */
-export const UPGRADE_ROOM = 3;
+export const UPGRADE_ROOM = 4;
 export const EFI_LABEL = 'CAIRN_EFI';
 
 export interface RawImage {
