@@ -3,7 +3,7 @@
  * function; the runner prints `cairn: <name> ok (<ms> ms)` or
  * `cairn: <name> FAILED: <why>` and goes on.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { loadConfig } from '../config/loader.js';
 import { formatDiagnostic } from '../config/diagnostics.js';
 import { at, type NodeContext } from './context.js';
@@ -116,8 +116,23 @@ export async function usersPhase(ctx: NodeContext): Promise<string> {
   }
 }
 
+/** The unified cgroup hierarchy at /sys/fs/cgroup, which k3s (and any container runtime) needs. */
+export async function mountCgroups(ctx: NodeContext): Promise<void> {
+  const dir = at(ctx, '/sys/fs/cgroup');
+  if (!existsSync(dir)) return;
+  let mounts = '';
+  try {
+    mounts = readFileSync(at(ctx, '/proc/mounts'), 'utf8');
+  } catch {
+    return;
+  }
+  if (/^\S+ \/sys\/fs\/cgroup cgroup2 /m.test(mounts)) return;
+  const r = await ctx.exec('mount', ['-t', 'cgroup2', '-o', 'nosuid,nodev,noexec,nsdelegate', 'cgroup2', '/sys/fs/cgroup'], { timeoutMs: 10_000 });
+  if (r.code !== 0) ctx.log.info(`mounts: cgroup2 at /sys/fs/cgroup: ${(r.stderr || `exit ${r.code}`).trim()}`);
+}
+
 export const MARK_GOOD_WAIT_MS = 300_000;
-/** After a rollback: how long k3s gets with the database the failed version left before the pre-upgrade snapshot is restored. */
+/** After a rollback: how long k3s gets with the database the failed version left before the pre-upgrade snapshot is restored (less when it keeps exiting). */
 export const ROLLBACK_DATASTORE_WAIT_MS = 90_000;
 
 /**
@@ -130,7 +145,13 @@ export async function waitHealthyAfterRollback(ctx: NodeContext, waitMs: number,
   const failed = ctx.rollbackFrom;
   if (!failed || ctx.status.status.k3s?.mode !== 'server') return k3sHealthy(ctx, waitMs);
   const start = Date.now();
-  if (await k3sHealthy(ctx, Math.min(firstWaitMs, waitMs))) return true;
+  const firstEnd = start + Math.min(firstWaitMs, waitMs);
+  const restartsBefore = ctx.services.get(K3S_SERVICE)?.restarts ?? 0;
+  // healthy, or k3s keeps exiting (twice is enough to tell), or the first wait is over
+  while (Date.now() < firstEnd) {
+    if (await k3sHealthy(ctx, Math.min(2_000, firstEnd - Date.now()))) return true;
+    if ((ctx.services.get(K3S_SERVICE)?.restarts ?? 0) - restartsBefore >= 2) break;
+  }
   let done: string | undefined;
   await ctx.services.restart(K3S_SERVICE, () => {
     done = restoreUpgradeSnapshot(at(ctx, STATE_DB), at(ctx, SNAPSHOTS), failed);
@@ -154,6 +175,7 @@ export const boot: Phase<NodeContext>[] = [
     for (const d of ['/run/cairn', '/var/log/cairn', '/var/lib/cairn']) mkdirSync(at(ctx, d), { recursive: true });
     ctx.log.toFile(at(ctx, '/var/log/cairn/boot.log'));
     ctx.status.startBoot();
+    await mountCgroups(ctx);
     const { line, guard } = await beginStateBoot(ctx, (why) => {
       ctx.log.info(`trial: ${why}`);
       ctx.reboot?.();

@@ -48,22 +48,28 @@ function cairnBuild(args: string[], what: string): void {
 }
 
 /**
- * Another version of the default image, as an OCI upgrade payload: the
- * default spec with another version (and optionally more overlays or
- * kernel arguments), signed with the test key. Returns the archive's path.
+ * A variant of the default image: another version, and optionally more
+ * packages, overlays or kernel arguments; signed with the test key. Built
+ * into .tap/<tag> (default: upgrade-<version>); returns that folder.
  */
-export function buildUpgradeVersion(version: string, opts: { overlays?: string[]; cmdline?: string } = {}): string {
-  const out = join(REPO, '.tap', `upgrade-${version}`);
+export function buildVariant(version: string, opts: { tag?: string; formats?: string; packages?: string[]; overlays?: string[]; cmdline?: string } = {}): string {
+  const out = join(REPO, '.tap', opts.tag ?? `upgrade-${version}`);
   mkdirSync(out, { recursive: true });
   const specText = readFileSync(join(REPO, 'images/default.yaml'), 'utf8')
     .replace(/^version: .*$/m, `version: ${version}`)
     .replace(/^ {2}- manifests\//gm, `  - ${join(REPO, 'images/manifests')}/`)
+    .replace(/^packages: \[\]$/m, `packages: [${(opts.packages ?? []).join(', ')}]`)
     .replace(/^overlays: \[\]$/m, `overlays: [${(opts.overlays ?? []).map((o) => JSON.stringify(join(REPO, o))).join(', ')}]`)
     .replace(/^cmdline: (.*)$/m, (_, c: string) => `cmdline: ${c}${opts.cmdline ? ` ${opts.cmdline}` : ''}`);
   const spec = join(out, 'default.yaml');
   writeFileSync(spec, specText);
-  cairnBuild([spec, '--arch', 'amd64', '--format', 'oci', '--out', out], `version ${version}`);
-  const archive = join(out, `default-${version}-amd64.oci.tar`);
+  cairnBuild([spec, '--arch', 'amd64', '--format', opts.formats ?? 'oci', '--out', out], `version ${version}${opts.tag ? ` (${opts.tag})` : ''}`);
+  return out;
+}
+
+/** Another version of the default image as an OCI upgrade payload (see buildVariant); returns the archive's path. */
+export function buildUpgradeVersion(version: string, opts: { overlays?: string[]; cmdline?: string } = {}): string {
+  const archive = join(buildVariant(version, opts), `default-${version}-amd64.oci.tar`);
   if (!existsSync(archive)) throw new Error(`the build did not write ${archive}`);
   return archive;
 }
