@@ -48,6 +48,8 @@ export const BASE_PACKAGES = [
   'util-linux',
   'procps',
   'busybox-static',
+  // cairn upgrade applies delta payloads with zstd --patch-from (src/upgrade/delta.ts)
+  'zstd',
 ];
 
 export function packageList(spec: ImageSpec, arch: Arch): string[] {

@@ -6,6 +6,7 @@
  * interrupted build leaves no partial artifact behind.
  */
 import { mkdir, readdir, rename, rm, writeFile, stat, copyFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { UserError } from '../errors.js';
@@ -30,6 +31,7 @@ import { SYSTEM_STAGE_VERSION, buildSystem, systemKey, type SystemData, type Sys
 import type { Arch, Artifact, Format, OutputWriter, SystemArtifacts } from './types.js';
 import { defaultInitramfs, defaultOutputs, type InitramfsFn } from './writers.js';
 import { publicKeyOf } from '../upgrade/keys.js';
+import { previousPayloads } from './previous.js';
 
 export interface BuildOptions {
   spec: string | ImageSpec;
@@ -62,6 +64,12 @@ export interface BuildOptions {
    * (so nodes running the image take only payloads it signed).
    */
   signingKey?: string;
+  /**
+   * A previous build (cairn build --delta-from): its full upgrade payload, or
+   * its output folder. Every oci output also gets a delta payload against it
+   * (src/upgrade/delta.ts).
+   */
+  deltaFrom?: string;
 }
 
 export async function resolveSourceDateEpoch(explicit?: number): Promise<number> {
@@ -101,6 +109,11 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
   // A bad key stops the build before any stage runs.
   const signingKey = opts.signingKey === undefined ? undefined : path.resolve(opts.signingKey);
   const signer = signingKey === undefined ? undefined : publicKeyOf(signingKey);
+  // So does a previous build that no delta can be made against.
+  if (opts.deltaFrom !== undefined && !formats.includes('oci')) {
+    throw new UserError('--delta-from makes a delta of the oci upgrade payload, and this build makes no oci output', 'add oci to --format');
+  }
+  const deltaFrom = opts.deltaFrom === undefined ? undefined : await previousPayloads(path.resolve(opts.deltaFrom), { name: spec.name, version: spec.version, arches }, tmpdir());
   const squashfsSettings = { ...spec.squashfs, ...opts.squashfs };
 
   const outDir = path.resolve(opts.outDir ?? 'out');
@@ -239,7 +252,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         await mkdir(workDir, { recursive: true });
         const made = await reporter.stage(`${format}${arches.length > 1 ? `/${arch}` : ''}`, async () => {
           const t = performance.now();
-          const r = await writer(sys, { outDir: staging, workDir, log, signingKey });
+          const r = await writer(sys, { outDir: staging, workDir, log, signingKey, deltaFrom: deltaFrom?.get(arch), signal });
           stages.push({ name: format, seconds: (performance.now() - t) / 1000, cached: false });
           return { value: r, cached: false, detail: r.map((a) => a.file).join(', ') };
         }, { long: true });

@@ -71,6 +71,14 @@ export interface OutputContext {
   log: (line: string) => void;
   /** An ed25519 private key file (cairn build --sign): writers that carry an upgrade payload sign its record with it. */
   signingKey?: string;
+  /**
+   * cairn build --delta-from: the previous build's full upgrade payload for
+   * this system's arch (an OCI archive) and its version; the oci writer also
+   * writes a delta payload against it (src/upgrade/delta.ts).
+   */
+  deltaFrom?: { archive: string; version: string };
+  /** The build's abort signal, for a writer's long steps. */
+  signal?: AbortSignal;
 }
 
 export type OutputWriter = (system: SystemArtifacts, ctx: OutputContext) => Promise<Artifact[]>;

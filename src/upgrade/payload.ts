@@ -20,6 +20,11 @@
  * container copies to the host), or an http(s) URL of an archive. It checks
  * every OCI blob it reads against its digest and every component against
  * payload.json, streaming: a squashfs is never held in memory.
+ *
+ * A delta payload (see delta.ts) carries rootfs.squashfs as a patch against a
+ * version the node has; its record says so in a `delta` field, and extract()
+ * applies the patch to that version (OpenOptions.installed finds it) and
+ * checks the result against payload.json as it checks any component.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -30,6 +35,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { UserError } from '../errors.js';
+import { DELTA_COMPONENT, PATCH_FILE, applyPatch, findBase, fullArchiveName, parseDelta, renderDelta, type DeltaRecord } from './delta.js';
 
 export const COMPONENTS = ['kernel', 'initrd', 'rootfs.squashfs', 'release.json'] as const;
 export type ComponentName = (typeof COMPONENTS)[number];
@@ -64,6 +70,8 @@ export interface PayloadRecord {
   arch: PayloadArch;
   sourceDateEpoch: number;
   components: Record<ComponentName, ComponentRecord>;
+  /** A delta payload: rootfs.squashfs comes as a patch against an installed version (see delta.ts); components still name the result. */
+  delta?: DeltaRecord;
 }
 
 export interface OpenedPayload {
@@ -93,6 +101,12 @@ export interface OpenOptions {
   workDir: string;
   log?: (line: string) => void;
   signal?: AbortSignal;
+  /**
+   * Where the node keeps an installed version's squashfs (undefined when it
+   * has none): the base a delta payload is applied to. When given, a delta
+   * whose base is missing or differs is refused when the payload is opened.
+   */
+  installed?: (version: string) => string | undefined;
 }
 
 // ----- payload.json ----------------------------------------------------------
@@ -115,6 +129,8 @@ export function renderRecord(record: PayloadRecord): Buffer {
     arch: record.arch,
     sourceDateEpoch: record.sourceDateEpoch,
     components,
+    // only a delta payload has the field: a full payload's bytes stay as they were
+    ...(record.delta ? { delta: renderDelta(record.delta) } : {}),
   };
   return Buffer.from(`${JSON.stringify(ordered, null, 2)}\n`);
 }
@@ -159,6 +175,8 @@ export function parseRecord(bytes: Buffer, where: string): PayloadRecord {
       components[name] = { sha256: v.sha256 as string, size: v.size as number };
     }
   }
+  // a delta payload (see delta.ts)
+  const delta = r.delta === undefined ? undefined : parseDelta(r.delta, problems, (v) => VERSION_RE.test(v));
   if (problems.length) throw new UserError(`${where} is malformed: ${problems.join('; ')}`, hint);
   return {
     format: PAYLOAD_FORMAT,
@@ -167,12 +185,13 @@ export function parseRecord(bytes: Buffer, where: string): PayloadRecord {
     arch: r.arch as PayloadArch,
     sourceDateEpoch: r.sourceDateEpoch as number,
     components,
+    ...(delta ? { delta } : {}),
   };
 }
 
 // ----- streaming a component to its file, checked ------------------------------
 
-function tampered(name: ComponentName, where: string, expected: ComponentRecord, got: string): UserError {
+function tampered(name: ComponentName | typeof PATCH_FILE, where: string, expected: ComponentRecord, got: string): UserError {
   return new UserError(
     `${name} in ${where} is tampered or corrupt: payload.json says ${expected.size} bytes with sha256 ${expected.sha256}; ${got}`,
     'download or copy the payload again; if it happens again, the source itself is damaged',
@@ -180,7 +199,7 @@ function tampered(name: ComponentName, where: string, expected: ComponentRecord,
 }
 
 /** Writes `source` to dest (mode 0644, synced), checking its size as it goes and its sha256 at the end; removes dest on any failure. */
-async function writeChecked(source: AsyncIterable<Buffer> | Readable, dest: string, name: ComponentName, expected: ComponentRecord, where: string, signal?: AbortSignal): Promise<void> {
+async function writeChecked(source: AsyncIterable<Buffer> | Readable, dest: string, name: ComponentName | typeof PATCH_FILE, expected: ComponentRecord, where: string, signal?: AbortSignal): Promise<void> {
   const hash = createHash('sha256');
   let size = 0;
   const check = new Transform({
@@ -593,14 +612,16 @@ async function openOci(store: BlobStore, kind: OpenedPayload['kind'], opts: Open
   for (const l of layers) {
     const c = l.desc.annotations?.[COMPONENT_ANNOTATION];
     if (c === RECORD_LAYER) for (const f of [RECORD_FILE, SIGNATURE_FILE, 'release.json']) holder.set(f, l);
-    else if (c && (COMPONENTS as readonly string[]).includes(c)) holder.set(c, l);
+    else if (c && ((COMPONENTS as readonly string[]).includes(c) || c === PATCH_FILE)) holder.set(c, l);
   }
-  if (!holder.has(RECORD_FILE) || COMPONENTS.some((c) => !holder.has(c))) {
+  // a delta payload's patch layer stands in for rootfs.squashfs
+  const held = (c: ComponentName) => holder.has(c) || (c === DELTA_COMPONENT && holder.has(PATCH_FILE));
+  if (!holder.has(RECORD_FILE) || COMPONENTS.some((c) => !held(c))) {
     opts.log?.(`payload: ${where}: layers without cairn's annotations; looking into them`);
     for (const l of layers.filter((x) => !x.desc.annotations?.[COMPONENT_ANNOTATION])) {
       await walkLayer(l, where, async (name) => {
         const m = name.startsWith(`${PAYLOAD_DIR}/`) ? name.slice(PAYLOAD_DIR.length + 1) : undefined;
-        if (m && ([RECORD_FILE, SIGNATURE_FILE, ...COMPONENTS] as string[]).includes(m)) holder.set(m, l);
+        if (m && ([RECORD_FILE, SIGNATURE_FILE, PATCH_FILE, ...COMPONENTS] as string[]).includes(m)) holder.set(m, l);
       }, opts.signal);
     }
   }
@@ -617,13 +638,14 @@ async function openOci(store: BlobStore, kind: OpenedPayload['kind'], opts: Open
   if (!recordBytes) throw new UserError(`${where}: the ${recordLayer.label} layer has no ${PAYLOAD_DIR}/${RECORD_FILE}`, 'the image is damaged: build it again');
   const record = parseRecord(recordBytes, `${RECORD_FILE} in ${where}`);
   checkRecordArch(record, arch, where);
-  for (const c of COMPONENTS) {
+  for (const component of COMPONENTS) {
+    const c = record.delta && component === DELTA_COMPONENT ? PATCH_FILE : component;
     if (!holder.has(c)) throw new UserError(`${where} has no layer holding ${PAYLOAD_DIR}/${c}: the upgrade image is incomplete`, 'build it again');
   }
 
-  const extract = async (name: ComponentName, dest: string): Promise<void> => {
+  /** One file of the payload (a component, or a delta's patch) to dest, checked against its record. */
+  const extractFile = async (name: ComponentName | typeof PATCH_FILE, expected: ComponentRecord, dest: string): Promise<void> => {
     const layer = holder.get(name)!;
-    const expected = record.components[name];
     let found = false;
     await walkLayer(layer, where, async (entryName, entry) => {
       if (found || entryName !== `${PAYLOAD_DIR}/${name}`) return;
@@ -638,6 +660,8 @@ async function openOci(store: BlobStore, kind: OpenedPayload['kind'], opts: Open
     });
     if (!found) throw new UserError(`${where}: the ${layer.label} layer has no ${PAYLOAD_DIR}/${name}`, 'the image is damaged: build it again');
   };
+  const fromPatch = await deltaExtract(record, where, opts, (patch) => extractFile(PATCH_FILE, record.delta!.patch, patch));
+  const extract = (name: ComponentName, dest: string) => (fromPatch && name === DELTA_COMPONENT ? fromPatch(dest) : extractFile(name, record.components[name], dest));
   return finish(kind, record, recordBytes, signature, extract, cleanup, where, opts);
 }
 
@@ -673,6 +697,36 @@ function finish(
   };
 }
 
+// ----- delta payloads (see delta.ts) ------------------------------------------------
+
+/**
+ * For a delta payload, how its rootfs.squashfs is written: the patch (by
+ * `writePatch`, checked against delta.patch) into the scratch folder, then
+ * applied to the installed base, the result checked against payload.json.
+ * When the node's installed versions are known, the base is found and
+ * checked now, so that a node without it refuses before anything changes.
+ * Undefined for a full payload.
+ */
+async function deltaExtract(record: PayloadRecord, where: string, opts: OpenOptions, writePatch: (patch: string) => Promise<void>): Promise<((dest: string) => Promise<void>) | undefined> {
+  const delta = record.delta;
+  if (!delta) return undefined;
+  const lookup = { installed: opts.installed, where, full: fullArchiveName(record) };
+  opts.log?.(`payload: ${where}: a delta against ${delta.base.version}, its patch ${(delta.patch.size / 1048576).toFixed(1)} MiB`);
+  // checked once here; a base that changes after this makes a result that fails its sha256
+  const checked = opts.installed ? await findBase(delta, lookup) : undefined;
+  return async (dest) => {
+    const base = checked ?? (await findBase(delta, lookup));
+    await mkdir(opts.workDir, { recursive: true });
+    const patch = path.join(opts.workDir, `${PATCH_FILE}.${process.pid}.${randomBytes(4).toString('hex')}`);
+    try {
+      await writePatch(patch);
+      await applyPatch({ delta, base, patch, dest, result: record.components[DELTA_COMPONENT], where, full: lookup.full, signal: opts.signal });
+    } finally {
+      await rm(patch, { force: true });
+    }
+  };
+}
+
 // ----- a folder of payload files -----------------------------------------------
 
 async function openFolder(dir: string, opts: OpenOptions, arch: PayloadArch | undefined): Promise<OpenedPayload> {
@@ -689,15 +743,19 @@ async function openFolder(dir: string, opts: OpenOptions, arch: PayloadArch | un
   }
   const record = parseRecord(recordBytes, recordFile);
   checkRecordArch(record, arch, dir);
-  for (const c of COMPONENTS) {
+  for (const component of COMPONENTS) {
+    // a delta payload has its patch in place of rootfs.squashfs
+    const [c, expected] = record.delta && component === DELTA_COMPONENT ? [PATCH_FILE, record.delta.patch] as const : [component, record.components[component]] as const;
     const f = path.join(dir, c);
     const cs = await stat(f).catch(() => undefined);
     if (!cs?.isFile()) throw new UserError(`${dir} has no ${c}: the payload is incomplete`, 'copy the whole payload (every file payload.json names) again');
-    if (cs.size !== record.components[c].size) throw tampered(c, dir, record.components[c], `the file is ${cs.size} bytes`);
+    if (cs.size !== expected.size) throw tampered(c, dir, expected, `the file is ${cs.size} bytes`);
   }
-  const extract = async (name: ComponentName, dest: string) => {
-    await writeChecked(createReadStream(path.join(dir, name), { highWaterMark: 1 << 20 }), dest, name, record.components[name], dir, opts.signal);
+  const copy = async (name: ComponentName | typeof PATCH_FILE, expected: ComponentRecord, dest: string) => {
+    await writeChecked(createReadStream(path.join(dir, name), { highWaterMark: 1 << 20 }), dest, name, expected, dir, opts.signal);
   };
+  const fromPatch = await deltaExtract(record, dir, opts, (patch) => copy(PATCH_FILE, record.delta!.patch, patch));
+  const extract = (name: ComponentName, dest: string) => (fromPatch && name === DELTA_COMPONENT ? fromPatch(dest) : copy(name, record.components[name], dest));
   return finish('folder', record, recordBytes, signature, extract, async () => undefined, dir, opts);
 }
 

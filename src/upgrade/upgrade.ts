@@ -108,6 +108,18 @@ function failedBoots(root: string, version: string): string[] {
   return history.filter((r) => r.version === version && r.result !== 'good').map((r) => r.startedAt);
 }
 
+/**
+ * The squashfs of an installed version that a delta payload may patch: only
+ * one the upgrade keeps (the running, active or fallback version), since the
+ * others are deleted before the new version is written.
+ */
+function installedSquashfs(root: string, version: string, booted: string | undefined): string | undefined {
+  const state = readState(at(root, GRUBENV));
+  if (version !== booted && version !== state?.active && version !== state?.fallback) return undefined;
+  const file = at(root, join(SYSTEM_DIR, version, 'rootfs.squashfs'));
+  return existsSync(file) ? file : undefined;
+}
+
 function freeBytes(dir: string): number {
   const s = statfsSync(dir);
   return Number(s.bavail) * Number(s.bsize);
@@ -166,7 +178,8 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
   let payload: OpenedPayload | undefined;
   try {
     const arch = opts.arch ?? runningArch();
-    payload = await openPayload(opts.source, { arch, workDir: work, log });
+    // a delta payload is applied to the installed squashfs of its base version (see delta.ts)
+    payload = await openPayload(opts.source, { arch, workDir: work, log, installed: (version) => installedSquashfs(root, version, boot.version) });
     const rec = payload.record;
     const v = rec.version;
     const bad = versionProblem(v);

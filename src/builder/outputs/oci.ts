@@ -27,14 +27,21 @@
  * SOURCE_DATE_EPOCH), so a kernel that did not change between two builds
  * gives the same kernel layer, which a registry or node already has; the
  * image config's times are SOURCE_DATE_EPOCH.
+ *
+ * With `cairn build --delta-from PREVIOUS` the writer also makes
+ * `<stem>.delta-from-<base>.oci.tar` (see src/upgrade/delta.ts): the same
+ * image, but the rootfs.squashfs layer replaced by a `rootfs.squashfs.zstpatch`
+ * layer (a zstd patch against the previous build's squashfs) and payload.json
+ * with a `delta` field; its other layers are the full image's.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, rm, stat } from 'node:fs/promises';
+import { mkdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
+import { DELTA_COMPONENT, PATCH_FILE, deltaArchiveName, makePatch, type DeltaRecord } from '../../upgrade/delta.js';
 import { publicKeyOf, signRecord } from '../../upgrade/keys.js';
 import {
   COMPONENT_ANNOTATION,
@@ -44,6 +51,7 @@ import {
   RECORD_FILE,
   RECORD_LAYER,
   SIGNATURE_FILE,
+  openPayload,
   renderRecord,
   type ComponentName,
   type ComponentRecord,
@@ -280,6 +288,8 @@ const RUNNER_LAYER = 'runner';
 export interface OciOptions {
   /** An ed25519 private key (PEM): payload.json is signed with it. */
   signingKey?: string;
+  /** A delta payload: rootfs.squashfs as a patch against this squashfs of the base version. */
+  delta?: { version: string; squashfs: string; signal?: AbortSignal };
 }
 
 export interface OciResult {
@@ -288,6 +298,22 @@ export interface OciResult {
   record: PayloadRecord;
   /** The fingerprint of the key that signed payload.json. */
   signedBy?: string;
+  delta?: DeltaRecord;
+}
+
+/** A delta's rootfs.squashfs: the patch's layer, and the records of the patch, its base and the result. */
+async function patchLayer(system: SystemArtifacts, base: NonNullable<OciOptions['delta']>, workDir: string): Promise<{ layer: BuiltLayer; delta: DeltaRecord; result: ComponentRecord }> {
+  const patch = path.join(workDir, PATCH_FILE);
+  try {
+    const made = await makePatch(base.squashfs, system.squashfs, patch, { signal: base.signal });
+    const layer = await buildLayer(PATCH_FILE, [{ name: PATCH_FILE, src: patch, mode: 0o644 }], workDir);
+    if (layer.files[PATCH_FILE]!.sha256 !== made.sha256) throw new Error(`${patch} changed while the OCI image was written`);
+    const result = { sha256: await sha256File(system.squashfs), size: (await stat(system.squashfs)).size };
+    const delta: DeltaRecord = { component: DELTA_COMPONENT, base: { version: base.version, sha256: await sha256File(base.squashfs) }, patch: made };
+    return { layer, delta, result };
+  } finally {
+    await rm(patch, { force: true });
+  }
 }
 
 export async function buildOciArchive(system: SystemArtifacts, workDir: string, out: string, opts: OciOptions = {}): Promise<OciResult> {
@@ -299,7 +325,9 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
   const component = async (name: Exclude<ComponentName, 'release.json'>, src: string) => buildLayer(name, [{ name, src, mode: 0o644 }], workDir);
   const kernel = await component('kernel', system.kernel);
   const initrd = await component('initrd', system.initramfs);
-  const squashfs = await component('rootfs.squashfs', system.squashfs);
+  // a delta carries the patch in place of the squashfs; payload.json still names the squashfs it makes
+  const patched = opts.delta ? await patchLayer(system, opts.delta, workDir) : undefined;
+  const squashfs = patched ? patched.layer : await component('rootfs.squashfs', system.squashfs);
   const releaseSize = (await stat(system.release)).size;
   const release = { sha256: await sha256File(system.release), size: releaseSize };
   const record: PayloadRecord = {
@@ -311,9 +339,10 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
     components: {
       kernel: kernel.files.kernel!,
       initrd: initrd.files.initrd!,
-      'rootfs.squashfs': squashfs.files['rootfs.squashfs']!,
+      'rootfs.squashfs': patched ? patched.result : squashfs.files['rootfs.squashfs']!,
       'release.json': release,
     },
+    ...(patched ? { delta: patched.delta } : {}),
   };
   const recordBytes = renderRecord(record);
   const recordFiles: LayerFile[] = [
@@ -334,6 +363,7 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
     'io.cairn.payload': PAYLOAD_DIR,
     'io.cairn.payload-format': String(PAYLOAD_FORMAT),
     ...(signer ? { 'io.cairn.signed-by': signer.fingerprint } : {}),
+    ...(patched ? { 'io.cairn.delta-from': patched.delta.base.version } : {}),
   };
   const config = Buffer.from(
     JSON.stringify({
@@ -401,6 +431,7 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
     layers: layers.map((l) => ({ component: l.component, digest: l.digest, size: l.size })),
     record,
     ...(signer ? { signedBy: signer.fingerprint } : {}),
+    ...(patched ? { delta: patched.delta } : {}),
   };
 }
 
@@ -409,5 +440,28 @@ export const oci: OutputWriter = async (system, ctx) => {
   const r = await buildOciArchive(system, ctx.workDir, path.join(ctx.outDir, file), { signingKey: ctx.signingKey });
   ctx.log(`oci: ${file}, payload ${r.signedBy ? `signed by key ${r.signedBy}` : 'unsigned'}`);
   const artifacts: Artifact[] = [{ file, format: 'oci', arch: system.arch }];
+  if (ctx.deltaFrom) artifacts.push(await writeDelta(system, ctx, ctx.deltaFrom));
   return artifacts;
 };
+
+/** cairn build --delta-from: the delta upgrade image against the previous build's squashfs (taken out of its payload, checked on the way). */
+async function writeDelta(system: SystemArtifacts, ctx: Parameters<OutputWriter>[1], from: NonNullable<Parameters<OutputWriter>[1]['deltaFrom']>): Promise<Artifact> {
+  const baseDir = path.join(ctx.workDir, 'base');
+  const base = path.join(baseDir, 'rootfs.squashfs');
+  await mkdir(baseDir, { recursive: true });
+  try {
+    const previous = await openPayload(from.archive, { arch: system.arch, workDir: baseDir });
+    try {
+      await previous.extract('rootfs.squashfs', base);
+    } finally {
+      await previous.close();
+    }
+    const file = deltaArchiveName(artifactStem(system), from.version);
+    ctx.log(`oci: ${file}: patching against the squashfs of ${from.version} (zstd -19, about a minute)`);
+    const d = await buildOciArchive(system, ctx.workDir, path.join(ctx.outDir, file), { signingKey: ctx.signingKey, delta: { version: from.version, squashfs: base, signal: ctx.signal } });
+    ctx.log(`oci: ${file}, a patch of ${d.delta!.patch.size} bytes for a squashfs of ${d.record.components['rootfs.squashfs'].size}, payload ${d.signedBy ? `signed by key ${d.signedBy}` : 'unsigned'}`);
+    return { file, format: 'oci', arch: system.arch };
+  } finally {
+    await rm(baseDir, { recursive: true, force: true });
+  }
+}

@@ -19,6 +19,7 @@ interface BuildFlags {
   sourceDateEpoch?: string;
   sign?: string;
   upgradeImage?: string;
+  deltaFrom?: string;
 }
 
 export function registerBuild(program: Command): void {
@@ -37,6 +38,7 @@ export function registerBuild(program: Command): void {
     .option('--source-date-epoch <seconds>', 'time stamp of every file (default $SOURCE_DATE_EPOCH, else the last commit\'s time)')
     .option('--upgrade-image <ref>', 'OCI repository the upgrade image is pushed to, without a tag, e.g. registry.example/cairn: ships a system-upgrade-controller Plan that upgrades labelled nodes to this version (overrides the spec\'s upgrade.image)')
     .option('--sign <key>', 'sign the OCI upgrade payload with this ed25519 private key (cairn keys generate); the image then trusts only payloads signed by it')
+    .option('--delta-from <previous>', "also write a delta upgrade payload (<stem>.delta-from-<version>.oci.tar) against a previous build: its .oci.tar or its output folder; nodes running that version download a patch instead of the whole squashfs")
     .option('--json', 'print the build record as JSON on stdout')
     .option('-q, --quiet', 'print nothing but errors (and --json)')
     .action(async (specFile: string, flags: BuildFlags) => {
@@ -72,6 +74,7 @@ export function registerBuild(program: Command): void {
           reporter: createReporter({ quiet: flags.quiet }),
           signal: controller.signal,
           signingKey: flags.sign,
+          deltaFrom: flags.deltaFrom,
         });
         if (flags.json) process.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
         else if (!flags.quiet) {
