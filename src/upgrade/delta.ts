@@ -169,6 +169,13 @@ export async function findBase(delta: DeltaRecord, lookup: BaseLookup): Promise<
   return file;
 }
 
+/** zstd's arguments that apply a patch (what applyPatch runs, and bench/upgrade.ts measures). */
+export function applyArgs(base: string, patch: string, dest: string, resultSize: number): string[] {
+  // The frame's window is the result's size (see the top of this file): the limit says so, and no more.
+  const memory = Math.max(2 ** DELTA_WINDOW_LOG, resultSize);
+  return ['-d', '-q', '-f', `--memory=${Math.ceil(memory / MIB)}MB`, `--patch-from=${base}`, patch, '-o', dest];
+}
+
 export interface ApplyOptions {
   delta: DeltaRecord;
   /** The base's squashfs on the node (findBase). */
@@ -190,10 +197,8 @@ export interface ApplyOptions {
  */
 export async function applyPatch(o: ApplyOptions): Promise<void> {
   const hint = `use the full payload ${o.full}`;
-  // The frame's window is the result's size (see the top of this file): the limit says so, and no more.
-  const memory = Math.max(2 ** DELTA_WINDOW_LOG, o.result.size);
   try {
-    await zstd(['-d', '-q', '-f', `--memory=${Math.ceil(memory / MIB)}MB`, `--patch-from=${o.base}`, o.patch, '-o', o.dest], hint, o.signal);
+    await zstd(applyArgs(o.base, o.patch, o.dest, o.result.size), hint, o.signal);
     await chmod(o.dest, 0o644);
     const fh = await open(o.dest, 'r+');
     try {
