@@ -194,7 +194,9 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
     if (!state) throw new UserError(`no boot state in ${GRUBENV}`, 'this node\'s state partition is incomplete: reinstall it');
     const booted = boot.version;
     if (v === booted && state.trial === v) state = (await waitForVerdict(root, v, opts.waitMs ?? 600_000, log)) ?? state;
-    if (v === booted && state.active === v && !state.trial) return { outcome: 'current', version: v, message: `already on ${v}` };
+    if (v === booted && state.active === v) {
+      return { outcome: 'current', version: v, message: `already on ${v}${state.trial ? ` (${state.trial} is installed for the next boot, ${state.tries ?? 0} tries)` : ''}` };
+    }
     if (v === booted && state.trial === v) throw new UserError(`version ${v} is still on trial in this boot and not marked good yet`, 'cairn status shows why; the node reboots into its active version if it does not become healthy');
     if (v === state.active) {
       throw new UserError(`version ${v} is the active version, but this boot runs ${booted}: ${v} did not boot`, 'cairn status shows the boot history; install a newer version');
@@ -217,6 +219,8 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
     let reclaim = 0;
     for (const d of removable) reclaim += dirBytes(join(sys, d));
     if (existsSync(incoming)) reclaim += dirBytes(incoming);
+    // the version itself, installed before (the fallback, a trial given up): written anew
+    if (existsSync(join(sys, v)) && !removable.includes(v)) reclaim += dirBytes(join(sys, v));
     const need = payload.bytes + SPARE_BYTES;
     const free = freeBytes(sys);
     if (free + reclaim < need) {
