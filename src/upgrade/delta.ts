@@ -23,14 +23,20 @@
  * matched against, so the window has to span the base: zstd sets it from
  * the file's size by itself (2^27 = 128 MiB for a squashfs up to 128 MiB),
  * whatever --long asks for; --long=27 and --long=31 gave the same bytes for
- * the default system's 93 MiB squashfs (bench/upgrade.ts). A window smaller
- * than the base is not a choice patch-from offers. What the node pays is set
- * by the frame: zstd writes the result's size as its window (one segment),
- * so the decoder holds about the result's size in memory, and reads the base
- * beside it: about 190 MB resident for the 93 MiB squashfs, which a 1 GB
- * board can spare (k3s' pods are drained by then). The decoder's memory
- * limit is set to just that (the result's size, at least 128 MiB) rather
- * than the 2 GB that --long=31 would allow.
+ * the default system's 93 MiB squashfs, with zstd 1.5.4 and with trixie's
+ * 1.5.7 (bench/upgrade.ts). A window smaller than the base is not a choice
+ * patch-from offers. What the node pays is set by the frame: zstd writes the
+ * result's size as its window (one segment), so the decoder holds about the
+ * result's size and reads the base beside it: 190 MB resident at its peak
+ * for the 93 MiB squashfs (both versions), which a 1 GB board can spare
+ * (k3s' pods are drained by then). The decoder's memory limit names just
+ * that window (the result's size, at least 128 MiB), not the 2 GB that
+ * --long=31 would allow; in patch-from mode zstd raises it to the base's
+ * size by itself where that is larger.
+ *
+ * The same inputs and the same zstd give the same patch; another zstd
+ * release may give other bytes (1.5.4 and 1.5.7 do), which the node does not
+ * mind: it checks the result.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -171,7 +177,7 @@ export async function findBase(delta: DeltaRecord, lookup: BaseLookup): Promise<
 
 /** zstd's arguments that apply a patch (what applyPatch runs, and bench/upgrade.ts measures). */
 export function applyArgs(base: string, patch: string, dest: string, resultSize: number): string[] {
-  // The frame's window is the result's size (see the top of this file): the limit says so, and no more.
+  // The frame's window is the result's size (see the top of this file): the limit names it, not --long=31's 2 GB.
   const memory = Math.max(2 ** DELTA_WINDOW_LOG, resultSize);
   return ['-d', '-q', '-f', `--memory=${Math.ceil(memory / MIB)}MB`, `--patch-from=${base}`, patch, '-o', dest];
 }
