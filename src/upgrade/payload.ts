@@ -27,7 +27,7 @@
  * checks the result against payload.json as it checks any component.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, statfsSync } from 'node:fs';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -780,6 +780,18 @@ async function download(url: string, workDir: string, opts: OpenOptions): Promis
   const length = res.headers.get('content-length');
   const encoded = (res.headers.get('content-encoding') ?? 'identity') !== 'identity';
   const expected = length !== null && !encoded ? Number(length) : undefined;
+  if (expected !== undefined) {
+    // refused before a byte is written when the archive cannot fit (cairn upgrade checks the rest after)
+    const st = statfsSync(workDir);
+    const free = Number(st.bavail) * Number(st.bsize);
+    if (free < expected) {
+      await res.body.cancel().catch(() => undefined);
+      throw new UserError(
+        `not enough space to download ${shown}: it needs ${Math.ceil(expected / 1048576)} MiB in ${workDir}, ${Math.floor(free / 1048576)} MiB are free`,
+        'free space on the node (logs, container images in /var), or give a payload on another disk with --source',
+      );
+    }
+  }
   const file = path.join(workDir, `payload-${process.pid}-${randomBytes(4).toString('hex')}.oci.tar`);
   let got = 0;
   const count = new Transform({

@@ -28,7 +28,7 @@ t.teardown(() => key?.remove());
 /** The job's container, as the controller's job spec has it (hostNetwork, hostPID, hostIPC, privileged, / at /host). */
 function runJob(): string {
   return [
-    'ctr -n k8s.io run --rm --privileged --net-host',
+    '/usr/bin/ctr -n k8s.io run --rm --privileged --net-host',
     '--with-ns pid:/proc/1/ns/pid --with-ns ipc:/proc/1/ns/ipc',
     '--mount type=bind,src=/,dst=/host,options=rbind:rw',
     '--env SYSTEM_UPGRADE_NODE_NAME=job-node --env SYSTEM_UPGRADE_PLAN_NAME=cairn',
@@ -37,7 +37,9 @@ function runJob(): string {
   ].join(' ');
 }
 
-const START_CONTAINERD = '(containerd >/var/log/cairn/containerd.log 2>&1 &); for i in $(seq 60); do ctr version >/dev/null 2>&1 && break; sleep 1; done; ctr version >/dev/null';
+// Debian's, by path: k3s puts its own ctr (a link to k3s) first in PATH
+const CTR = '/usr/bin/ctr';
+const START_CONTAINERD = `(/usr/bin/containerd >/var/log/cairn/containerd.log 2>&1 &); for i in $(seq 60); do ${CTR} version >/dev/null 2>&1 && break; sleep 1; done; ${CTR} version >/dev/null`;
 
 t.test("the controller's job in containerd upgrades the node, and its retry after the reboot succeeds", async (tt) => {
   const config = `hostname: job-node\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
@@ -49,7 +51,7 @@ t.test("the controller's job in containerd upgrades the node, and its retry afte
   // the image as the controller's node pulls it: imported by containerd, named by its tag
   // (the archive in RAM: the node's disk holds containerd's copy, the versions and the new one)
   await node.sh(`sudo sh -c 'mkdir -p /run/job && busybox wget -q -O /run/job/cairn.oci.tar ${vm.http!.guestUrl}/cairn-0.2.0.oci.tar'`);
-  const imported = await node.sh('sudo ctr -n k8s.io images import --base-name registry.example/cairn /run/job/cairn.oci.tar && sudo ctr -n k8s.io images ls -q && sudo rm /run/job/cairn.oci.tar');
+  const imported = await node.sh(`sudo ${CTR} -n k8s.io images import --base-name registry.example/cairn /run/job/cairn.oci.tar && sudo ${CTR} -n k8s.io images ls -q && sudo rm /run/job/cairn.oci.tar`);
   tt.match(imported, /^registry\.example\/cairn:0\.2\.0$/m, 'containerd took the archive and names it by its version');
   // the prepare step: the payload checked, nothing changed
   const prepare = await node.sh(`sudo ${runJob().replace('cairn-upgrade-job /usr/bin/cairn upgrade', 'cairn-prepare /usr/bin/cairn upgrade --check')} 2>&1`);

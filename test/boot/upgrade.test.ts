@@ -7,7 +7,7 @@
 // (the hardware watchdog), and a 0.4.0 whose kernel panics (panic=10, GRUB's
 // try count).
 import t from 'tap';
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { bootForTest, makeSshKey, type SshKey } from '../../qemu/harness.js';
 import { REPO, buildTestImage, buildUpgradeVersion } from './image.js';
@@ -29,6 +29,12 @@ t.before(async () => {
   // no such init in the initramfs and no root= to fall back on: the kernel panics
   payloads['0.4.0'] = buildUpgradeVersion('0.4.0', { cmdline: 'rdinit=/no-such-init' });
   for (const p of Object.values(payloads)) copyFileSync(p, join(serve, basename(p)));
+  // bad downloads: one byte changed in the middle (inside the squashfs), and the archive cut in half
+  const good = readFileSync(payloads['0.2.0']!);
+  const bad = Buffer.from(good);
+  bad[Math.floor(bad.length / 2)] = bad[Math.floor(bad.length / 2)]! ^ 0x01;
+  writeFileSync(join(serve, 'tampered.oci.tar'), bad);
+  writeFileSync(join(serve, 'truncated.oci.tar'), good.subarray(0, Math.floor(good.length / 2)));
 });
 t.teardown(() => key?.remove());
 
@@ -48,6 +54,25 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand; an unhealthy, a hung and a panicking 
   await vm.waitFor(exact('0.1.0'), BOOT_TIMEOUT);
   await node.waitSsh();
   const url = (v: string) => `${vm.http!.guestUrl}/${basename(payloads[v]!)}`;
+
+  // refused, each with its reason, and nothing on the disk changed
+  const disk = 'sudo sh -c "ls -a /cairn/system; sha256sum /cairn/grub/grubenv"';
+  const before = await node.sh(disk);
+  for (const [file, why] of [
+    ['tampered.oci.tar', /rootfs\.squashfs|sha256|digest/],
+    ['truncated.oci.tar', /truncated|short|ends|incomplete/i],
+  ] as const) {
+    const out = await node.sh(`sudo cairn upgrade --source ${vm.http!.guestUrl}/${file} 2>&1; echo "exit=$?"`);
+    tt.match(out, why, `${file}: refused, saying why`);
+    tt.match(out, /^exit=1$/m, `${file}: exit 1`);
+    tt.equal(await node.sh(disk), before, `${file}: nothing changed on the disk`);
+  }
+  // too little space: CAIRN_STATE filled up, then freed
+  await node.sh('sudo sh -c "fallocate -l $(( $(stat -f -c %a /cairn) * $(stat -f -c %S /cairn) - 100 * 1048576 )) /var/lib/cairn/filler"');
+  const full = await node.sh(`sudo cairn upgrade --source ${url('0.2.0')} 2>&1; echo "exit=$?"`);
+  tt.match(full, /not enough space to download \S+: it needs \d+ MiB in \/cairn\/system\/\.download, \d+ MiB are free/, 'too little space: refused, saying how much is needed');
+  await node.sh('sudo rm /var/lib/cairn/filler');
+  tt.equal(await node.sh(disk), before, 'too little space: nothing changed on the disk');
 
   // 0.1.0 → 0.2.0
   // the session ends as the node goes down: its exit status is not the upgrade's
