@@ -25,8 +25,9 @@
  * decision itself. The decisions below are pure; ./grub.ts and ./shell.ts
  * are the same decisions in GRUB script and sh, tested against one table.
  */
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../init/apply/files.js';
 import { parseGrubEnv, renderGrubEnv } from './grubenv.js';
 
 /** Where the state partition's cairn/ folder is on a running node. */
@@ -220,31 +221,9 @@ export function readState(grubenvPath: string): BootState | undefined {
  * folder flushed. A power cut leaves the old block or the new one.
  */
 export function writeState(grubenvPath: string, s: BootState): void {
-  const tmp = join(dirname(grubenvPath), `.${basename(grubenvPath)}.tmp`);
-  try {
-    const fd = openSync(tmp, 'w', 0o644);
-    try {
-      writeSync(fd, renderState(s));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, grubenvPath);
-    fsyncDir(dirname(grubenvPath));
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
-  }
+  writeFileAtomic(grubenvPath, renderState(s));
 }
 
-export function fsyncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** Whether `version` has its boot files under `systemDir`. */
 export function isBootable(systemDir: string, version: string): boolean {

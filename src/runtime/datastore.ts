@@ -98,6 +98,17 @@ export async function snapshot(exec: Exec, db: string, dir: string, opts: { reas
   return target;
 }
 
+/** A snapshot copied into place as state.db (mode 0600): beside it, flushed, renamed, the folder flushed. */
+function restoreFile(snap: string, db: string): void {
+  mkdirSync(dirname(db), { recursive: true });
+  const restoring = `${db}.restoring`;
+  copyFileSync(snap, restoring);
+  chmodSync(restoring, STATE_DB_MODE);
+  fsyncPath(restoring);
+  renameSync(restoring, db);
+  fsyncPath(dirname(db));
+}
+
 /**
  * Checks state.db before k3s starts. A database that quick_check proves
  * damaged (and its -wal/-shm) is moved aside as state.db.damaged-<time> and
@@ -116,13 +127,7 @@ export async function checkDatastore(exec: Exec, db: string, snapshots: string, 
   for (const snap of listSnapshots(snapshots)) {
     const good = await quickCheck(exec, snap, opts);
     if (!good.ok) continue;
-    mkdirSync(dirname(db), { recursive: true });
-    const restoring = `${db}.restoring`;
-    copyFileSync(snap, restoring);
-    chmodSync(restoring, STATE_DB_MODE);
-    fsyncPath(restoring);
-    renameSync(restoring, db);
-    fsyncPath(dirname(db));
+    restoreFile(snap, db);
     return { state: 'restored', detail: `state.db was damaged (${check.detail}); moved to ${basename(aside)}, restored ${basename(snap)}` };
   }
   return { state: 'damaged', detail: `state.db was damaged (${check.detail}); moved to ${basename(aside)}; no good snapshot to restore: k3s starts with an empty datastore` };
@@ -147,12 +152,6 @@ export function restoreUpgradeSnapshot(db: string, snapshots: string, failed: st
   const aside = `${db}.from-${failed.replace(/[^\w.-]/g, '_')}-${stamp()}`;
   if (existsSync(db)) renameSync(db, aside);
   for (const ext of ['-wal', '-shm']) if (existsSync(db + ext)) renameSync(db + ext, aside + ext);
-  mkdirSync(dirname(db), { recursive: true });
-  const restoring = `${db}.restoring`;
-  copyFileSync(snap, restoring);
-  chmodSync(restoring, STATE_DB_MODE);
-  fsyncPath(restoring);
-  renameSync(restoring, db);
-  fsyncPath(dirname(db));
+  restoreFile(snap, db);
   return `restored ${basename(snap)}, the snapshot taken before the upgrade to ${failed}; the database ${failed} left is kept as ${basename(aside)}`;
 }

@@ -20,11 +20,12 @@
  *   8. older versions deleted (never the active or the fallback one);
  *   9. a reboot when asked.
  */
-import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
-import { DEFAULT_DEADLINE_S, DEFAULT_TRIES, GRUBENV, MAX_TRIES, SYSTEM_DIR, fsyncDir, isBootable, keep, readState, renderVersionEnv, startTrial, versionProblem, writeState, type BootState } from '../boot/state.js';
+import { DEFAULT_DEADLINE_S, DEFAULT_TRIES, GRUBENV, MAX_TRIES, SYSTEM_DIR, isBootable, keep, readState, renderVersionEnv, startTrial, versionProblem, writeState, type BootState } from '../boot/state.js';
 import { readBootInfo } from '../init/bootinfo.js';
+import { fsyncPath } from '../init/apply/files.js';
 import type { Exec } from '../init/exec.js';
 import { HISTORY_PATH, UPGRADE_PATH, readJson, writeJsonAtomic, type BootRecord, type UpgradeRecord } from '../init/status.js';
 import { snapshot } from '../runtime/datastore.js';
@@ -136,14 +137,6 @@ function dirBytes(dir: string): number {
   return n;
 }
 
-function fsyncFile(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 async function waitForVerdict(root: string, version: string, waitMs: number, log: (l: string) => void): Promise<BootState | undefined> {
   const end = Date.now() + waitMs;
@@ -233,7 +226,7 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
       log(`upgrade: removing version ${d} (neither active nor fallback)`);
       rmSync(join(sys, d), { recursive: true, force: true });
     }
-    if (removable.length) fsyncDir(sys);
+    if (removable.length) fsyncPath(sys);
 
     // the datastore, before anything of the new version can touch it
     if (existsSync(at(root, STATE_DB))) {
@@ -248,7 +241,7 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
       for (const c of COMPONENTS) {
         log(`upgrade: writing ${c} (${Math.round(rec.components[c].size / MIB)} MiB)`);
         await payload.extract(c, join(incoming, c));
-        fsyncFile(join(incoming, c));
+        fsyncPath(join(incoming, c));
       }
     } catch (e) {
       // a component that fails its check leaves nothing behind
@@ -258,14 +251,14 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
     const releaseJson = JSON.parse(readFileSync(join(incoming, 'release.json'), 'utf8')) as { inputs?: { cmdline?: string } };
     const cmdline = kernelArgs('state', rec.arch, releaseJson.inputs?.cmdline);
     writeFileSync(join(incoming, 'bootenv'), renderVersionEnv(cmdline));
-    fsyncFile(join(incoming, 'bootenv'));
+    fsyncPath(join(incoming, 'bootenv'));
     writeFileSync(join(incoming, 'SHA256SUMS'), [...COMPONENTS].sort().map((c) => `${rec.components[c].sha256}  ${c}\n`).join(''));
-    fsyncFile(join(incoming, 'SHA256SUMS'));
-    fsyncDir(incoming);
+    fsyncPath(join(incoming, 'SHA256SUMS'));
+    fsyncPath(incoming);
     const dest = join(sys, v);
     rmSync(dest, { recursive: true, force: true });
     renameSync(incoming, dest);
-    fsyncDir(sys);
+    fsyncPath(sys);
     if (!isBootable(sys, v)) throw new Error(`${dest} is incomplete after writing it`);
 
     // the switch: one rename of grubenv
