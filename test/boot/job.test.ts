@@ -26,14 +26,14 @@ t.before(async () => {
 t.teardown(() => key?.remove());
 
 /** The job's container, as the controller's job spec has it (hostNetwork, hostPID, hostIPC, privileged, / at /host). */
-function runJob(): string {
+function runJob(id = 'cairn-upgrade-job'): string {
   return [
     '/usr/bin/ctr -n k8s.io run --rm --privileged --net-host',
     '--with-ns pid:/proc/1/ns/pid --with-ns ipc:/proc/1/ns/ipc',
     '--mount type=bind,src=/,dst=/host,options=rbind:rw',
     '--env SYSTEM_UPGRADE_NODE_NAME=job-node --env SYSTEM_UPGRADE_PLAN_NAME=cairn',
     '--env SYSTEM_UPGRADE_PLAN_LATEST_VERSION=0.2.0 --env SYSTEM_UPGRADE_PLAN_LATEST_HASH=5b1f0e9c2d',
-    'registry.example/cairn:0.2.0 cairn-upgrade-job /usr/bin/cairn upgrade',
+    `registry.example/cairn:0.2.0 ${id} /usr/bin/cairn upgrade`,
   ].join(' ');
 }
 
@@ -43,7 +43,8 @@ const START_CONTAINERD = `(/usr/bin/containerd >/var/log/cairn/containerd.log 2>
 
 t.test("the controller's job in containerd upgrades the node, and its retry after the reboot succeeds", async (tt) => {
   const config = `hostname: job-node\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
-  const vm = await bootForTest(tt, { artifact: { kind: 'raw', path: raw }, configText: config, sshPort: 'auto', memMb: 2048, cpus: 2, name: 'job', timeoutMs: BOOT_TIMEOUT, serveDir: serve });
+  // One CPU: under TCG with two, runc's start met a kernel oops (int3 in kmem_cache_free, live code patching across vCPUs)
+  const vm = await bootForTest(tt, { artifact: { kind: 'raw', path: raw }, configText: config, sshPort: 'auto', memMb: 2048, name: 'job', timeoutMs: BOOT_TIMEOUT, serveDir: serve, cpus: 1 });
   const node = new Node(vm, key);
   await vm.waitFor(/cairn: boot complete 0\.1\.0$/m, BOOT_TIMEOUT);
   await node.waitSsh();
@@ -54,7 +55,7 @@ t.test("the controller's job in containerd upgrades the node, and its retry afte
   const imported = await node.sh(`sudo ${CTR} -n k8s.io images import --base-name registry.example/cairn /run/job/cairn.oci.tar && sudo ${CTR} -n k8s.io images ls -q && sudo rm /run/job/cairn.oci.tar`);
   tt.match(imported, /^registry\.example\/cairn:0\.2\.0$/m, 'containerd took the archive and names it by its version');
   // the prepare step: the payload checked, nothing changed
-  const prepare = await node.sh(`sudo ${runJob().replace('cairn-upgrade-job /usr/bin/cairn upgrade', 'cairn-prepare /usr/bin/cairn upgrade --check')} 2>&1`);
+  const prepare = await node.sh(`sudo ${runJob('cairn-prepare')} --check 2>&1`);
   tt.match(prepare, /^payload default 0\.2\.0 \(amd64, \d+ MiB\) verified, signed by \S+$/m, 'prepare: verified');
   // the upgrade step: staged, then the node reboots (the job's pod dies with it)
   const job = await node.sh(`sudo ${runJob()} 2>&1`, { ok: false });
@@ -64,9 +65,9 @@ t.test("the controller's job in containerd upgrades the node, and its retry afte
   await vm.waitFor(/cairn: mark-good ok \(\d+ ms\): version 0\.2\.0 is now the active one/m, BOOT_TIMEOUT);
   await vm.waitFor(/cairn: boot complete 0\.2\.0$/m, BOOT_TIMEOUT);
   await node.waitSsh();
-  // the controller retries the job after the reboot: the image is still there, the node is on 0.2.0
+  // the controller retries the job after the reboot (a new pod: a new container): the image is still there, the node is on 0.2.0
   await node.sh(`sudo sh -c '${START_CONTAINERD}'`);
-  const retry = await node.sh(`sudo ${runJob()} 2>&1; echo "exit=$?"`);
+  const retry = await node.sh(`sudo ${runJob('cairn-upgrade-job-retry')} 2>&1; echo "exit=$?"`);
   tt.match(retry, /^already on 0\.2\.0$/m, 'the retried job has nothing to do');
   tt.match(retry, /^exit=0$/m, 'and succeeds, so the controller uncordons the node');
   const st = JSON.parse(await node.sh('cairn status --json')) as { version: string; boot?: { state?: unknown } };
