@@ -88,7 +88,8 @@ t.test(`power cuts: ${CUTS} at random moments of an upgrade, each followed by a 
     const st = JSON.parse(await node.sh('cairn status --json')) as Status;
     const state = st.boot?.state;
     const named = [state?.active, state?.fallback, state?.trial].filter((v): v is string => !!v);
-    const sums = await node.sh(`cd /cairn/system && for v in ${named.join(' ')}; do (cd $v && sha256sum -c --quiet SHA256SUMS >/dev/null 2>&1 && echo "$v ok" || echo "$v BROKEN"); done`);
+    // as root, as the first stage checks them; a broken version says which file
+    const sums = await node.sh(`sudo sh -c 'cd /cairn/system && for v in ${named.join(' ')}; do (cd "$v" && if sha256sum -c --quiet SHA256SUMS >/dev/null 2>&1; then echo "$v ok"; else echo "$v BROKEN: $(sha256sum -c SHA256SUMS 2>&1 | grep -v ": OK$" | tr "\\n" " ")"; fi); done'`);
     const whole = !/BROKEN/.test(sums) && st.version === running && named.includes(running);
     tally.push(`cut ${cut}: during the ${during}, ${(delayMs / 1000).toFixed(1)} s in → boots ${running}${failed}; versions ${sums.trim().split('\n').join(', ')}`);
     tt.ok(whole, `cut ${cut}: ${running} booted whole, and every version the boot state names is whole (${sums.trim().replace(/\n/g, ', ')})`);
