@@ -3,14 +3,17 @@
  * costs a node, the delta payload against the full one, both measured in
  * the same run:
  *
- *   - bytes moved: the delta archive, and its patch alone, against the full
- *     archive (goal: at most 2%); and what a registry pull moves when the
- *     node still has the base image's layers (the layers that did not change
- *     are the same blobs);
+ *   - bytes moved: the delta archive against the full archive (goal: at
+ *     most 2%), and in it the patch alone and the runner layer (busybox and
+ *     its script, which the container needs to run); the components it
+ *     leaves out (the base's kernel and initrd); and what a registry pull
+ *     moves when the node still has the base image's layers (the layers that
+ *     did not change are the same blobs);
  *   - time to apply on the node: openPayload + extract of every component
- *     of the delta (base checked, patch applied, result's sha256, as cairn
- *     upgrade does), and the patch with its sha256 alone, against copying the
- *     payload's files to the same disk (cp + sync);
+ *     of the delta (base checked, patch applied, the unchanged components
+ *     copied from the base's folder, every sha256, as cairn upgrade does),
+ *     and the patch with its sha256 alone, against copying the payload's
+ *     files to the same disk (cp + sync);
  *   - zstd's window: the patch made with --long=27 (what cairn uses) and
  *     --long=31, and the decoder's peak memory.
  *
@@ -147,12 +150,14 @@ try {
   const baseArchive = path.join(work, 'base.oci.tar');
   const baseResult = await buildOciArchive(baseSys, ociWork, baseArchive);
   const fullArchive = path.join(work, 'full.oci.tar');
-  const fullSeconds = await secs(() => buildOciArchive(nextSys, ociWork, fullArchive));
+  let fullResult!: Awaited<ReturnType<typeof buildOciArchive>>;
+  const fullSeconds = await secs(async () => (fullResult = await buildOciArchive(nextSys, ociWork, fullArchive)));
   const deltaArchive = path.join(work, 'delta.oci.tar');
   log(`making the delta (zstd -19 --long=${DELTA_WINDOW_LOG} --patch-from)`);
   let deltaResult!: Awaited<ReturnType<typeof buildOciArchive>>;
-  const deltaSeconds = await secs(async () => (deltaResult = await buildOciArchive(nextSys, ociWork, deltaArchive, { delta: { version: rec.version, squashfs: baseSquashfs } })));
+  const deltaSeconds = await secs(async () => (deltaResult = await buildOciArchive(nextSys, ociWork, deltaArchive, { delta: { version: rec.version, squashfs: baseSquashfs, components: baseResult.record.components } })));
   const patch = deltaResult.delta!.patch;
+  const unchanged = deltaResult.delta!.unchanged;
 
   // the window: --long=31 against cairn's --long=27
   log('making the same patch with --long=31');
@@ -167,12 +172,17 @@ try {
   const baseDigests = new Set(baseResult.layers.map((l) => l.digest));
   const pulled = deltaResult.layers.filter((l) => !baseDigests.has(l.digest));
   const registryBytes = pulled.reduce((n, l) => n + l.size, 0);
+  const layerBytes = (c: string) => deltaResult.layers.find((l) => l.component === c)?.size ?? 0;
+  const runnerBytes = layerBytes('runner');
+  const leftOut = unchanged.map((c) => ({ component: c, bytes: fullResult.layers.find((l) => l.component === c)?.size ?? 0 }));
 
-  // the node: the base installed; the delta applied, against cp + sync of the payload's files, on the same disk
+  // the node: the base installed (its folder as cairn upgrade keeps it); the delta applied, against cp + sync of the payload's files, on the same disk
   const node = path.join(work, 'node');
   const installed = path.join(node, 'cairn/system', rec.version, 'rootfs.squashfs');
   await mkdir(path.dirname(installed), { recursive: true });
   await copyFile(baseSquashfs, installed);
+  for (const c of ['kernel', 'initrd'] as const) await copyFile(path.join(oldDir, c), path.join(path.dirname(installed), c));
+  await copyFile(baseSys.release, path.join(path.dirname(installed), 'release.json'));
   const payloadFiles = [nextSys.kernel, nextSys.initramfs, newSquashfs, nextSys.release];
   const times = { deltaExtract: [] as number[], patchAlone: [] as number[], fullExtract: [] as number[], cp: [] as number[] };
   const result = deltaResult.record.components['rootfs.squashfs'];
@@ -217,9 +227,10 @@ try {
     zstd: zstdVersion,
     squashfs: { compression: settings.compression, level: settings.level, bytes: result.size, repackIdentical: identical, changedFile: CHANGED_FILE, changedFileBytesBefore: changedBefore },
     bytes: {
-      full: fullBytes, delta: deltaBytes, patch: patch.size, registryPull: registryBytes,
-      deltaRatio: deltaBytes / fullBytes, patchRatio: patch.size / fullBytes, registryRatio: registryBytes / fullBytes,
+      full: fullBytes, delta: deltaBytes, patch: patch.size, runner: runnerBytes, registryPull: registryBytes,
+      deltaRatio: deltaBytes / fullBytes, patchRatio: patch.size / fullBytes, runnerRatio: runnerBytes / fullBytes, registryRatio: registryBytes / fullBytes,
       layers: Object.fromEntries(deltaResult.layers.map((l) => [l.component, l.size])),
+      unchanged: Object.fromEntries(leftOut.map((l) => [l.component, l.bytes])),
     },
     window: { long27: patch.size, long31: p31.size, identical: p31.sha256 === patch.sha256, decoderPeakRss: rss },
     build: { fullSeconds, deltaSeconds },
@@ -233,7 +244,10 @@ try {
     `  full payload (baseline):   ${mib(fullBytes)}`,
     `  delta payload:             ${mib(deltaBytes)}  = ${pct(deltaBytes / fullBytes)} of the full one (goal <= 2%)`,
     `    its layers: ${deltaResult.layers.map((l) => `${l.component} ${kib(l.size)}`).join(', ')}`,
+    `    left out (the base's, taken from the node): ${leftOut.length ? leftOut.map((l) => `${l.component} ${mib(l.bytes)}`).join(', ') : 'nothing'}`,
     `  the patch alone:           ${kib(patch.size)}  = ${pct(patch.size / fullBytes)}`,
+    `  the runner layer:          ${kib(runnerBytes)}  = ${pct(runnerBytes / fullBytes)} (busybox and its script: the container needs them to run)`,
+    `  the delta without the runner: ${kib(deltaBytes - runnerBytes)}  = ${pct((deltaBytes - runnerBytes) / fullBytes)}`,
     `  a registry pull (node has the base image's layers): ${kib(registryBytes)} = ${pct(registryBytes / fullBytes)} (${pulled.map((l) => l.component).join(', ')})`,
     '',
     `zstd window: --long=27 ${patch.size} B, --long=31 ${p31.size} B (${p31.sha256 === patch.sha256 ? 'the same bytes' : 'different bytes'}); decoder peak memory ${rss === undefined ? 'not measured (no /usr/bin/time)' : mib(rss)}`,
@@ -241,7 +255,7 @@ try {
     '',
     `applying on the node (median of ${RUNS}, same disk, warm page cache):`,
     `  cp + sync of the payload's files (baseline): ${t.cp.toFixed(2)} s`,
-    `  delta through openPayload (base check, patch, sha256, every component): ${t.deltaExtract.toFixed(2)} s = ${(t.deltaExtract / t.cp).toFixed(2)}x baseline`,
+    `  delta through openPayload (base check, patch, ${unchanged.length ? `${unchanged.join(' and ')} copied from the base, ` : ''}sha256, every component): ${t.deltaExtract.toFixed(2)} s = ${(t.deltaExtract / t.cp).toFixed(2)}x baseline`,
     `  the patch + sha256 alone:                    ${t.patchAlone.toFixed(2)} s = ${(t.patchAlone / t.cp).toFixed(2)}x baseline`,
     `  full payload through openPayload:            ${t.fullExtract.toFixed(2)} s = ${(t.fullExtract / t.cp).toFixed(2)}x baseline`,
   ];

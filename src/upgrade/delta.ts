@@ -5,19 +5,33 @@
  * reproducible builds of the same system differ only where their files do.
  * `cairn build --delta-from PREVIOUS` writes, beside the full upgrade image
  * `<stem>.oci.tar`, a second one `<stem>.delta-from-<base>.oci.tar` that
- * carries the same kernel, initrd and release.json but, instead of
- * rootfs.squashfs, a zstd patch against the squashfs of the base version
- * (`rootfs.squashfs.zstpatch`). Its payload.json gains a `delta` field:
+ * carries, instead of rootfs.squashfs, a zstd patch against the squashfs of
+ * the base version (`rootfs.squashfs.zstpatch`), and leaves out every other
+ * component whose sha256 and size are the base's (the kernel and initrd of
+ * a release that changed packages only; release.json names the version, so
+ * it is never the base's): the node has those already. Its payload.json
+ * gains a `delta` field:
  *
  *   "delta": { "component": "rootfs.squashfs",
  *              "base":  { "version": "0.1.0", "sha256": <the base's squashfs> },
- *              "patch": { "sha256": ..., "size": ... } }
+ *              "patch": { "sha256": ..., "size": ... },
+ *              "unchanged": ["kernel", "initrd"] }
  *
- * while `components["rootfs.squashfs"]` still names the sha256 and size of
- * the *result*, so a signature over payload.json covers what the node boots,
- * not only the patch. On the node the patch is applied to the installed base
- * (cairn/system/<base>/rootfs.squashfs), and the result is checked against
- * that sha256 before anything uses it, as a full component is.
+ * while `components` still names the sha256 and size of every component of
+ * the *result* (the squashfs the patch makes, the kernel taken from the
+ * base), so a signature over payload.json covers what the node boots, not
+ * only what the payload carries. On the node the patch is applied to the
+ * installed base (cairn/system/<base>/rootfs.squashfs) and each unchanged
+ * component is copied from the base's folder (cairn/system/<base>/kernel),
+ * each checked against `components` before anything uses it, as a streamed
+ * component is. When the payload is opened the base's squashfs and its
+ * unchanged components are checked against the record too: a node whose
+ * base kernel is another one is told to take the full payload before
+ * anything changes.
+ *
+ * The squashfs is always the patch, even when it did not change (a patch
+ * of a few bytes then); the upgrade image's runner layer (busybox and its
+ * script) stays too, since the container needs it to run.
  *
  * The window. `--patch-from` makes the base a dictionary the new file is
  * matched against, so the window has to span the base: zstd sets it from
@@ -41,9 +55,10 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, open, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
 import { execa } from 'execa';
 import { UserError } from '../errors.js';
-import type { ComponentRecord } from './payload.js';
+import type { ComponentName, ComponentRecord } from './payload.js';
 
 /** The one component a delta payload carries as a patch. */
 export const DELTA_COMPONENT = 'rootfs.squashfs' as const;
@@ -60,6 +75,8 @@ export interface DeltaRecord {
   base: { version: string; sha256: string };
   /** The patch itself (what the payload carries). */
   patch: ComponentRecord;
+  /** The components the payload leaves out: the base version's, byte for byte (components names them), in payload order. */
+  unchanged: ComponentName[];
 }
 
 const MIB = 1024 * 1024;
@@ -81,11 +98,38 @@ export function renderDelta(d: DeltaRecord): DeltaRecord {
     component: d.component,
     base: { version: d.base.version, sha256: d.base.sha256 },
     patch: { sha256: d.patch.sha256, size: d.patch.size },
+    unchanged: [...d.unchanged],
   };
 }
 
+/**
+ * Never left out: the patched squashfs, and release.json, which names the
+ * version (the same bytes would be the base's version) and which the record
+ * layer carries anyway.
+ */
+const ALWAYS_CARRIED: readonly string[] = [DELTA_COMPONENT, 'release.json'];
+
+/** The components a delta may leave out, in payload order. */
+export function omissible(order: readonly ComponentName[]): ComponentName[] {
+  return order.filter((c) => !ALWAYS_CARRIED.includes(c));
+}
+
+/**
+ * The components of `next` that a delta against `base` leaves out: those
+ * with the base's sha256 and size, in `order` (payload order).
+ */
+export function unchangedComponents(order: readonly ComponentName[], next: Record<ComponentName, ComponentRecord>, base: Record<ComponentName, ComponentRecord>): ComponentName[] {
+  return omissible(order).filter((c) => next[c].sha256 === base[c].sha256 && next[c].size === base[c].size);
+}
+
+export interface DeltaRules {
+  isVersion: (v: string) => boolean;
+  /** The payload's components, in payload order. */
+  components: readonly ComponentName[];
+}
+
 /** Checks payload.json's delta field, adding what is wrong with it to `problems`. */
-export function parseDelta(raw: unknown, problems: string[], isVersion: (v: string) => boolean): DeltaRecord | undefined {
+export function parseDelta(raw: unknown, problems: string[], rules: DeltaRules): DeltaRecord | undefined {
   const before = problems.length;
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     problems.push('"delta" must be an object');
@@ -94,13 +138,33 @@ export function parseDelta(raw: unknown, problems: string[], isVersion: (v: stri
   const d = raw as Record<string, unknown>;
   if (d.component !== DELTA_COMPONENT) problems.push(`delta.component must be "${DELTA_COMPONENT}", not ${JSON.stringify(d.component)}`);
   const base = (typeof d.base === 'object' && d.base !== null ? d.base : {}) as Record<string, unknown>;
-  if (typeof base.version !== 'string' || !isVersion(base.version)) problems.push(`delta.base.version must be a version, not ${JSON.stringify(base.version)}`);
+  if (typeof base.version !== 'string' || !rules.isVersion(base.version)) problems.push(`delta.base.version must be a version, not ${JSON.stringify(base.version)}`);
   if (typeof base.sha256 !== 'string' || !SHA256_RE.test(base.sha256)) problems.push(`delta.base.sha256 must be 64 hex digits, not ${JSON.stringify(base.sha256)}`);
   const patch = (typeof d.patch === 'object' && d.patch !== null ? d.patch : {}) as Record<string, unknown>;
   if (typeof patch.sha256 !== 'string' || !SHA256_RE.test(patch.sha256)) problems.push(`delta.patch.sha256 must be 64 hex digits, not ${JSON.stringify(patch.sha256)}`);
   if (typeof patch.size !== 'number' || !Number.isSafeInteger(patch.size) || patch.size < 0) problems.push(`delta.patch.size must be a byte count, not ${JSON.stringify(patch.size)}`);
+  const unchanged = parseUnchanged(d.unchanged, problems, rules.components);
   if (problems.length > before) return undefined;
-  return { component: DELTA_COMPONENT, base: { version: base.version as string, sha256: base.sha256 as string }, patch: { sha256: patch.sha256 as string, size: patch.size as number } };
+  return {
+    component: DELTA_COMPONENT,
+    base: { version: base.version as string, sha256: base.sha256 as string },
+    patch: { sha256: patch.sha256 as string, size: patch.size as number },
+    unchanged,
+  };
+}
+
+/** delta.unchanged: components a delta may leave out, each once, in payload order (so that one set has one spelling). */
+function parseUnchanged(raw: unknown, problems: string[], components: readonly ComponentName[]): ComponentName[] {
+  const may = omissible(components);
+  const wanted = `a list of components from ${may.join(', ')}`;
+  if (!Array.isArray(raw)) {
+    problems.push(`delta.unchanged must be ${wanted} (the base version's, left out of the payload), not ${JSON.stringify(raw)}`);
+    return [];
+  }
+  const bad = raw.filter((c) => typeof c !== 'string' || !(may as readonly string[]).includes(c));
+  if (bad.length) problems.push(`delta.unchanged must be ${wanted}; it has ${bad.map((c) => JSON.stringify(c)).join(', ')}`);
+  else if (raw.join('\0') !== may.filter((c) => raw.includes(c)).join('\0')) problems.push(`delta.unchanged must name each component once, in payload order (${may.join(', ')}), not ${JSON.stringify(raw)}`);
+  return raw as ComponentName[];
 }
 
 async function sha256Of(file: string): Promise<ComponentRecord> {
@@ -143,7 +207,7 @@ export async function makePatch(base: string, next: string, out: string, opts: {
 }
 
 export interface BaseLookup {
-  /** Where the node keeps a version's squashfs, undefined when it has none (OpenOptions.installed). */
+  /** Where the node keeps a version's squashfs, undefined when it has none (OpenOptions.installed); the version's other components sit beside it. */
   installed?: (version: string) => string | undefined;
   /** The payload, for messages. */
   where: string;
@@ -151,28 +215,64 @@ export interface BaseLookup {
   full: string;
 }
 
+/** The installed base version's files a delta takes: its squashfs (to patch) and its unchanged components (to copy). */
+export interface BaseFiles {
+  squashfs: string;
+  files: Partial<Record<ComponentName, string>>;
+}
+
 /**
- * The installed squashfs the delta applies to, checked: present, and with
- * the sha256 the delta was made against. A node without it is told to take
- * the full payload.
+ * The installed base a delta applies to, checked: its squashfs present and
+ * with the sha256 the delta was made against, and each component the delta
+ * leaves out present beside it with the sha256 and size that `components`
+ * (payload.json's) names. A node without them, or with other ones, is told
+ * to take the full payload.
  */
-export async function findBase(delta: DeltaRecord, lookup: BaseLookup): Promise<string> {
+export async function findBase(delta: DeltaRecord, components: Record<ComponentName, ComponentRecord>, lookup: BaseLookup): Promise<BaseFiles> {
   const v = delta.base.version;
   const hint = `use the full payload ${lookup.full}`;
   if (!lookup.installed) throw new UserError(`${lookup.where} is a delta payload against version ${v}, and where installed versions are was not given`, hint);
-  const file = lookup.installed(v);
-  const st = file === undefined ? undefined : await stat(file).catch(() => undefined);
-  if (file === undefined || !st?.isFile()) {
-    throw new UserError(`${lookup.where} is a delta against version ${v}, which this node does not have (no cairn/system/${v}/rootfs.squashfs)`, hint);
+  const squashfs = lookup.installed(v);
+  const isFile = async (f: string) => (await stat(f).catch(() => undefined))?.isFile() === true;
+  if (squashfs === undefined || !(await isFile(squashfs))) {
+    throw new UserError(`${lookup.where} is a delta against version ${v}, which this node does not have (no cairn/system/${v}/${DELTA_COMPONENT})`, hint);
   }
-  const got = await sha256Of(file);
+  const got = await sha256Of(squashfs);
   if (got.sha256 !== delta.base.sha256) {
     throw new UserError(
-      `${lookup.where} is a delta against a version ${v} that is not this node's: the delta was made from a squashfs with sha256 ${delta.base.sha256}, ${file} has ${got.sha256}`,
+      `${lookup.where} is a delta against a version ${v} that is not this node's: the delta was made from a squashfs with sha256 ${delta.base.sha256}, ${squashfs} has ${got.sha256}`,
       hint,
     );
   }
-  return file;
+  const files: BaseFiles['files'] = {};
+  for (const name of delta.unchanged) {
+    const file = path.join(path.dirname(squashfs), name);
+    if (!(await isFile(file))) {
+      throw new UserError(`${lookup.where} is a delta that takes the ${name} of version ${v} from this node, which has none (no cairn/system/${v}/${name})`, hint);
+    }
+    const want = components[name];
+    const has = await sha256Of(file);
+    if (has.sha256 !== want.sha256 || has.size !== want.size) {
+      throw new UserError(
+        `${lookup.where} is a delta against a version ${v} that is not this node's: it takes the ${name} of ${v} (${want.size} bytes with sha256 ${want.sha256}) from this node, and ${file} has ${has.size} bytes with sha256 ${has.sha256}`,
+        hint,
+      );
+    }
+    files[name] = file;
+  }
+  return { squashfs, files };
+}
+
+/**
+ * The UserError for an unchanged component copied from the base that is
+ * not what payload.json names (it changed after the payload was opened, or
+ * the disk returned other bytes).
+ */
+export function baseMismatch(name: ComponentName, file: string, expected: ComponentRecord, got: string, lookup: { where: string; full: string }): UserError {
+  return new UserError(
+    `${name} of the base version, taken from ${file} for the delta in ${lookup.where}, is not the one payload.json names (${expected.size} bytes with sha256 ${expected.sha256}): ${got}; it changed after the payload was opened, or the disk is damaged`,
+    `use the full payload ${lookup.full}`,
+  );
 }
 
 /** zstd's arguments that apply a patch (what applyPatch runs, and bench/upgrade.ts measures). */

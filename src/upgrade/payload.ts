@@ -22,9 +22,11 @@
  * payload.json, streaming: a squashfs is never held in memory.
  *
  * A delta payload (see delta.ts) carries rootfs.squashfs as a patch against a
- * version the node has; its record says so in a `delta` field, and extract()
- * applies the patch to that version (OpenOptions.installed finds it) and
- * checks the result against payload.json as it checks any component.
+ * version the node has, and leaves out the components that are that
+ * version's (delta.unchanged); its record says so in a `delta` field, and
+ * extract() applies the patch to that version's squashfs or copies the
+ * component from that version's folder (OpenOptions.installed finds it),
+ * checking the result against payload.json as it checks any component.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, statfsSync } from 'node:fs';
@@ -35,7 +37,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { UserError } from '../errors.js';
-import { DELTA_COMPONENT, PATCH_FILE, applyPatch, findBase, fullArchiveName, parseDelta, renderDelta, type DeltaRecord } from './delta.js';
+import { DELTA_COMPONENT, PATCH_FILE, applyPatch, baseMismatch, findBase, fullArchiveName, parseDelta, renderDelta, type BaseFiles, type DeltaRecord } from './delta.js';
 
 export const COMPONENTS = ['kernel', 'initrd', 'rootfs.squashfs', 'release.json'] as const;
 export type ComponentName = (typeof COMPONENTS)[number];
@@ -70,7 +72,7 @@ export interface PayloadRecord {
   arch: PayloadArch;
   sourceDateEpoch: number;
   components: Record<ComponentName, ComponentRecord>;
-  /** A delta payload: rootfs.squashfs comes as a patch against an installed version (see delta.ts); components still name the result. */
+  /** A delta payload: rootfs.squashfs comes as a patch against an installed version, the unchanged components from that version (see delta.ts); components still name the result. */
   delta?: DeltaRecord;
 }
 
@@ -87,7 +89,8 @@ export interface OpenedPayload {
    * Writes one component to dest (creating it, mode 0644), streaming,
    * checking size and sha256 as it goes; on a mismatch removes dest and
    * throws a UserError naming the component, what was expected and what
-   * arrived.
+   * arrived. A delta's squashfs is the patch applied to the base, an
+   * unchanged component a copy of the base's, checked the same way.
    */
   extract(name: ComponentName, dest: string): Promise<void>;
   /** Removes what opening made (a downloaded archive). */
@@ -103,8 +106,10 @@ export interface OpenOptions {
   signal?: AbortSignal;
   /**
    * Where the node keeps an installed version's squashfs (undefined when it
-   * has none): the base a delta payload is applied to. When given, a delta
-   * whose base is missing or differs is refused when the payload is opened.
+   * has none), in the version's folder beside its other components: the
+   * base a delta payload is applied to and takes its unchanged components
+   * from. When given, a delta whose base (squashfs or unchanged component)
+   * is missing or differs is refused when the payload is opened.
    */
   installed?: (version: string) => string | undefined;
 }
@@ -176,7 +181,7 @@ export function parseRecord(bytes: Buffer, where: string): PayloadRecord {
     }
   }
   // a delta payload (see delta.ts)
-  const delta = r.delta === undefined ? undefined : parseDelta(r.delta, problems, (v) => VERSION_RE.test(v));
+  const delta = r.delta === undefined ? undefined : parseDelta(r.delta, problems, { isVersion: (v) => VERSION_RE.test(v), components: COMPONENTS });
   if (problems.length) throw new UserError(`${where} is malformed: ${problems.join('; ')}`, hint);
   return {
     format: PAYLOAD_FORMAT,
@@ -198,14 +203,27 @@ function tampered(name: ComponentName | typeof PATCH_FILE, where: string, expect
   );
 }
 
-/** Writes `source` to dest (mode 0644, synced), checking its size as it goes and its sha256 at the end; removes dest on any failure. */
-async function writeChecked(source: AsyncIterable<Buffer> | Readable, dest: string, name: ComponentName | typeof PATCH_FILE, expected: ComponentRecord, where: string, signal?: AbortSignal): Promise<void> {
+/**
+ * Writes `source` to dest (mode 0644, synced), checking its size as it goes
+ * and its sha256 at the end; removes dest on any failure. `mismatch` makes
+ * the error (what arrived, in words); by default the payload's file is
+ * tampered.
+ */
+async function writeChecked(
+  source: AsyncIterable<Buffer> | Readable,
+  dest: string,
+  name: ComponentName | typeof PATCH_FILE,
+  expected: ComponentRecord,
+  where: string,
+  signal?: AbortSignal,
+  mismatch: (got: string) => UserError = (got) => tampered(name, where, expected, got),
+): Promise<void> {
   const hash = createHash('sha256');
   let size = 0;
   const check = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       size += chunk.length;
-      if (size > expected.size) return cb(tampered(name, where, expected, `more than ${expected.size} bytes arrived`));
+      if (size > expected.size) return cb(mismatch(`more than ${expected.size} bytes arrived`));
       hash.update(chunk);
       cb(null, chunk);
     },
@@ -220,7 +238,7 @@ async function writeChecked(source: AsyncIterable<Buffer> | Readable, dest: stri
       await fh.close();
     }
     const sha256 = hash.digest('hex');
-    if (size !== expected.size || sha256 !== expected.sha256) throw tampered(name, where, expected, `it holds ${size} bytes with sha256 ${sha256}`);
+    if (size !== expected.size || sha256 !== expected.sha256) throw mismatch(`it holds ${size} bytes with sha256 ${sha256}`);
   } catch (err) {
     await rm(dest, { force: true });
     if (signal?.aborted) throw signal.reason ?? err;
@@ -614,11 +632,12 @@ async function openOci(store: BlobStore, kind: OpenedPayload['kind'], opts: Open
     if (c === RECORD_LAYER) for (const f of [RECORD_FILE, SIGNATURE_FILE, 'release.json']) holder.set(f, l);
     else if (c && ((COMPONENTS as readonly string[]).includes(c) || c === PATCH_FILE)) holder.set(c, l);
   }
-  // a delta payload's patch layer stands in for rootfs.squashfs
+  // a delta payload's patch layer stands in for rootfs.squashfs; a component it leaves out is held by no layer
   const held = (c: ComponentName) => holder.has(c) || (c === DELTA_COMPONENT && holder.has(PATCH_FILE));
-  if (!holder.has(RECORD_FILE) || COMPONENTS.some((c) => !held(c))) {
+  const unannotated = layers.filter((x) => !x.desc.annotations?.[COMPONENT_ANNOTATION]);
+  if (unannotated.length && (!holder.has(RECORD_FILE) || COMPONENTS.some((c) => !held(c)))) {
     opts.log?.(`payload: ${where}: layers without cairn's annotations; looking into them`);
-    for (const l of layers.filter((x) => !x.desc.annotations?.[COMPONENT_ANNOTATION])) {
+    for (const l of unannotated) {
       await walkLayer(l, where, async (name) => {
         const m = name.startsWith(`${PAYLOAD_DIR}/`) ? name.slice(PAYLOAD_DIR.length + 1) : undefined;
         if (m && ([RECORD_FILE, SIGNATURE_FILE, PATCH_FILE, ...COMPONENTS] as string[]).includes(m)) holder.set(m, l);
@@ -639,6 +658,7 @@ async function openOci(store: BlobStore, kind: OpenedPayload['kind'], opts: Open
   const record = parseRecord(recordBytes, `${RECORD_FILE} in ${where}`);
   checkRecordArch(record, arch, where);
   for (const component of COMPONENTS) {
+    if (record.delta?.unchanged.includes(component)) continue;
     const c = record.delta && component === DELTA_COMPONENT ? PATCH_FILE : component;
     if (!holder.has(c)) throw new UserError(`${where} has no layer holding ${PAYLOAD_DIR}/${c}: the upgrade image is incomplete`, 'build it again');
   }
@@ -660,8 +680,8 @@ async function openOci(store: BlobStore, kind: OpenedPayload['kind'], opts: Open
     });
     if (!found) throw new UserError(`${where}: the ${layer.label} layer has no ${PAYLOAD_DIR}/${name}`, 'the image is damaged: build it again');
   };
-  const fromPatch = await deltaExtract(record, where, opts, (patch) => extractFile(PATCH_FILE, record.delta!.patch, patch));
-  const extract = (name: ComponentName, dest: string) => (fromPatch && name === DELTA_COMPONENT ? fromPatch(dest) : extractFile(name, record.components[name], dest));
+  const fromBase = await deltaExtract(record, where, opts, (patch) => extractFile(PATCH_FILE, record.delta!.patch, patch));
+  const extract = (name: ComponentName, dest: string) => (fromBase[name] ? fromBase[name](dest) : extractFile(name, record.components[name], dest));
   return finish(kind, record, recordBytes, signature, extract, cleanup, where, opts);
 }
 
@@ -700,31 +720,44 @@ function finish(
 // ----- delta payloads (see delta.ts) ------------------------------------------------
 
 /**
- * For a delta payload, how its rootfs.squashfs is written: the patch (by
- * `writePatch`, checked against delta.patch) into the scratch folder, then
- * applied to the installed base, the result checked against payload.json.
- * When the node's installed versions are known, the base is found and
- * checked now, so that a node without it refuses before anything changes.
- * Undefined for a full payload.
+ * For a delta payload, how the components it does not carry are written:
+ * rootfs.squashfs from the patch (by `writePatch`, checked against
+ * delta.patch, into the scratch folder) applied to the installed base, and
+ * each unchanged component copied from the base version's folder, each
+ * checked against payload.json. When the node's installed versions are
+ * known, the base is found and checked now (its squashfs and its unchanged
+ * components), so that a node without it refuses before anything changes.
+ * Empty for a full payload.
  */
-async function deltaExtract(record: PayloadRecord, where: string, opts: OpenOptions, writePatch: (patch: string) => Promise<void>): Promise<((dest: string) => Promise<void>) | undefined> {
+async function deltaExtract(record: PayloadRecord, where: string, opts: OpenOptions, writePatch: (patch: string) => Promise<void>): Promise<Partial<Record<ComponentName, (dest: string) => Promise<void>>>> {
   const delta = record.delta;
-  if (!delta) return undefined;
+  if (!delta) return {};
   const lookup = { installed: opts.installed, where, full: fullArchiveName(record) };
-  opts.log?.(`payload: ${where}: a delta against ${delta.base.version}, its patch ${(delta.patch.size / 1048576).toFixed(1)} MiB`);
-  // checked once here; a base that changes after this makes a result that fails its sha256
-  const checked = opts.installed ? await findBase(delta, lookup) : undefined;
-  return async (dest) => {
-    const base = checked ?? (await findBase(delta, lookup));
+  const taken = delta.unchanged.length ? `; ${delta.unchanged.join(', ')} from ${delta.base.version} on this node` : '';
+  opts.log?.(`payload: ${where}: a delta against ${delta.base.version}, its patch ${(delta.patch.size / 1048576).toFixed(1)} MiB${taken}`);
+  // checked once here; a base that changes after this makes a result (or a copy) that fails its sha256
+  let base: Promise<BaseFiles> | undefined = opts.installed ? Promise.resolve(await findBase(delta, record.components, lookup)) : undefined;
+  const found = () => (base ??= findBase(delta, record.components, lookup));
+  const out: Partial<Record<ComponentName, (dest: string) => Promise<void>>> = {};
+  out[DELTA_COMPONENT] = async (dest) => {
+    const { squashfs } = await found();
     await mkdir(opts.workDir, { recursive: true });
     const patch = path.join(opts.workDir, `${PATCH_FILE}.${process.pid}.${randomBytes(4).toString('hex')}`);
     try {
       await writePatch(patch);
-      await applyPatch({ delta, base, patch, dest, result: record.components[DELTA_COMPONENT], where, full: lookup.full, signal: opts.signal });
+      await applyPatch({ delta, base: squashfs, patch, dest, result: record.components[DELTA_COMPONENT], where, full: lookup.full, signal: opts.signal });
     } finally {
       await rm(patch, { force: true });
     }
   };
+  for (const name of delta.unchanged) {
+    out[name] = async (dest) => {
+      const file = (await found()).files[name]!;
+      const expected = record.components[name];
+      await writeChecked(createReadStream(file, { highWaterMark: 1 << 20 }), dest, name, expected, where, opts.signal, (got) => baseMismatch(name, file, expected, got, lookup));
+    };
+  }
+  return out;
 }
 
 // ----- a folder of payload files -----------------------------------------------
@@ -744,7 +777,8 @@ async function openFolder(dir: string, opts: OpenOptions, arch: PayloadArch | un
   const record = parseRecord(recordBytes, recordFile);
   checkRecordArch(record, arch, dir);
   for (const component of COMPONENTS) {
-    // a delta payload has its patch in place of rootfs.squashfs
+    // a delta payload has its patch in place of rootfs.squashfs, and not the components it takes from the base
+    if (record.delta?.unchanged.includes(component)) continue;
     const [c, expected] = record.delta && component === DELTA_COMPONENT ? [PATCH_FILE, record.delta.patch] as const : [component, record.components[component]] as const;
     const f = path.join(dir, c);
     const cs = await stat(f).catch(() => undefined);
@@ -754,8 +788,8 @@ async function openFolder(dir: string, opts: OpenOptions, arch: PayloadArch | un
   const copy = async (name: ComponentName | typeof PATCH_FILE, expected: ComponentRecord, dest: string) => {
     await writeChecked(createReadStream(path.join(dir, name), { highWaterMark: 1 << 20 }), dest, name, expected, dir, opts.signal);
   };
-  const fromPatch = await deltaExtract(record, dir, opts, (patch) => copy(PATCH_FILE, record.delta!.patch, patch));
-  const extract = (name: ComponentName, dest: string) => (fromPatch && name === DELTA_COMPONENT ? fromPatch(dest) : copy(name, record.components[name], dest));
+  const fromBase = await deltaExtract(record, dir, opts, (patch) => copy(PATCH_FILE, record.delta!.patch, patch));
+  const extract = (name: ComponentName, dest: string) => (fromBase[name] ? fromBase[name](dest) : copy(name, record.components[name], dest));
   return finish('folder', record, recordBytes, signature, extract, async () => undefined, dir, opts);
 }
 

@@ -1,13 +1,16 @@
 // Delta payloads: the oci writer's delta (rootfs.squashfs as a zstd patch
-// against the previous version) read back through openPayload and applied
-// against the installed base; a wrong or missing base, a tampered patch and
-// a patch that makes another squashfs refused with nothing left behind; the
-// signature; cairn build --delta-from through the pipeline, and every previous
-// build a delta cannot be made against refused before any stage runs.
+// against the previous version, the components that are the previous
+// version's left out) read back through openPayload and applied against the
+// installed base, the unchanged components copied from the base's folder; a
+// wrong or missing base (squashfs or kernel), a tampered patch, a base kernel
+// that changed after the open and a patch that makes another squashfs refused
+// with nothing left behind; the signature over delta.unchanged; cairn build
+// --delta-from through the pipeline, and every previous build a delta cannot
+// be made against refused before any stage runs.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { readState, renderState } from '../../src/boot/state.js';
@@ -22,9 +25,10 @@ import { mksquashfsArgs, squashfsInputs } from '../../src/builder/stages/squashf
 import type { Arch, SystemArtifacts } from '../../src/builder/types.js';
 import { DELTA_WINDOW_LOG, PATCH_FILE, makePatch } from '../../src/upgrade/delta.js';
 import { generateKeys, verifyRecord } from '../../src/upgrade/keys.js';
-import { COMPONENTS, openPayload, renderRecord, type OpenOptions } from '../../src/upgrade/payload.js';
+import { COMPONENTS, openPayload, parseRecord, renderRecord, type ComponentName, type ComponentRecord, type OpenOptions } from '../../src/upgrade/payload.js';
 import { upgrade } from '../../src/upgrade/upgrade.js';
 import type { Exec } from '../../src/init/exec.js';
+import tar from 'tar-stream';
 import { makeFakeRoot, quickBuild, tempDir, writeSpec, KR } from '../builder/support.js';
 
 const HOST_BUSYBOX = ['/usr/bin/busybox', '/bin/busybox'].find((p) => existsSync(p) && !elfIsDynamic(readFileSync(p))) ?? '';
@@ -64,7 +68,26 @@ async function system(dir: string, opts: { version: string; squashfs: Buffer; ar
   };
 }
 
-/** Version 1.0 (the base, installed on the node) and 2.0 (a small change to its squashfs), the full 2.0 payload and the delta from 1.0. */
+/** A version's payload.json components, from its files (what its full payload's record names). */
+async function componentsOf(sys: SystemArtifacts): Promise<Record<ComponentName, ComponentRecord>> {
+  const of = async (f: string) => {
+    const data = await readFile(f);
+    return { sha256: sha(data), size: data.length };
+  };
+  return { kernel: await of(sys.kernel), initrd: await of(sys.initramfs), 'rootfs.squashfs': await of(sys.squashfs), 'release.json': await of(sys.release) };
+}
+
+/** The delta option of buildOciArchive against `base`. */
+async function against(base: SystemArtifacts) {
+  return { version: base.version, squashfs: base.squashfs, components: await componentsOf(base) };
+}
+
+/**
+ * Version 1.0 (the base, installed on the node: its folder v1/ holds kernel,
+ * initrd, rootfs.squashfs and release.json as cairn/system/1.0/ does) and 2.0
+ * (a small change to its squashfs, another initrd, the same kernel), the full
+ * 2.0 payload and the delta from 1.0.
+ */
 async function pair(t: Test, opts: { signingKey?: string; arch?: Arch } = {}) {
   const dir = await work(t);
   const a = baseSquashfs();
@@ -75,9 +98,36 @@ async function pair(t: Test, opts: { signingKey?: string; arch?: Arch } = {}) {
   const full = path.join(dir, 'default-2.0-amd64.oci.tar');
   const delta = path.join(dir, 'default-2.0-amd64.delta-from-1.0.oci.tar');
   const fullResult = await buildOciArchive(v2, path.join(dir, 'work'), full, { signingKey: opts.signingKey });
-  const result = await buildOciArchive(v2, path.join(dir, 'work'), delta, { signingKey: opts.signingKey, delta: { version: '1.0', squashfs: v1.squashfs } });
+  const result = await buildOciArchive(v2, path.join(dir, 'work'), delta, { signingKey: opts.signingKey, delta: await against(v1) });
   const installed = (version: string) => (version === '1.0' ? v1.squashfs : undefined);
   return { dir, a, b, v1, v2, full, delta, fullResult, result, installed };
+}
+
+/** The image manifest of an OCI archive, read with a plain tar reader (not the code under test). */
+async function manifestOf(archive: string): Promise<{ layers: { digest: string; size: number; annotations?: Record<string, string> }[] }> {
+  const files = new Map<string, Buffer>();
+  const extract = tar.extract();
+  createReadStream(archive).pipe(extract);
+  for await (const entry of extract) {
+    const chunks: Buffer[] = [];
+    for await (const c of entry) chunks.push(c as Buffer);
+    files.set(entry.header.name, Buffer.concat(chunks));
+  }
+  const blob = (digest: string) => files.get(`blobs/sha256/${digest.slice('sha256:'.length)}`)!;
+  const index = JSON.parse(files.get('index.json')!.toString()) as { manifests: { digest: string }[] };
+  return JSON.parse(blob(index.manifests[0]!.digest).toString());
+}
+
+/** A copy of the base's folder (cairn/system/1.0 on a node), with some of its files replaced. */
+async function baseCopy(p: Awaited<ReturnType<typeof pair>>, replace: Partial<Record<ComponentName, Buffer | null>> = {}): Promise<string> {
+  const dir = path.join(p.dir, `base-${randomBytes(3).toString('hex')}`);
+  await mkdir(dir);
+  for (const c of COMPONENTS) {
+    const r = replace[c];
+    if (r === null) continue;
+    await writeFile(path.join(dir, c), r ?? (await readFile(path.join(p.dir, 'v1', c))));
+  }
+  return path.join(dir, 'rootfs.squashfs');
 }
 
 function openOpts(dir: string, more: Partial<OpenOptions> = {}): OpenOptions {
@@ -87,25 +137,32 @@ function openOpts(dir: string, more: Partial<OpenOptions> = {}): OpenOptions {
 t.test('a delta payload: the patch in place of the squashfs, applied to the installed base, gives the new squashfs', async (t) => {
   const p = await pair(t);
   const r = p.result;
-  t.same(r.record.delta, { component: 'rootfs.squashfs', base: { version: '1.0', sha256: sha(p.a) }, patch: r.record.delta!.patch });
+  t.same(r.record.delta, { component: 'rootfs.squashfs', base: { version: '1.0', sha256: sha(p.a) }, patch: r.record.delta!.patch, unchanged: ['kernel'] }, 'the kernel is 1.0\'s: left out; the initrd changed: carried');
   t.same(r.record.components, p.fullResult.record.components, "components name the result: the same record as the full payload's");
   t.same(r.record.components['rootfs.squashfs'], { sha256: sha(p.b), size: p.b.length });
   const { delta: _d, ...rest } = r.record;
   t.same(rest, p.fullResult.record, 'the rest of the record is the full payload\'s');
-  t.same(r.layers.map((l) => l.component), ['runner', 'kernel', 'initrd', PATCH_FILE, 'payload']);
-  const digest = (x: typeof r, c: string) => x.layers.find((l) => l.component === c)!.digest;
-  for (const c of ['runner', 'kernel', 'initrd']) t.equal(digest(r, c), digest(p.fullResult, c), `the ${c} layer is the full payload's blob`);
+  t.same(r.layers.map((l) => l.component), ['runner', 'initrd', PATCH_FILE, 'payload']);
+  const manifest = await manifestOf(p.delta);
+  t.same(manifest.layers.map((l) => l.annotations?.['io.cairn.component']), ['runner', 'initrd', PATCH_FILE, 'payload'], 'the archive\'s manifest has no kernel layer');
+  const digest = (x: typeof r, c: string) => x.layers.find((l) => l.component === c)?.digest;
+  t.notOk(manifest.layers.some((l) => l.digest === digest(p.fullResult, 'kernel')), 'nor the full payload\'s kernel blob');
+  const archive = readFileSync(p.delta);
+  t.notOk(archive.includes('kernel of every version'), 'the kernel\'s bytes are nowhere in the archive');
+  t.ok(readFileSync(p.full).includes('kernel of every version'), '(they are in the full one)');
+  for (const c of ['runner', 'initrd']) t.equal(digest(r, c), digest(p.fullResult, c), `the ${c} layer is the full payload's blob`);
   const patchSize = r.record.delta!.patch.size;
   t.ok(patchSize < p.b.length / 50, `the patch (${patchSize} bytes) is a small part of the squashfs (${p.b.length})`);
-  const saved = readFileSync(p.full).length - readFileSync(p.delta).length;
-  t.ok(saved > p.b.length - patchSize - 8192, `the delta archive is smaller than the full one by the squashfs less the patch (${saved} bytes)`);
+  const saved = readFileSync(p.full).length - archive.length;
+  const kernelSize = p.fullResult.record.components.kernel.size;
+  t.ok(saved > p.b.length + kernelSize - patchSize - 8192, `the delta archive is smaller than the full one by the squashfs and the kernel less the patch (${saved} bytes)`);
 
   const lines: string[] = [];
   const opened = await openPayload(p.delta, openOpts(p.dir, { installed: p.installed, log: (l) => lines.push(l) }));
   t.same(opened.record, r.record);
   t.ok(opened.recordBytes.equals(renderRecord(r.record)));
   t.match(JSON.parse(opened.recordBytes.toString()).delta, { component: 'rootfs.squashfs', base: { version: '1.0' } }, 'payload.json has the delta field');
-  t.match(lines.join('\n'), /a delta against 1\.0, its patch 0\.\d MiB/);
+  t.match(lines.join('\n'), /a delta against 1\.0, its patch 0\.\d MiB; kernel from 1\.0 on this node/);
   const got = path.join(p.dir, 'got');
   await mkdir(got);
   for (const c of COMPONENTS) await opened.extract(c, path.join(got, c));
@@ -121,7 +178,7 @@ t.test('a delta payload: the patch in place of the squashfs, applied to the inst
 t.test('a delta is deterministic: the same inputs give the same bytes', async (t) => {
   const p = await pair(t);
   const again = path.join(p.dir, 'again.oci.tar');
-  await buildOciArchive(p.v2, path.join(p.dir, 'work'), again, { delta: { version: '1.0', squashfs: p.v1.squashfs } });
+  await buildOciArchive(p.v2, path.join(p.dir, 'work'), again, { delta: await against(p.v1) });
   t.equal(sha(readFileSync(again)), sha(readFileSync(p.delta)));
 });
 
@@ -145,8 +202,79 @@ t.test('a node without the base, or with another squashfs of that version, is to
   const dest = path.join(p.dir, 'dest');
   await t.rejects(q.extract('rootfs.squashfs', dest), { name: 'UserError', message: /where installed versions are was not given/, hint });
   t.notOk(existsSync(dest));
+  await t.rejects(q.extract('kernel', dest), { name: 'UserError', message: /where installed versions are was not given/, hint }, 'nor can the kernel it leaves out be had');
+  t.notOk(existsSync(dest));
+  await q.extract('initrd', dest);
+  t.ok(readFileSync(dest).equals(readFileSync(p.v2.initramfs)), 'the components it carries extract as from a full payload');
+  await q.close();
+});
+
+t.test('an unchanged kernel is taken from the base version\'s folder, checked', async (t) => {
+  const p = await pair(t);
+  // the base's folder elsewhere, so that the kernel can only come from there
+  const squashfs = await baseCopy(p);
+  const q = await openPayload(p.delta, openOpts(p.dir, { installed: (v) => (v === '1.0' ? squashfs : undefined) }));
+  const dest = path.join(p.dir, 'kernel');
   await q.extract('kernel', dest);
-  t.ok(readFileSync(dest).equals(readFileSync(p.v2.kernel)), 'the other components extract as from a full payload');
+  t.ok(readFileSync(dest).equals(readFileSync(p.v2.kernel)), 'the kernel payload.json names, byte for byte');
+  t.equal(sha(readFileSync(dest)), p.result.record.components.kernel.sha256);
+  await q.close();
+});
+
+t.test('a node whose base kernel is another one, or missing, is refused when the payload is opened', async (t) => {
+  const p = await pair(t);
+  const hint = /^use the full payload default-2\.0-amd64\.oci\.tar$/;
+  const want = p.result.record.components.kernel;
+  const other = Buffer.from('another kernel\n');
+  const squashfs = await baseCopy(p, { kernel: other });
+  await t.rejects(openPayload(p.delta, openOpts(p.dir, { installed: () => squashfs })), {
+    name: 'UserError',
+    message: new RegExp(`is a delta against a version 1\\.0 that is not this node's: it takes the kernel of 1\\.0 \\(${want.size} bytes with sha256 ${want.sha256}\\) from this node, and ${path.dirname(squashfs)}/kernel has ${other.length} bytes with sha256 ${sha(other)}`),
+    hint,
+  });
+  // the same size, one byte off
+  const flipped = readFileSync(p.v1.kernel);
+  flipped[100] = flipped[100]! ^ 1;
+  const same = await baseCopy(p, { kernel: flipped });
+  await t.rejects(openPayload(p.delta, openOpts(p.dir, { installed: () => same })), { name: 'UserError', message: /not this node's: it takes the kernel of 1\.0/, hint });
+  const none = await baseCopy(p, { kernel: null });
+  await t.rejects(openPayload(p.delta, openOpts(p.dir, { installed: () => none })), {
+    name: 'UserError',
+    message: /is a delta that takes the kernel of version 1\.0 from this node, which has none \(no cairn\/system\/1\.0\/kernel\)/,
+    hint,
+  });
+  // an initrd that differs does not matter: the delta carries its own
+  const initrd = await baseCopy(p, { initrd: Buffer.from('some other initrd') });
+  const q = await openPayload(p.delta, openOpts(p.dir, { installed: () => initrd }));
+  await q.close();
+  t.pass('a base with another initrd opens');
+});
+
+t.test('a base kernel that changed after the open is refused at extract, with nothing left at dest', async (t) => {
+  const p = await pair(t);
+  const squashfs = await baseCopy(p);
+  const kernel = path.join(path.dirname(squashfs), 'kernel');
+  const want = p.result.record.components.kernel;
+  const q = await openPayload(p.delta, openOpts(p.dir, { installed: () => squashfs }));
+  const flipped = readFileSync(kernel);
+  flipped[flipped.length - 1] = flipped[flipped.length - 1]! ^ 0xff;
+  await writeFile(kernel, flipped);
+  const dest = path.join(p.dir, 'dest');
+  await t.rejects(q.extract('kernel', dest), {
+    name: 'UserError',
+    message: new RegExp(`^kernel of the base version, taken from ${kernel} for the delta in .* is not the one payload\\.json names \\(${want.size} bytes with sha256 ${want.sha256}\\): it holds ${want.size} bytes with sha256 ${sha(flipped)}; it changed after the payload was opened`),
+    hint: 'use the full payload default-2.0-amd64.oci.tar',
+  });
+  t.notOk(existsSync(dest), 'nothing at dest');
+  // a longer one: refused as the bytes arrive
+  await writeFile(kernel, Buffer.concat([readFileSync(p.v1.kernel), Buffer.from('more')]));
+  await writeFile(dest, 'what was there');
+  await t.rejects(q.extract('kernel', dest), { name: 'UserError', message: new RegExp(`^kernel of the base version.*: more than ${want.size} bytes arrived`) });
+  t.notOk(existsSync(dest), 'nothing at dest');
+  // the base as it was: the kernel extracts again
+  await copyFile(p.v1.kernel, kernel);
+  await q.extract('kernel', dest);
+  t.ok(readFileSync(dest).equals(readFileSync(p.v2.kernel)));
   await q.close();
 });
 
@@ -177,7 +305,8 @@ t.test('a tampered patch is refused, with nothing left at dest', async (t) => {
 async function deltaFolder(p: Awaited<ReturnType<typeof pair>>, patch: string, recordBytes: Buffer): Promise<string> {
   const dir = path.join(p.dir, `folder-${randomBytes(3).toString('hex')}`);
   await mkdir(dir);
-  for (const c of ['kernel', 'initrd', 'release.json']) await copyFile(path.join(p.dir, 'v2', c), path.join(dir, c));
+  // the components the delta carries: not the ones it takes from the base
+  for (const c of ['kernel', 'initrd', 'release.json']) if (!(p.result.record.delta!.unchanged as string[]).includes(c)) await copyFile(path.join(p.dir, 'v2', c), path.join(dir, c));
   await copyFile(patch, path.join(dir, PATCH_FILE));
   await writeFile(path.join(dir, 'payload.json'), recordBytes);
   return dir;
@@ -193,6 +322,10 @@ t.test('a folder of delta payload files; a patch that makes another squashfs fai
   const dest = path.join(p.dir, 'dest');
   await q.extract('rootfs.squashfs', dest);
   t.ok(readFileSync(dest).equals(p.b), 'the folder form applies too');
+  await rm(dest);
+  t.notOk(existsSync(path.join(good, 'kernel')), 'the folder has no kernel');
+  await q.extract('kernel', dest);
+  t.ok(readFileSync(dest).equals(readFileSync(p.v2.kernel)), 'its kernel comes from the base');
   await rm(dest);
 
   // a patch that is what payload.json's delta.patch says, but that makes another squashfs than components names
@@ -226,7 +359,42 @@ t.test('a signed delta verifies, and its delta field is covered by the signature
   const moved = Buffer.from(q.recordBytes.toString().replace(`"sha256": "${sha(p.a)}"`, `"sha256": "${'0'.repeat(64)}"`));
   t.not(moved.toString(), q.recordBytes.toString());
   t.throws(() => verifyRecord(moved, q.signature, trusted), { name: 'UserError', message: /payload\.json was changed after signing/ }, 'another base in the record breaks the signature');
+  t.match(q.recordBytes.toString(), /"unchanged": \[\s*"kernel"\s*\]/, 'payload.json names the kernel unchanged');
+  for (const [to, what] of [['[]', 'none'], ['["kernel", "initrd"]', 'the initrd too']] as const) {
+    const edited = Buffer.from(q.recordBytes.toString().replace(/"unchanged": \[[^\]]*\]/, `"unchanged": ${to}`));
+    t.not(edited.toString(), q.recordBytes.toString());
+    t.ok(parseRecord(edited, 'edited'), `the edited record (${what} unchanged) is well-formed`);
+    t.throws(() => verifyRecord(edited, q.signature, trusted), { name: 'UserError', message: /payload\.json was changed after signing/ }, `another delta.unchanged (${what}) breaks the signature`);
+  }
   await q.close();
+});
+
+t.test('a delta.unchanged that is not a list of components the base can give is malformed', async (t) => {
+  const p = await pair(t);
+  const record = JSON.parse(renderRecord(p.result.record).toString()) as { delta: Record<string, unknown> };
+  const withUnchanged = (u: unknown) => {
+    const d = { ...record.delta };
+    if (u === undefined) delete d.unchanged;
+    else d.unchanged = u;
+    return Buffer.from(JSON.stringify({ ...record, delta: d }));
+  };
+  t.same(parseRecord(withUnchanged(['kernel', 'initrd']), 'x').delta?.unchanged, ['kernel', 'initrd'], 'kernel and initrd, in payload order');
+  const cases: [unknown, RegExp][] = [
+    [undefined, /delta\.unchanged must be a list of components from kernel, initrd \(the base version's, left out of the payload\), not undefined/],
+    ['kernel', /delta\.unchanged must be a list of components from kernel, initrd .*not "kernel"/],
+    [['rootfs.squashfs'], /delta\.unchanged must be a list of components from kernel, initrd; it has "rootfs\.squashfs"/],
+    [['release.json'], /it has "release\.json"/],
+    [['kernel', 'firmware', 7], /it has "firmware", 7/],
+    [['kernel', 'kernel'], /delta\.unchanged must name each component once, in payload order \(kernel, initrd\), not \["kernel","kernel"\]/],
+    [['initrd', 'kernel'], /each component once, in payload order/],
+  ];
+  for (const [u, message] of cases) t.throws(() => parseRecord(withUnchanged(u), 'payload.json'), { name: 'UserError', message }, `unchanged: ${JSON.stringify(u)}`);
+  // a folder whose payload.json says the initrd is unchanged too: refused by the base check (1.0's initrd is another one)
+  const both = { ...p.result.record, delta: { ...p.result.record.delta!, unchanged: ['kernel', 'initrd'] as ComponentName[] } };
+  const patch = path.join(p.dir, 'patch');
+  await makePatch(p.v1.squashfs, p.v2.squashfs, patch);
+  const folder = await deltaFolder(p, patch, renderRecord(both));
+  await t.rejects(openPayload(folder, openOpts(p.dir, { installed: p.installed })), { name: 'UserError', message: /not this node's: it takes the initrd of 1\.0/ });
 });
 
 const noMksquashfs = spawnSync('mksquashfs', ['-version']).status !== 0 ? 'no mksquashfs on this machine' : false;
@@ -255,7 +423,7 @@ t.test('a real mksquashfs pair (the builder\'s options), one file changed: a sma
   const v2 = await system(path.join(dir, 'v2'), { version: '2.0', squashfs: b });
   await mkdir(path.join(dir, 'work'));
   const delta = path.join(dir, 'delta.oci.tar');
-  await buildOciArchive(v2, path.join(dir, 'work'), delta, { delta: { version: '1.0', squashfs: v1.squashfs } });
+  await buildOciArchive(v2, path.join(dir, 'work'), delta, { delta: await against(v1) });
   const q = await openPayload(delta, openOpts(dir, { installed: (v) => (v === '1.0' ? v1.squashfs : undefined) }));
   await q.extract('rootfs.squashfs', path.join(dir, 'got'));
   t.ok(readFileSync(path.join(dir, 'got')).equals(b));
@@ -267,15 +435,16 @@ t.test('a real mksquashfs pair (the builder\'s options), one file changed: a sma
 
 const exec: Exec = async () => ({ code: 0, stdout: '', stderr: '', timedOut: false });
 
-/** A node booted from CAIRN_STATE running 1.0, whose squashfs is `squashfs`. */
-async function nodeRoot(dir: string, squashfs: Buffer): Promise<string> {
+/** A node booted from CAIRN_STATE running 1.0, whose squashfs is `squashfs` and kernel `kernel`. */
+async function nodeRoot(dir: string, squashfs: Buffer, kernel: Buffer): Promise<string> {
   const root = path.join(dir, 'node');
   const put = async (p: string, data: string | Buffer) => {
     await mkdir(path.join(root, p, '..'), { recursive: true });
     await writeFile(path.join(root, p), data);
   };
   await put('run/cairn/boot.env', 'CAIRN_BOOT_MODE=state\nCAIRN_BOOT_VERSION=1.0\n');
-  for (const f of ['kernel', 'initrd', 'release.json']) await put(`cairn/system/1.0/${f}`, `1.0 ${f}`);
+  for (const f of ['initrd', 'release.json']) await put(`cairn/system/1.0/${f}`, `1.0 ${f}`);
+  await put('cairn/system/1.0/kernel', kernel);
   await put('cairn/system/1.0/rootfs.squashfs', squashfs);
   await put('cairn/grub/grubenv', renderState({ active: '1.0' }));
   await mkdir(path.join(root, 'var/lib/cairn'), { recursive: true });
@@ -284,14 +453,17 @@ async function nodeRoot(dir: string, squashfs: Buffer): Promise<string> {
 
 t.test('cairn upgrade with a delta: 2.0 made from the running 1.0; a node whose 1.0 differs refused, its disk as it was', async (t) => {
   const p = await pair(t);
-  const root = await nodeRoot(p.dir, p.a);
+  const kernel = readFileSync(p.v1.kernel);
+  const root = await nodeRoot(p.dir, p.a, kernel);
   const r = await upgrade({ root, source: p.delta, exec, log: () => undefined, arch: 'amd64' });
   t.equal(r.outcome, 'staged');
   t.ok(readFileSync(path.join(root, 'cairn/system/2.0/rootfs.squashfs')).equals(p.b), 'the new version\'s squashfs');
+  t.ok(readFileSync(path.join(root, 'cairn/system/2.0/kernel')).equals(readFileSync(p.v2.kernel)), 'its kernel, taken from 1.0');
+  t.ok(readFileSync(path.join(root, 'cairn/system/2.0/initrd')).equals(readFileSync(p.v2.initramfs)), 'its initrd, from the payload');
   t.match(readFileSync(path.join(root, 'cairn/system/2.0/SHA256SUMS'), 'utf8'), `${sha(p.b)}  rootfs.squashfs\n`);
   t.equal(readState(path.join(root, 'cairn/grub/grubenv'))?.trial, '2.0');
 
-  const other = await nodeRoot(path.join(p.dir, 'other'), changed(p.a));
+  const other = await nodeRoot(path.join(p.dir, 'other'), changed(p.a), kernel);
   const before = readdirSync(path.join(other, 'cairn/system')).sort();
   const grubenv = readFileSync(path.join(other, 'cairn/grub/grubenv'));
   await t.rejects(upgrade({ root: other, source: p.delta, exec, log: () => undefined, arch: 'amd64' }), {
@@ -305,9 +477,27 @@ t.test('cairn upgrade with a delta: 2.0 made from the running 1.0; a node whose 
   t.equal((await upgrade({ root: other, source: p.full, exec, log: () => undefined, arch: 'amd64' })).outcome, 'staged');
 });
 
+t.test('cairn upgrade with a delta on a node whose 1.0 kernel is another one: refused, its disk as it was; the full payload upgrades it', async (t) => {
+  const p = await pair(t);
+  const root = await nodeRoot(p.dir, p.a, Buffer.from('the kernel this node boots\n'));
+  const before = readdirSync(path.join(root, 'cairn/system')).sort();
+  const grubenv = readFileSync(path.join(root, 'cairn/grub/grubenv'));
+  await t.rejects(upgrade({ root, source: p.delta, exec, log: () => undefined, arch: 'amd64' }), {
+    name: 'UserError',
+    message: /is a delta against a version 1\.0 that is not this node's: it takes the kernel of 1\.0 .* from this node, and .*cairn\/system\/1\.0\/kernel has 27 bytes/,
+    hint: 'use the full payload default-2.0-amd64.oci.tar',
+  });
+  t.same(readdirSync(path.join(root, 'cairn/system')).sort(), before, 'no version written');
+  t.ok(readFileSync(path.join(root, 'cairn/grub/grubenv')).equals(grubenv), 'the boot state as it was');
+  await t.rejects(upgrade({ root, source: p.delta, exec, log: () => undefined, arch: 'amd64', check: true }), { name: 'UserError', message: /it takes the kernel of 1\.0/ }, '--check says so too');
+  t.equal((await upgrade({ root, source: p.full, exec, log: () => undefined, arch: 'amd64' })).outcome, 'staged');
+  t.ok(readFileSync(path.join(root, 'cairn/system/2.0/kernel')).equals(readFileSync(p.v2.kernel)));
+});
+
 t.test('cairn upgrade --check of a delta: the base is checked too', async (t) => {
   const p = await pair(t);
-  const root = await nodeRoot(p.dir, p.a);
+  const root = await nodeRoot(p.dir, p.a, readFileSync(p.v1.kernel));
+  t.equal((await upgrade({ root, source: p.delta, exec, log: () => undefined, arch: 'amd64', check: true })).outcome, 'checked', 'the node that has the base passes');
   await rm(path.join(root, 'cairn/system/1.0/rootfs.squashfs'));
   await t.rejects(upgrade({ root, source: p.delta, exec, log: () => undefined, arch: 'amd64', check: true }), { name: 'UserError', message: /which this node does not have/ });
 });
@@ -345,17 +535,26 @@ t.test('cairn build --delta-from: the delta beside the full payload, in SHA256SU
   t.match(sums, /^[0-9a-f]{64} {2}test-0\.0\.2-amd64\.delta-from-0\.0\.1\.oci\.tar$/m);
   t.match(q.lines.join(''), /a patch of \d+ bytes for a squashfs of \d+/);
 
+  t.match(q.lines.join(''), /kernel, initrd left out \(0\.0\.1's, taken from the node\)/);
+
   const fullOpened = await openPayload(path.join(out2, 'test-0.0.2-amd64.oci.tar'), openOpts(dir));
-  const base = path.join(dir, 'base.squashfs');
+  // 0.0.1 installed: its folder as cairn/system/0.0.1 holds it
+  const baseDir = path.join(dir, 'system-0.0.1');
+  await mkdir(baseDir);
   const prev = await openPayload(path.join(out1, 'test-0.0.1-amd64.oci.tar'), openOpts(dir));
-  await prev.extract('rootfs.squashfs', base);
+  for (const c of COMPONENTS) await prev.extract(c, path.join(baseDir, c));
   await prev.close();
-  const d = await openPayload(path.join(out2, 'test-0.0.2-amd64.delta-from-0.0.1.oci.tar'), openOpts(dir, { installed: (v) => (v === '0.0.1' ? base : undefined) }));
+  const deltaFile = path.join(out2, 'test-0.0.2-amd64.delta-from-0.0.1.oci.tar');
+  const d = await openPayload(deltaFile, openOpts(dir, { installed: (v) => (v === '0.0.1' ? path.join(baseDir, 'rootfs.squashfs') : undefined) }));
   t.same(d.record.components, fullOpened.record.components);
   t.equal(d.record.delta?.base.version, '0.0.1');
-  await d.extract('rootfs.squashfs', path.join(dir, 'made'));
-  await fullOpened.extract('rootfs.squashfs', path.join(dir, 'full'));
-  t.ok(readFileSync(path.join(dir, 'made')).equals(readFileSync(path.join(dir, 'full'))), 'the delta makes the full payload\'s squashfs');
+  t.same(d.record.delta?.unchanged, ['kernel', 'initrd'], 'a release of the same kernel and initramfs leaves both out');
+  t.same((await manifestOf(deltaFile)).layers.map((l) => l.annotations?.['io.cairn.component']), ['runner', PATCH_FILE, 'payload']);
+  for (const c of COMPONENTS) {
+    await d.extract(c, path.join(dir, `made-${c}`));
+    await fullOpened.extract(c, path.join(dir, `full-${c}`));
+    t.ok(readFileSync(path.join(dir, `made-${c}`)).equals(readFileSync(path.join(dir, `full-${c}`))), `the delta makes the full payload's ${c}`);
+  }
   await d.close();
   await fullOpened.close();
 

@@ -31,8 +31,11 @@
  * With `cairn build --delta-from PREVIOUS` the writer also makes
  * `<stem>.delta-from-<base>.oci.tar` (see src/upgrade/delta.ts): the same
  * image, but the rootfs.squashfs layer replaced by a `rootfs.squashfs.zstpatch`
- * layer (a zstd patch against the previous build's squashfs) and payload.json
- * with a `delta` field; its other layers are the full image's.
+ * layer (a zstd patch against the previous build's squashfs), no layer for a
+ * component that is the previous build's byte for byte (the node takes it
+ * from its installed base: usually the kernel and the initrd), and
+ * payload.json with a `delta` field that names those; its other layers (the
+ * runner, a changed kernel or initrd) are the full image's.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -41,9 +44,10 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import { DELTA_COMPONENT, PATCH_FILE, deltaArchiveName, makePatch, type DeltaRecord } from '../../upgrade/delta.js';
+import { DELTA_COMPONENT, PATCH_FILE, deltaArchiveName, makePatch, unchangedComponents, type DeltaRecord } from '../../upgrade/delta.js';
 import { publicKeyOf, signRecord } from '../../upgrade/keys.js';
 import {
+  COMPONENTS,
   COMPONENT_ANNOTATION,
   OCI_PLATFORMS,
   PAYLOAD_DIR,
@@ -288,8 +292,12 @@ const RUNNER_LAYER = 'runner';
 export interface OciOptions {
   /** An ed25519 private key (PEM): payload.json is signed with it. */
   signingKey?: string;
-  /** A delta payload: rootfs.squashfs as a patch against this squashfs of the base version. */
-  delta?: { version: string; squashfs: string; signal?: AbortSignal };
+  /**
+   * A delta payload: rootfs.squashfs as a patch against this squashfs of the
+   * base version, and the components whose sha256 and size are the base's
+   * (`components`: the base payload's record of them) left out.
+   */
+  delta?: { version: string; squashfs: string; components: Record<ComponentName, ComponentRecord>; signal?: AbortSignal };
 }
 
 export interface OciResult {
@@ -302,14 +310,16 @@ export interface OciResult {
 }
 
 /** A delta's rootfs.squashfs: the patch's layer, and the records of the patch, its base and the result. */
-async function patchLayer(system: SystemArtifacts, base: NonNullable<OciOptions['delta']>, workDir: string): Promise<{ layer: BuiltLayer; delta: DeltaRecord; result: ComponentRecord }> {
+async function patchLayer(system: SystemArtifacts, base: NonNullable<OciOptions['delta']>, workDir: string): Promise<{ layer: BuiltLayer; delta: Omit<DeltaRecord, 'unchanged'>; result: ComponentRecord }> {
   const patch = path.join(workDir, PATCH_FILE);
   try {
     const made = await makePatch(base.squashfs, system.squashfs, patch, { signal: base.signal });
     const layer = await buildLayer(PATCH_FILE, [{ name: PATCH_FILE, src: patch, mode: 0o644 }], workDir);
     if (layer.files[PATCH_FILE]!.sha256 !== made.sha256) throw new Error(`${patch} changed while the OCI image was written`);
     const result = { sha256: await sha256File(system.squashfs), size: (await stat(system.squashfs)).size };
-    const delta: DeltaRecord = { component: DELTA_COMPONENT, base: { version: base.version, sha256: await sha256File(base.squashfs) }, patch: made };
+    const baseSha = await sha256File(base.squashfs);
+    if (baseSha !== base.components[DELTA_COMPONENT].sha256) throw new Error(`${base.squashfs} is not the squashfs that the base version's components name`);
+    const delta = { component: DELTA_COMPONENT, base: { version: base.version, sha256: baseSha }, patch: made };
     return { layer, delta, result };
   } finally {
     await rm(patch, { force: true });
@@ -330,19 +340,22 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
   const squashfs = patched ? patched.layer : await component('rootfs.squashfs', system.squashfs);
   const releaseSize = (await stat(system.release)).size;
   const release = { sha256: await sha256File(system.release), size: releaseSize };
+  const components: PayloadRecord['components'] = {
+    kernel: kernel.files.kernel!,
+    initrd: initrd.files.initrd!,
+    'rootfs.squashfs': patched ? patched.result : squashfs.files['rootfs.squashfs']!,
+    'release.json': release,
+  };
+  // a delta leaves out what the base has byte for byte: the node takes it from there
+  const delta: DeltaRecord | undefined = patched ? { ...patched.delta, unchanged: unchangedComponents(COMPONENTS, components, opts.delta!.components) } : undefined;
   const record: PayloadRecord = {
     format: PAYLOAD_FORMAT,
     name: system.name,
     version: system.version,
     arch: system.arch,
     sourceDateEpoch: system.sourceDateEpoch,
-    components: {
-      kernel: kernel.files.kernel!,
-      initrd: initrd.files.initrd!,
-      'rootfs.squashfs': patched ? patched.result : squashfs.files['rootfs.squashfs']!,
-      'release.json': release,
-    },
-    ...(patched ? { delta: patched.delta } : {}),
+    components,
+    ...(delta ? { delta } : {}),
   };
   const recordBytes = renderRecord(record);
   const recordFiles: LayerFile[] = [
@@ -352,7 +365,9 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
   if (opts.signingKey) recordFiles.push({ name: SIGNATURE_FILE, data: signRecord(recordBytes, opts.signingKey), mode: 0o644 });
   const meta = await buildLayer(RECORD_LAYER, recordFiles, workDir);
   if (meta.files['release.json']!.sha256 !== release.sha256) throw new Error(`${system.release} changed while the OCI image was written`);
-  const layers = [runner, kernel, initrd, squashfs, meta];
+  const built = [runner, kernel, initrd, squashfs, meta];
+  const leftOut = new Set<string>(delta?.unchanged ?? []);
+  const layers = built.filter((l) => !leftOut.has(l.component));
 
   const platform = ociPlatform[system.arch];
   const labels: Record<string, string> = {
@@ -363,7 +378,7 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
     'io.cairn.payload': PAYLOAD_DIR,
     'io.cairn.payload-format': String(PAYLOAD_FORMAT),
     ...(signer ? { 'io.cairn.signed-by': signer.fingerprint } : {}),
-    ...(patched ? { 'io.cairn.delta-from': patched.delta.base.version } : {}),
+    ...(delta ? { 'io.cairn.delta-from': delta.base.version } : {}),
   };
   const config = Buffer.from(
     JSON.stringify({
@@ -424,14 +439,14 @@ export async function buildOciArchive(system: SystemArtifacts, workDir: string, 
       await addBuffer(pack, header('oci-layout', layout.length, 0o644, mtime), layout);
     });
   } finally {
-    for (const l of layers) await rm(l.file, { force: true });
+    for (const l of built) await rm(l.file, { force: true });
   }
   return {
     manifestDigest,
     layers: layers.map((l) => ({ component: l.component, digest: l.digest, size: l.size })),
     record,
     ...(signer ? { signedBy: signer.fingerprint } : {}),
-    ...(patched ? { delta: patched.delta } : {}),
+    ...(delta ? { delta } : {}),
   };
 }
 
@@ -451,6 +466,7 @@ async function writeDelta(system: SystemArtifacts, ctx: Parameters<OutputWriter>
   await mkdir(baseDir, { recursive: true });
   try {
     const previous = await openPayload(from.archive, { arch: system.arch, workDir: baseDir });
+    const components = previous.record.components;
     try {
       await previous.extract('rootfs.squashfs', base);
     } finally {
@@ -458,8 +474,9 @@ async function writeDelta(system: SystemArtifacts, ctx: Parameters<OutputWriter>
     }
     const file = deltaArchiveName(artifactStem(system), from.version);
     ctx.log(`oci: ${file}: patching against the squashfs of ${from.version} (zstd -19, about a minute)`);
-    const d = await buildOciArchive(system, ctx.workDir, path.join(ctx.outDir, file), { signingKey: ctx.signingKey, delta: { version: from.version, squashfs: base, signal: ctx.signal } });
-    ctx.log(`oci: ${file}, a patch of ${d.delta!.patch.size} bytes for a squashfs of ${d.record.components['rootfs.squashfs'].size}, payload ${d.signedBy ? `signed by key ${d.signedBy}` : 'unsigned'}`);
+    const d = await buildOciArchive(system, ctx.workDir, path.join(ctx.outDir, file), { signingKey: ctx.signingKey, delta: { version: from.version, squashfs: base, components, signal: ctx.signal } });
+    const left = d.delta!.unchanged.length ? `; ${d.delta!.unchanged.join(', ')} left out (${from.version}'s, taken from the node)` : '';
+    ctx.log(`oci: ${file}, a patch of ${d.delta!.patch.size} bytes for a squashfs of ${d.record.components['rootfs.squashfs'].size}${left}, payload ${d.signedBy ? `signed by key ${d.signedBy}` : 'unsigned'}`);
     return { file, format: 'oci', arch: system.arch };
   } finally {
     await rm(baseDir, { recursive: true, force: true });
