@@ -56,7 +56,7 @@ t.test('disk plan: aligned GPT, BIOS boot only on amd64, state last, stable ids'
 
 t.test('GRUB: live and disk menus, the environment block', async (t) => {
   const live = renderLiveGrubCfg(sys);
-  t.match(live, /linux \/cairn\/vmlinuz cairn\.mode=live console=ttyS0,115200 console=tty0 quiet/);
+  t.match(live, /linux \/cairn\/vmlinuz cairn\.mode=live panic=10 console=ttyS0,115200 console=tty0 quiet/);
   t.match(live, /cairn\.rescue cairn\.debug/);
   t.match(renderLiveGrubCfg({ ...sys, arch: 'arm64' }), /console=ttyAMA0/);
   t.notMatch(renderLiveGrubCfg({ ...sys, arch: 'arm64' }), /serial --unit/);
@@ -88,7 +88,7 @@ t.test('iPXE script: kernel and initrd from cairn-base, squashfs URL and sha256 
   const s = renderIpxe(sys, 'default-1.2.3-amd64-pxe', 'ab'.repeat(32));
   t.match(s, /^#!ipxe\n/);
   t.match(s, /isset \$\{cairn-base\} \|\| set cairn-base http:\/\/\$\{next-server\}\/default-1\.2\.3-amd64-pxe/);
-  t.match(s, /kernel \$\{cairn-base\}\/vmlinuz initrd=initrd cairn\.mode=net cairn\.root_url=\$\{cairn-base\}\/rootfs\.squashfs cairn\.root_sha256=(ab){32} cairn\.version=1\.2\.3 console=ttyS0/);
+  t.match(s, /kernel \$\{cairn-base\}\/vmlinuz initrd=initrd panic=10 cairn\.mode=net cairn\.root_url=\$\{cairn-base\}\/rootfs\.squashfs cairn\.root_sha256=(ab){32} cairn\.version=1\.2\.3 console=ttyS0/);
   t.match(s, /initrd --name initrd \$\{cairn-base\}\/initrd/);
 });
 
