@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { Transform } from 'node:stream';
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -98,4 +99,23 @@ export async function treeSize(root: string): Promise<number> {
   if (st.isFile()) return st.size;
   await walk(root);
   return total;
+}
+
+/**
+ * A pass-through stream that hashes (sha256) and counts what goes through
+ * it; `limit` fails the stream with the error it returns once more than that
+ * many bytes arrived.
+ */
+export function hashingStream(limit?: { bytes: number; error: () => Error }): { stream: Transform; hex: () => string; bytes: () => number } {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      bytes += chunk.length;
+      if (limit && bytes > limit.bytes) return cb(limit.error());
+      hash.update(chunk);
+      cb(null, chunk);
+    },
+  });
+  return { stream, hex: () => hash.digest('hex'), bytes: () => bytes };
 }

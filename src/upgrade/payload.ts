@@ -37,6 +37,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { UserError } from '../errors.js';
+import { hashingStream } from '../builder/hash.js';
 import { DELTA_COMPONENT, PATCH_FILE, applyPatch, baseMismatch, findBase, fullArchiveName, parseDelta, renderDelta, type BaseFiles, type DeltaRecord } from './delta.js';
 
 export const COMPONENTS = ['kernel', 'initrd', 'rootfs.squashfs', 'release.json'] as const;
@@ -218,18 +219,9 @@ async function writeChecked(
   signal?: AbortSignal,
   mismatch: (got: string) => UserError = (got) => tampered(name, where, expected, got),
 ): Promise<void> {
-  const hash = createHash('sha256');
-  let size = 0;
-  const check = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      size += chunk.length;
-      if (size > expected.size) return cb(mismatch(`more than ${expected.size} bytes arrived`));
-      hash.update(chunk);
-      cb(null, chunk);
-    },
-  });
+  const check = hashingStream({ bytes: expected.size, error: () => mismatch(`more than ${expected.size} bytes arrived`) });
   try {
-    await pipeline(source, check, createWriteStream(dest, { mode: 0o644 }), { signal });
+    await pipeline(source, check.stream, createWriteStream(dest, { mode: 0o644 }), { signal });
     const fh = await open(dest, 'r+');
     try {
       await fh.chmod(0o644);
@@ -237,7 +229,8 @@ async function writeChecked(
     } finally {
       await fh.close();
     }
-    const sha256 = hash.digest('hex');
+    const sha256 = check.hex();
+    const size = check.bytes();
     if (size !== expected.size || sha256 !== expected.sha256) throw mismatch(`it holds ${size} bytes with sha256 ${sha256}`);
   } catch (err) {
     await rm(dest, { force: true });
@@ -514,18 +507,10 @@ interface Layer {
  * digest is checked once the whole layer went through.
  */
 async function walkLayer(layer: Layer, where: string, visit: (name: string, entry: TarEntry) => Promise<void>, signal?: AbortSignal): Promise<void> {
-  const hash = createHash('sha256');
-  let seen = 0;
-  const tap = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      seen += chunk.length;
-      cb(null, chunk);
-    },
-  });
+  const tap = hashingStream();
   const extract = tar.extract();
   const source = readRange(layer.range, signal);
-  const feeding = layer.gzip ? pipeline(source, tap, createGunzip(), extract) : pipeline(source, tap, extract);
+  const feeding = layer.gzip ? pipeline(source, tap.stream, createGunzip(), extract) : pipeline(source, tap.stream, extract);
   let feedError: unknown;
   const fed = feeding.catch((err: unknown) => {
     feedError = err;
@@ -551,7 +536,8 @@ async function walkLayer(layer: Layer, where: string, visit: (name: string, entr
   await fed;
   if (signal?.aborted) throw signal.reason;
   if (feedError) throw unreadable(feedError);
-  const digest = `sha256:${hash.digest('hex')}`;
+  const digest = `sha256:${tap.hex()}`;
+  const seen = tap.bytes();
   if (seen !== layer.desc.size || digest !== layer.desc.digest) {
     throw new UserError(`${where}: the ${what} does not match its digest (it hashes to ${digest}, ${seen} bytes): tampered or corrupt`, 'copy or download it again');
   }

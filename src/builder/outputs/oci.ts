@@ -41,7 +41,6 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { DELTA_COMPONENT, PATCH_FILE, deltaArchiveName, makePatch, unchangedComponents, type DeltaRecord } from '../../upgrade/delta.js';
@@ -63,6 +62,7 @@ import {
 } from '../../upgrade/payload.js';
 import { UserError } from '../../errors.js';
 import { resolveInRoot } from '../fsutil.js';
+import { hashingStream } from '../hash.js';
 import { elfIsDynamic } from '../initramfs/index.js';
 import type { Arch, Artifact, OutputWriter, SystemArtifacts } from '../types.js';
 import { artifactStem, sha256File } from './common.js';
@@ -99,35 +99,19 @@ async function addStream(pack: tar.Pack, h: TarHeader, file: string): Promise<Co
     done = resolve;
     fail = reject;
   });
-  const hash = createHash('sha256');
-  let size = 0;
-  const tap = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      size += chunk.length;
-      cb(null, chunk);
-    },
-  });
+  const tap = hashingStream();
   const entry = pack.entry(h, (err) => (err ? fail(err) : done()));
-  await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), tap, entry);
+  await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), tap.stream, entry);
   await finished;
-  if (size !== h.size) throw new Error(`${file} changed while it was written into the OCI image`);
-  return { sha256: hash.digest('hex'), size };
+  if (tap.bytes() !== h.size) throw new Error(`${file} changed while it was written into the OCI image`);
+  return { sha256: tap.hex(), size: tap.bytes() };
 }
 
 /** Writes a tar made by `fill` to `out`, returning its sha256 and size. */
 async function writeTar(out: string, fill: (pack: tar.Pack) => Promise<void>): Promise<{ digest: string; size: number }> {
   const pack = tar.pack();
-  const hash = createHash('sha256');
-  let size = 0;
-  const count = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      size += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  const writing = pipeline(pack, count, createWriteStream(out));
+  const count = hashingStream();
+  const writing = pipeline(pack, count.stream, createWriteStream(out));
   try {
     await fill(pack);
     pack.finalize();
@@ -137,7 +121,7 @@ async function writeTar(out: string, fill: (pack: tar.Pack) => Promise<void>): P
     throw err;
   }
   await writing;
-  return { digest: `sha256:${hash.digest('hex')}`, size };
+  return { digest: `sha256:${count.hex()}`, size: count.bytes() };
 }
 
 interface LayerFile {
