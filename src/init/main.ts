@@ -14,7 +14,7 @@ import { runPhases } from './phase.js';
 import { boot } from './phases.js';
 import { k3sHealthy, markGood } from './mark-good.js';
 import { startGettys } from './services.js';
-import { INIT_PID, SHUTDOWN_REQUEST, shutdown, watchPowerButton, type ShutdownAction } from './shutdown.js';
+import { INIT_PID, readShutdownRequest, shutdown, watchPowerButton, type ShutdownAction } from './shutdown.js';
 import { StatusStore, readJson } from './status.js';
 import { Supervisor } from './supervisor.js';
 import { snapshot } from '../runtime/datastore.js';
@@ -61,13 +61,9 @@ export async function runInit(root = '/'): Promise<void> {
   const stop = (action: ShutdownAction) => {
     if (stopping) return;
     stopping = true;
-    let requested: string | undefined;
-    try {
-      requested = readFileSync(at(ctx, SHUTDOWN_REQUEST), 'utf8').trim();
-    } catch {
-      // a plain signal
-    }
-    void shutdown(ctx, requested === 'reboot' || requested === 'poweroff' ? requested : action);
+    // a request from cairn poweroff/reboot, or a plain signal
+    const req = readShutdownRequest(root);
+    void shutdown(ctx, req.action ?? action, { requester: req.requester });
   };
   ctx.reboot = () => stop('reboot');
   process.on('SIGTERM', () => stop('poweroff'));

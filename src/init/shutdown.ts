@@ -46,7 +46,8 @@ export function requestShutdown(root: string, action: ShutdownAction, kill: Kill
     if (code === 'EPERM') throw new Error(`not allowed to signal the cairn init (pid ${pid}): ${action} needs root (sudo cairn ${action})`);
     throw new Error(`the cairn init (pid ${pid} in ${INIT_PID}) is not running`);
   }
-  writeFileAtomic(join(root, SHUTDOWN_REQUEST), action);
+  // the action, and who asks: the init lets that command finish (its ssh session sees its answer) before it stops sshd
+  writeFileAtomic(join(root, SHUTDOWN_REQUEST), `${action}\n${process.pid}\n`);
   kill(pid, action === 'reboot' ? 'SIGUSR1' : 'SIGTERM');
   return { pid };
 }
@@ -86,6 +87,38 @@ export interface ShutdownOptions {
   killAll?: (sig: NodeJS.Signals) => void;
   servicesStopMs?: number;
   termMs?: number;
+  /** The process that asked (`cairn poweroff`): its answer reaches its session before the services stop. */
+  requester?: number;
+}
+
+/** Reads the request `cairn poweroff`/`reboot` left: the action, and the process that asked. */
+export function readShutdownRequest(root: string): { action?: ShutdownAction; requester?: number } {
+  try {
+    const [action, pid] = readFileSync(join(root, SHUTDOWN_REQUEST), 'utf8').split('\n').map((l) => l.trim());
+    return {
+      action: action === 'reboot' || action === 'poweroff' ? action : undefined,
+      requester: pid && /^\d+$/.test(pid) ? Number(pid) : undefined,
+    };
+  } catch {
+    return {};
+  }
+}
+
+/** How long a shutdown waits for the command that asked for it to exit. */
+export const REQUESTER_WAIT_MS = 3_000;
+
+async function waitGone(pid: number, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      // gone: a moment more for sudo and sshd to pass its exit status on
+      await new Promise((r) => setTimeout(r, 300));
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 export async function shutdown(ctx: NodeContext, action: ShutdownAction, opts: ShutdownOptions = {}): Promise<void> {
@@ -98,6 +131,7 @@ export async function shutdown(ctx: NodeContext, action: ShutdownAction, opts: S
     }
   };
   ctx.status.update({ shutdown: { action, at: new Date().toISOString() } });
+  if (opts.requester !== undefined) await waitGone(opts.requester, REQUESTER_WAIT_MS);
   ctx.log.info(`shutting down (${action}): stopping services`);
   await step('services', async () => {
     const ms = opts.servicesStopMs ?? SERVICES_STOP_MS;

@@ -2,7 +2,7 @@ import t from 'tap';
 import { phase, runPhases } from '../../src/init/phase.js';
 import { createLogger } from '../../src/init/log.js';
 import { parseBootEnv } from '../../src/init/bootinfo.js';
-import { unmountOrder, requestShutdown } from '../../src/init/shutdown.js';
+import { unmountOrder, readShutdownRequest, requestShutdown } from '../../src/init/shutdown.js';
 import { gettyArgs } from '../../src/init/services.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -91,7 +91,11 @@ t.test('shutdown: unmount order and the request to the init', async (t) => {
   const sent: [number, string | number][] = [];
   requestShutdown(root, 'reboot', (pid, sig) => sent.push([pid, sig]));
   t.same(sent, [[4242, 0], [4242, 'SIGUSR1']], 'checks that the init is there, then signals it');
-  t.equal(readFileSync(join(root, 'run/cairn/shutdown'), 'utf8'), 'reboot');
+  t.equal(readFileSync(join(root, 'run/cairn/shutdown'), 'utf8'), `reboot\n${process.pid}\n`, 'the action, and who asks');
+  t.same(readShutdownRequest(root), { action: 'reboot', requester: process.pid });
+  put(root, 'run/cairn/shutdown', 'reboot');
+  t.same(readShutdownRequest(root), { action: 'reboot', requester: undefined }, 'an older request without a pid');
+  t.same(readShutdownRequest(t.testdir()), {}, 'none: a plain signal');
   t.throws(() => requestShutdown(t.testdir(), 'poweroff', () => undefined), /the cairn init is not running here/);
 });
 
@@ -138,6 +142,20 @@ t.test('shutdown: every step bounded; a hung service stop and a failed busybox s
   t.same(calls.map((c) => [c.file, ...c.args]), [['sync'], ['umount', '/var'], ['sync'], ['/usr/bin/busybox', 'reboot', '-f']]);
   t.ok(lines.some((l) => /services did not all stop within 0\.1 s; going on/.test(l)));
   t.equal(readFileSync(join(root, 'proc/sysrq-trigger'), 'utf8'), 'b', 'the kernel is asked directly');
+});
+
+t.test('shutdown: the command that asked gets to finish (its ssh session sees its answer) before the services stop', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const root = t.testdir();
+  put(root, 'proc/mounts', '');
+  const { ctx } = testContext(root, {}, { exec: () => ({ code: 0 }) });
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600)']);
+  let exitedAt = 0;
+  child.on('exit', () => (exitedAt = Date.now()));
+  let stoppedAt = 0;
+  ctx.services = { stopAll: async () => void (stoppedAt = Date.now()) } as unknown as Supervisor;
+  await shutdown(ctx, 'poweroff', { requester: child.pid, servicesStopMs: 100, termMs: 10, killAll: () => undefined });
+  t.ok(exitedAt > 0 && stoppedAt >= exitedAt, `services stopped ${stoppedAt - exitedAt} ms after the requester exited`);
 });
 
 t.test('getty: serial consoles at serial speeds; autologin only when asked', async (t) => {
