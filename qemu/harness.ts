@@ -55,9 +55,10 @@ export interface WaitOptions {
   /**
    * Where the search starts: 'cursor' (default) is just after the previous
    * match, so consecutive waits also check the order of the markers;
-   * 'start' searches the whole console.
+   * 'start' searches the whole console; 'end' only what the console
+   * prints from now on (after a reset, say, when an older match must not count).
    */
-  from?: 'cursor' | 'start';
+  from?: 'cursor' | 'start' | 'end';
 }
 
 /** A wait that failed: the marker, why, and the console's last lines. */
@@ -272,7 +273,7 @@ export class Vm {
    * console's tail, on timeout or when QEMU exits first.
    */
   waitFor(marker: string | RegExp, timeoutMs = this.defaultTimeout, opts: WaitOptions = {}): Promise<WaitResult> {
-    const from = opts.from === 'start' ? 0 : this.cursor;
+    const from = opts.from === 'start' ? 0 : opts.from === 'end' ? this.console.text.length : this.cursor;
     const found = this.search(marker, from);
     if (!found && this.exit) {
       return Promise.reject(this.waitError(`QEMU had exited (code ${this.exit.code}) before ${describe(marker)} showed on the console`));
