@@ -4,7 +4,8 @@
 // nodes they should, and every bad option is a clear error.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
@@ -216,6 +217,9 @@ t.test('the Plan\'s version is the tag the oci writer gives the upgrade image', 
     return path.join(dir, name);
   };
   const version = '0.2.0';
+  // the upgrade image's /bin/sh comes from the image root's static busybox (the host's busybox-static here)
+  await mkdir(path.join(dir, 'usr/bin'), { recursive: true });
+  await copyFile(existsSync('/usr/bin/busybox') ? '/usr/bin/busybox' : '/bin/busybox', path.join(dir, 'usr/bin/busybox'));
   const system = {
     name: 'default',
     version,
