@@ -246,8 +246,8 @@ t.test('a node whose base kernel is another one, or missing, is refused when the
   // an initrd that differs does not matter: the delta carries its own
   const initrd = await baseCopy(p, { initrd: Buffer.from('some other initrd') });
   const q = await openPayload(p.delta, openOpts(p.dir, { installed: () => initrd }));
+  t.notOk(q.record.delta?.unchanged?.includes('initrd'), 'the delta carries its own initrd, so a base with another one opens');
   await q.close();
-  t.pass('a base with another initrd opens');
 });
 
 t.test('a base kernel that changed after the open is refused at extract, with nothing left at dest', async (t) => {
@@ -397,7 +397,8 @@ t.test('a delta.unchanged that is not a list of components the base can give is 
   await t.rejects(openPayload(folder, openOpts(p.dir, { installed: p.installed })), { name: 'UserError', message: /not this node's: it takes the initrd of 1\.0/ });
 });
 
-const noMksquashfs = spawnSync('mksquashfs', ['-version']).status !== 0 ? 'no mksquashfs on this machine' : false;
+// scripts/setup.sh installs squashfs-tools: as root (CI) a missing mksquashfs fails the test instead
+const noMksquashfs = spawnSync('mksquashfs', ['-version']).status !== 0 && process.getuid?.() !== 0 ? 'no mksquashfs on this machine (not root: scripts/setup.sh could not install it)' : false;
 
 t.test('a real mksquashfs pair (the builder\'s options), one file changed: a small patch that applies', { skip: noMksquashfs }, async (t) => {
   const dir = await work(t);
