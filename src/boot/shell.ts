@@ -42,6 +42,14 @@ cairn_state_save() {
   } >"$t" || return 1
   n=$(wc -c <"$t")
   head -c $((1024 - n)) /dev/zero | tr '\\0' '#' >>"$t" || return 1
+  # in place when the block is there, as GRUB's save_env writes it (see writeState in src/boot/state.ts)
+  size=
+  [ -f "$1" ] && size=$(wc -c <"$1")
+  if [ -n "$size" ] && [ $size -eq 1024 ]; then
+    dd if="$t" of="$1" bs=1024 count=1 conv=notrunc,fsync 2>/dev/null || return 1
+    rm -f "$t"
+    return 0
+  fi
   sync "$t" 2>/dev/null || sync
   mv "$t" "$1" || return 1
   sync

@@ -18,17 +18,32 @@
  *     cairn_deadline=S        seconds a trial boot has to become healthy
  *     cairn_failed=V          the last trial that did not come up (cleared by the next upgrade)
  *
- * One file holds every pointer, so a switch is one atomic rename. GRUB
+ * One file holds every pointer, so a switch is one write of its first
+ * sector, in place (see writeState). GRUB
  * (amd64 BIOS and UEFI, arm64 UEFI) lowers cairn_tries in place with
  * save_env and passes the version it chose as cairn.version=; a first stage
  * booted without it (a bootloader that does not count) makes the same
  * decision itself. The decisions below are pure; ./grub.ts and ./shell.ts
  * are the same decisions in GRUB script and sh, tested against one table.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../init/apply/files.js';
 import { parseGrubEnv, renderGrubEnv } from './grubenv.js';
+
+/** Where the first stage mounts the state partition on a running node (its cairn/ folder is bound at /cairn). */
+export const STATE_MOUNT = '/run/cairn/state';
+
+/**
+ * Writes everything ext4 holds only in its journal to its home blocks
+ * (FIFREEZE checkpoints the journal; the thaw follows at once). GRUB reads
+ * the file system without the journal: after this it finds a version
+ * written just before. Best effort: the result says what happened.
+ */
+export async function checkpointState(exec: (file: string, args: string[], opts?: { timeoutMs?: number }) => Promise<{ code: number; stderr: string }>, mount = STATE_MOUNT): Promise<string | undefined> {
+  const r = await exec('sh', ['-c', 'fsfreeze --freeze "$1" || exit 1; fsfreeze --unfreeze "$1"', 'checkpoint', mount], { timeoutMs: 60_000 });
+  return r.code === 0 ? undefined : (r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`);
+}
 
 /** Where the state partition's cairn/ folder is on a running node. */
 export const STATE_ROOT = '/cairn';
@@ -99,8 +114,14 @@ export function envToState(env: Record<string, string>): BootState | undefined {
   return s;
 }
 
+/** The pointers must sit in the block's first sector: see writeState. */
+export const STATE_SECTOR = 512;
+
 export function renderState(s: BootState): Buffer {
-  return renderGrubEnv(stateToEnv(s));
+  const block = renderGrubEnv(stateToEnv(s));
+  const used = block.toString('latin1').replace(/#+$/, '').length;
+  if (used > STATE_SECTOR) throw new Error(`the boot state needs ${used} bytes, more than the ${STATE_SECTOR} of one sector`);
+  return block;
 }
 
 export function parseState(block: Buffer | string): BootState | undefined {
@@ -217,11 +238,40 @@ export function readState(grubenvPath: string): BootState | undefined {
 }
 
 /**
- * Saves the state: written beside, flushed, renamed over grubenv, the
- * folder flushed. A power cut leaves the old block or the new one.
+ * Saves the state in place, as GRUB's save_env does: the 1024 bytes of
+ * grubenv are overwritten where they are and flushed. The file's inode
+ * and blocks never change, which matters because GRUB reads the file
+ * system without replaying its journal: a renamed-over grubenv lives only
+ * in the journal until ext4 writes its metadata home, and a power cut in
+ * that time showed GRUB "invalid environment block" (no version to boot).
+ * Data written in place goes to the block GRUB finds. Every pointer sits
+ * in the first sector and the second is padding in every state, so a
+ * torn write leaves the old pointers or the new ones. A grubenv that is
+ * missing or of another size is written beside and renamed (first write).
  */
 export function writeState(grubenvPath: string, s: BootState): void {
-  writeFileAtomic(grubenvPath, renderState(s));
+  const block = renderState(s);
+  let fd: number;
+  try {
+    fd = openSync(grubenvPath, 'r+');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    writeFileAtomic(grubenvPath, block);
+    return;
+  }
+  try {
+    if (fstatSync(fd).size !== block.length) {
+      closeSync(fd);
+      fd = -1;
+      writeFileAtomic(grubenvPath, block);
+      return;
+    }
+    let off = 0;
+    while (off < block.length) off += writeSync(fd, block, off, block.length - off, off);
+    fsyncSync(fd);
+  } finally {
+    if (fd >= 0) closeSync(fd);
+  }
 }
 
 

@@ -23,7 +23,7 @@
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
-import { DEFAULT_DEADLINE_S, DEFAULT_TRIES, GRUBENV, MAX_TRIES, SYSTEM_DIR, isBootable, keep, readState, renderVersionEnv, startTrial, versionProblem, writeState, type BootState } from '../boot/state.js';
+import { DEFAULT_DEADLINE_S, DEFAULT_TRIES, GRUBENV, checkpointState, MAX_TRIES, SYSTEM_DIR, isBootable, keep, readState, renderVersionEnv, startTrial, versionProblem, writeState, type BootState } from '../boot/state.js';
 import { readBootInfo } from '../init/bootinfo.js';
 import { fsyncPath } from '../init/apply/files.js';
 import type { Exec } from '../init/exec.js';
@@ -261,7 +261,14 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
     fsyncPath(sys);
     if (!isBootable(sys, v)) throw new Error(`${dest} is incomplete after writing it`);
 
-    // the switch: one rename of grubenv
+    // GRUB reads the file system without its journal: the new version's
+    // files go to their home blocks before the switch points GRUB at them
+    if (root === '/') {
+      const problem = await checkpointState(opts.exec);
+      if (problem) log(`upgrade: the state partition's journal was not written home (${problem}); GRUB may not see ${v} until it is`);
+    }
+
+    // the switch: one in-place write of grubenv's first sector
     const next = startTrial(state, v, tries, deadline);
     writeState(at(root, GRUBENV), next);
     const record: UpgradeRecord = { version: v, from: booted, stagedAt: new Date().toISOString(), outcome: 'staged' };

@@ -2,11 +2,11 @@
 // against the shared table; GRUB's twin is booted in grub-choose.test.ts.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { renderGrubEnv } from '../../src/boot/grubenv.js';
 import { shellStateFunctions } from '../../src/boot/shell.js';
-import { abandon, choose, envToState, keep, onBoot, parseState, promote, renderState, startTrial, type BootState } from '../../src/boot/state.js';
+import { abandon, choose, envToState, keep, onBoot, parseState, promote, renderState, startTrial, writeState, type BootState } from '../../src/boot/state.js';
 import { BOOT_CASES, caseFiles, type BootCase } from './boot-cases.js';
 
 function layout(dir: string, c: BootCase): { sys: string; env: string } {
@@ -68,6 +68,34 @@ t.test('sh writes the block byte for byte as renderState does', async (t) => {
     t.equal(r.status, 0, r.stderr);
     t.same(readFileSync(env), renderState(s), `${shell}: identical`);
   }
+});
+
+t.test('the state is rewritten in place: same inode, same blocks (GRUB reads the file system without its journal)', async (t) => {
+  const first: BootState = { active: '1.0' };
+  const next: BootState = { active: '1.0', fallback: '0.9', trial: '2.0', tries: 3, deadline: 900 };
+  const dir = t.testdir();
+  const env = join(dir, 'grubenv');
+  writeState(env, first);
+  const ino = statSync(env).ino;
+  writeState(env, next);
+  t.equal(statSync(env).ino, ino, 'TypeScript: the same inode');
+  t.same(readFileSync(env), renderState(next));
+  t.same(readdirSync(dir), ['grubenv'], 'nothing left beside it');
+  for (const shell of shells) {
+    const r = runShell(shell, `S_ACTIVE=2.0 S_FALLBACK=1.0 S_TRIAL= S_TRIES= S_DEADLINE= S_FAILED=; cairn_state_save "${env}"`, dir);
+    t.equal(r.status, 0, r.stderr);
+    t.equal(statSync(env).ino, ino, `${shell}: the same inode`);
+    t.same(readFileSync(env), renderState({ active: '2.0', fallback: '1.0' }), `${shell}: the new state`);
+    t.same(readdirSync(dir), ['grubenv'], `${shell}: nothing left beside it`);
+  }
+  // a block of another size (not one the builder made) is replaced whole
+  writeFileSync(env, 'short');
+  writeState(env, next);
+  t.same(readFileSync(env), renderState(next), 'a short file is replaced');
+  // every pointer fits the first sector, so a torn write cannot mix two states
+  const longest = 'v'.repeat(64);
+  const full = renderState({ active: longest, fallback: longest, trial: longest, tries: 9, deadline: 99999, failed: longest });
+  t.match(full.subarray(512).toString('latin1'), /^#+$/, 'the second sector is padding even with the longest names');
 });
 
 t.test('giving a version up: TypeScript and sh agree', async (t) => {
