@@ -6,13 +6,14 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
+import { ARCH_TABLE } from './arches.js';
 import type { Arch } from './types.js';
 import type { ImageSpec } from './spec.js';
 
 export const kernelPackage: Record<Arch, string> = {
-  amd64: 'linux-image-amd64',
-  arm64: 'linux-image-arm64',
-  armv7: 'linux-image-armmp-lpae',
+  amd64: ARCH_TABLE.amd64.kernelPackage,
+  arm64: ARCH_TABLE.arm64.kernelPackage,
+  armv7: ARCH_TABLE.armv7.kernelPackage,
 };
 
 /** What every cairn system has: the init's runtime, services, and what k3s needs on the host. */

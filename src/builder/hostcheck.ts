@@ -6,7 +6,8 @@ import { accessSync, constants, existsSync } from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../errors.js';
 import { hostArch, qemuName } from './binfmt.js';
-import type { Arch, Format } from './types.js';
+import { formatRow, type Format } from './formats.js';
+import type { Arch } from './types.js';
 
 export interface HostTool {
   /** A command looked up in PATH (and the sbin folders), or an absolute path that must exist. */
@@ -38,34 +39,9 @@ const BASE: HostTool[] = [
   { need: 'zstd', pkg: 'zstd', why: 'compression' },
 ];
 
-/** What every disk image is assembled with (no loop devices: partition table and file systems from files). */
-function diskTools(why: Format): HostTool[] {
-  return [
-    { need: 'sfdisk', pkg: 'fdisk', why },
-    { need: 'mkfs.vfat', pkg: 'dosfstools', why },
-    { need: 'mcopy', pkg: 'mtools', why },
-    { need: 'mke2fs', pkg: 'e2fsprogs', why },
-    { need: 'debugfs', pkg: 'e2fsprogs', why },
-  ];
-}
-
-const FORMAT_TOOLS: Record<Format, HostTool[]> = {
-  iso: [
-    { need: 'xorriso', pkg: 'xorriso', why: 'iso' },
-    { need: 'grub-mkrescue', pkg: 'grub-common', why: 'iso' },
-    { need: 'mformat', pkg: 'mtools', why: 'iso (UEFI image)' },
-    { need: 'mkfs.vfat', pkg: 'dosfstools', why: 'iso (UEFI image)' },
-  ],
-  pxe: [],
-  raw: [...diskTools('raw'), { need: 'grub-mkimage', pkg: 'grub-common', why: 'raw' }],
-  qcow2: [...diskTools('qcow2'), { need: 'qemu-img', pkg: 'qemu-utils', why: 'qcow2' }],
-  oci: [],
-};
-
 /** GRUB platform folders per arch for the formats that boot through GRUB. */
 function grubTools(arch: Arch, formats: Format[]): HostTool[] {
-  const usesGrub = formats.some((f) => f === 'iso' || f === 'raw' || f === 'qcow2');
-  if (!usesGrub) return [];
+  if (!formats.some((f) => formatRow(f).grub)) return [];
   if (arch === 'amd64') {
     return [
       { need: '/usr/lib/grub/i386-pc/modinfo.sh', pkg: 'grub-pc-bin', why: 'BIOS boot' },
@@ -87,7 +63,7 @@ function foreignTools(arch: Arch): HostTool[] {
 }
 
 export function requiredTools(arches: Arch[], formats: Format[]): HostTool[] {
-  const all = [...BASE, ...formats.flatMap((f) => FORMAT_TOOLS[f]), ...arches.flatMap((a) => [...grubTools(a, formats), ...foreignTools(a)])];
+  const all = [...BASE, ...formats.flatMap((f) => formatRow(f).tools), ...arches.flatMap((a) => [...grubTools(a, formats), ...foreignTools(a)])];
   const seen = new Set<string>();
   return all.filter((t) => (seen.has(t.need) ? false : (seen.add(t.need), true)));
 }

@@ -5,6 +5,8 @@
  * moved into place only when every one of them succeeded, so a failed or
  * interrupted build leaves no partial artifact behind.
  */
+import { boardProfile, checkBoard, type BoardName } from './boards.js';
+import { renderModulesLoad } from './arches.js';
 import { mkdir, readdir, rename, rm, writeFile, stat, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -37,8 +39,10 @@ export interface BuildOptions {
   spec: string | ImageSpec;
   /** Default: the spec's first arch. */
   arches?: Arch[];
-  /** Default: the spec's formats. */
+  /** Default: the spec's formats (the board's with a board). */
   formats?: Format[];
+  /** A board profile (boards/): its disk image instead of the generic raw disk, its console and modules. */
+  board?: BoardName;
   /** Default ~/.cache/cairn. */
   cacheDir?: string;
   /** Ignore cached stage outputs (the .deb pool is still used). */
@@ -98,9 +102,11 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
   const signal = opts.signal;
   const spec = typeof opts.spec === 'string' ? loadSpec(opts.spec) : opts.spec;
   const arches = opts.arches ?? [spec.arches[0]!];
-  const formats = opts.formats ?? spec.formats;
+  const board = opts.board === undefined ? undefined : boardProfile(opts.board);
+  const formats = opts.formats ?? (board ? board.defaultFormats : spec.formats);
   const notInSpec = arches.filter((a) => !spec.arches.includes(a));
   if (notInSpec.length) throw new UserError(`${spec.file} is not made for ${notInSpec.join(', ')}`, `its arches are ${spec.arches.join(', ')}`);
+  if (opts.board !== undefined) checkBoard(opts.board, arches, formats);
   checkFormatArches(arches, formats);
   if (!opts.skipHostCheck) checkHost(arches, formats);
   await checkOverlayInputs(spec);
@@ -171,6 +177,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         modules: { ...spec.modules, globs: moduleProfile(spec.modules.profile, arch) },
         trustedKeys: signer ? [signer] : undefined,
         release: { name: spec.name, version: spec.version, arch },
+        modulesLoad: renderModulesLoad(arch, board?.modulesLoad),
       };
       // The rootfs is only read (and checked) when the system tree must be made anew.
       const cachedSystem = await cache.lookup<SystemData>('system', systemKey(sysIn));
@@ -195,7 +202,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
 
       const initrd = path.join(archWork, 'initrd');
       await timed('initramfs', async () => {
-        await initramfs({ rootfs: path.join(system.dir, 'rootfs'), kernelRelease, arch, out: initrd, sourceDateEpoch: sde });
+        await initramfs({ rootfs: path.join(system.dir, 'rootfs'), kernelRelease, arch, out: initrd, sourceDateEpoch: sde, extraModules: board?.initramfsModules });
         return { cached: false };
       });
 
@@ -203,6 +210,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         name: spec.name,
         version: spec.version,
         arch,
+        ...(opts.board ? { board: opts.board } : {}),
         kernelRelease,
         sourceDateEpoch: sde,
         cairn: VERSION,
@@ -244,6 +252,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         rootfs: path.join(system.dir, 'rootfs'),
         sourceDateEpoch: sde,
         k3s: k3sCopy,
+        board: opts.board,
       };
       for (const format of formats) {
         signal?.throwIfAborted();

@@ -39,6 +39,8 @@ export interface ReleaseRecord {
   name: string;
   version: string;
   arch: string;
+  /** The board profile the system was built for (boards/), when one was given. */
+  board?: string;
   kernelRelease: string;
   sourceDateEpoch: number;
   cairn: string;

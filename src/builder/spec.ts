@@ -10,7 +10,8 @@ import { LineCounter, parseDocument, stringify, isMap, isSeq, isScalar, type Nod
 import { UserError } from '../errors.js';
 import { readConfig } from '../config/read.js';
 import { checkImageRepository, imageRepositoryProblem, versionTagProblem } from '../upgrade/plan.js';
-import type { Arch, Format } from './types.js';
+import { FORMATS, type Format } from './formats.js';
+import type { Arch } from './types.js';
 import schema from '../../images/schema.json' with { type: 'json' };
 
 export type Compression = 'zstd' | 'xz';
@@ -104,11 +105,21 @@ export class SpecError extends UserError {
   }
 }
 
+/**
+ * The spec schema, with the formats' enum taken from the format table
+ * (images/schema.json carries the same list for editors; a test keeps them
+ * equal).
+ */
+export function specSchema(): typeof schema {
+  const formats = { ...schema.properties.formats, items: { enum: [...FORMATS] } };
+  return { ...schema, properties: { ...schema.properties, formats } } as typeof schema;
+}
+
 let validator: ReturnType<Ajv2020['compile']> | undefined;
 function validate(data: unknown): ErrorObject[] {
   if (!validator) {
     const ajv = new Ajv2020({ allErrors: true, strict: true, strictRequired: false, allowUnionTypes: true });
-    validator = ajv.compile(schema);
+    validator = ajv.compile(specSchema());
   }
   return validator(data) ? [] : (validator.errors ?? []);
 }

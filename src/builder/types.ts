@@ -2,6 +2,8 @@
  * Shapes shared by the build pipeline (src/builder/pipeline) and the output
  * writers (src/builder/outputs). Pure data: no behaviour here.
  */
+import { ARCH_TABLE } from './arches.js';
+import type { BoardName } from './boards.js';
 
 /** cairn's architecture names; Debian's names are in debianArch below. */
 export type Arch = 'amd64' | 'arm64' | 'armv7';
@@ -9,7 +11,7 @@ export type Arch = 'amd64' | 'arm64' | 'armv7';
 export const ARCHES: readonly Arch[] = ['amd64', 'arm64', 'armv7'];
 
 /** Debian's name for each arch (mmdebstrap --architectures). */
-export const debianArch: Record<Arch, string> = { amd64: 'amd64', arm64: 'arm64', armv7: 'armhf' };
+export const debianArch: Record<Arch, string> = { amd64: ARCH_TABLE.amd64.debian, arm64: ARCH_TABLE.arm64.debian, armv7: ARCH_TABLE.armv7.debian };
 
 /** The arch of the machine this runs on, in cairn's names; undefined for any other. */
 export function nodeArch(nodeName: string = process.arch): Arch | undefined {
@@ -17,9 +19,9 @@ export function nodeArch(nodeName: string = process.arch): Arch | undefined {
   return names[nodeName];
 }
 
-export type Format = 'iso' | 'pxe' | 'raw' | 'qcow2' | 'oci';
-
-export const FORMATS: readonly Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci'];
+/** The output format names: the rows of the format table (formats.ts). */
+export type { Format } from './formats.js';
+import type { Format } from './formats.js';
 
 /**
  * One built system version: what the pipeline hands to every output writer.
@@ -52,6 +54,8 @@ export interface SystemArtifacts {
    * squashfs. The squashfs holds it too, at /usr/local/bin/k3s.
    */
   k3s?: string;
+  /** The board the system is built for (boards/): its disk layout, boot files and console. */
+  board?: BoardName;
 }
 
 /** One file an output writer produced. */

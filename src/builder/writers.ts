@@ -1,9 +1,10 @@
 /**
  * The initramfs builder and the output writers the pipeline calls by
- * default (src/builder/initramfs, src/builder/outputs).
+ * default (src/builder/initramfs, and the writers of the format table in
+ * src/builder/formats.ts).
  */
 import { buildInitramfs } from './initramfs/index.js';
-import { outputs } from './outputs/index.js';
+import { formatWriters } from './formats.js';
 import type { Arch, Format, OutputWriter } from './types.js';
 
 export interface InitramfsRequest {
@@ -12,6 +13,8 @@ export interface InitramfsRequest {
   arch: Arch;
   out: string;
   sourceDateEpoch: number;
+  /** First-stage modules a board adds (its card reader, USB). */
+  extraModules?: readonly string[];
 }
 
 export type InitramfsFn = (req: InitramfsRequest) => Promise<void>;
@@ -21,5 +24,5 @@ export async function defaultInitramfs(): Promise<InitramfsFn> {
 }
 
 export async function defaultOutputs(): Promise<Partial<Record<Format, OutputWriter>>> {
-  return { ...outputs };
+  return formatWriters();
 }

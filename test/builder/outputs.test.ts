@@ -11,14 +11,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { buildInitramfs } from '../../src/builder/initramfs/index.js';
-import { outputs } from '../../src/builder/outputs/index.js';
 import { artifactStem, sha256File, stableUuid } from '../../src/builder/outputs/common.js';
 import { GPT_TYPES, planDisk, sfdiskScript, stateFsBytes, MIB } from '../../src/builder/outputs/disk.js';
 import { biosBootSectors, grubModuleDir, parseGrubEnv, renderDiskGrubCfg, renderGrubEnv, renderLiveGrubCfg } from '../../src/builder/outputs/grub.js';
 import { renderIpxe } from '../../src/builder/outputs/pxe.js';
 import { COMPONENTS, openPayload } from '../../src/upgrade/payload.js';
-import { parseFormats } from '../../src/builder/formats.js';
-import { FORMATS, type Arch, type OutputContext, type SystemArtifacts } from '../../src/builder/types.js';
+import { FORMATS, FORMAT_TABLE, formatWriters, parseFormats } from '../../src/builder/formats.js';
+import { type Arch, type OutputContext, type SystemArtifacts } from '../../src/builder/types.js';
 import { NETWORK_ERROR, SOURCE_DATE_EPOCH, fixtureSquashfs, fixtureSystem, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
 
 // Boots under TCG on a busy 2-core machine: allow more than the per-file default.
@@ -26,8 +25,11 @@ t.setTimeout(1_800_000);
 
 const sys = { name: 'default', version: '1.2.3', arch: 'amd64' as Arch, cmdline: 'quiet' };
 
+const outputs = formatWriters();
+
 t.test('the table: every format has a writer, and only formats that make an artifact are listed', async (t) => {
   t.same(Object.keys(outputs).sort(), [...FORMATS].sort());
+  for (const f of FORMATS) t.equal(outputs[f], FORMAT_TABLE[f].writer, `${f}: the table's writer`);
   t.same([...FORMATS].sort(), ['iso', 'oci', 'pxe', 'qcow2', 'raw']);
   t.throws(() => parseFormats('raw,rpi4'), { name: 'UserError', message: 'unknown format "rpi4"' });
   const ctx: OutputContext = { outDir: '/nonexistent', workDir: '/nonexistent', log: () => undefined };

@@ -2,6 +2,7 @@
 // reported with file:line:col and the key path.
 import t from 'tap';
 import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { loadSpec, parseSpec, SpecError } from '../../src/builder/spec.js';
 import { REPO } from './support.js';
 
@@ -111,4 +112,11 @@ t.test('the default cloud-config is checked by the config schema, located in the
   t.ok(e.problems.length >= 1);
   t.ok(e.problems.every((p) => p.keyPath.startsWith('config.')), e.problems.map((p) => `${p.line}:${p.keyPath}: ${p.message}`).join('\n'));
   t.ok(e.problems.some((p) => p.line >= 11), 'located on the config lines');
+});
+
+t.test('the formats enum of images/schema.json is the format table\'s', async (t) => {
+  const { FORMATS } = await import('../../src/builder/formats.js');
+  const file = JSON.parse(readFileSync(new URL('../../images/schema.json', import.meta.url), 'utf8')) as { properties: { formats: { items: { enum: string[] } } } };
+  t.same(file.properties.formats.items.enum, FORMATS, 'the file editors read lists every format, in the table\'s order');
+  t.throws(() => parseSpec('name: x\nversion: 1.0.0\narches: [amd64]\ndebian: {suite: trixie}\nk3s: {}\nformats: [rpi4]\n', 'x.yaml'), { message: /formats\[0\]: must be one of "iso", "pxe", "raw", "qcow2", "oci"/ });
 });

@@ -209,7 +209,7 @@ t.test('the Plan names what the shipped controller manifest defines', async (t) 
 });
 
 t.test('the Plan\'s version is the tag the oci writer gives the upgrade image', async (t) => {
-  const { outputs } = await import('../../src/builder/outputs/index.js');
+  const outputs = (await import('../../src/builder/formats.js')).formatWriters();
   const dir = await mkdtemp(path.join(tmpdir(), 'cairn-plan-oci-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const file = async (name: string, content: string) => {

@@ -7,6 +7,7 @@
  * unpacked foreign-arch root whose maintainer scripts never ran depmod), the
  * caller builds the same index from each module's `depends=` field instead.
  */
+import { ARCH_TABLE } from '../arches.js';
 import type { Arch } from '../types.js';
 
 /** Modules every first stage loads when the kernel has them (built-in ones are skipped). */
@@ -25,9 +26,9 @@ export const BASE_MODULES: readonly string[] = [
 
 /** Per-arch additions to BASE_MODULES. */
 export const ARCH_MODULES: Record<Arch, readonly string[]> = {
-  amd64: ['e1000', 'e1000e'],
-  arm64: [],
-  armv7: [],
+  amd64: ARCH_TABLE.amd64.initramfsModules,
+  arm64: ARCH_TABLE.arm64.initramfsModules,
+  armv7: ARCH_TABLE.armv7.initramfsModules,
 };
 
 /** Modules that must be present (as a module or built in) or the first stage cannot mount a root. */

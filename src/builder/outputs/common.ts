@@ -10,6 +10,7 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { execa, type Options } from 'execa';
 import { UserError } from '../../errors.js';
+import { ARCH_TABLE } from '../arches.js';
 import type { Arch, SystemArtifacts } from '../types.js';
 
 /** `<name>-<version>-<arch>`: the stem every artifact of one system is named from. */
@@ -96,9 +97,9 @@ export function stableUuid(seed: string): string {
 
 /** The kernel console arguments for each arch: serial and screen. */
 export const consoleArgs: Record<Arch, string> = {
-  amd64: 'console=ttyS0,115200 console=tty0',
-  arm64: 'console=ttyAMA0,115200 console=tty0',
-  armv7: 'console=ttyAMA0,115200 console=tty0',
+  amd64: ARCH_TABLE.amd64.console,
+  arm64: ARCH_TABLE.arm64.console,
+  armv7: ARCH_TABLE.armv7.console,
 };
 
 /**

@@ -1,7 +1,10 @@
 /**
  * The partition table of a cairn disk, as a pure plan: GPT with an optional
  * BIOS boot partition (amd64), CAIRN_EFI (FAT32) and CAIRN_STATE (ext4,
- * last, so the init can grow it to fill the disk on first boot).
+ * last, so the init can grow it to fill the disk on first boot). A board
+ * (boards/) may ask for MBR and its own boot partition instead of
+ * CAIRN_EFI (the Raspberry Pi's firmware reads only the first FAT
+ * partition of an MBR disk).
  */
 import type { Arch } from '../types.js';
 import { stableUuid } from './common.js';
@@ -16,8 +19,12 @@ export const GPT_TYPES = {
   linux: '0FC63DAF-8483-4772-8E79-3D69D8477DE4',
 } as const;
 
+/** MBR partition types (sfdisk's hex ids). */
+export const MBR_TYPES = { fat32lba: 'c', linux: '83' } as const;
+
 export interface PlannedPartition {
-  name: 'BIOS' | 'CAIRN_EFI' | 'CAIRN_STATE';
+  name: string;
+  /** A GPT type uuid, or an MBR type id. */
   type: string;
   uuid: string;
   /** first sector */
@@ -29,6 +36,8 @@ export interface PlannedPartition {
 export interface DiskPlan {
   /** total image size in bytes */
   bytes: number;
+  table: 'gpt' | 'dos';
+  /** GPT: a uuid; MBR: the 32-bit disk identifier as 0x…. */
   labelId: string;
   partitions: PlannedPartition[];
 }
@@ -41,6 +50,8 @@ export interface DiskPlanInput {
   stateBytes: number;
   /** seed for the disk's and partitions' ids (e.g. name, version, arch) */
   seed: string;
+  /** A board's layout: MBR and its boot partition first (instead of GPT and CAIRN_EFI). */
+  board?: { table: 'dos' | 'gpt'; boot: { label: string; mib: number; mbrType: string } };
 }
 
 function mibCeil(bytes: number): number {
@@ -55,14 +66,29 @@ export function planDisk(input: DiskPlanInput): DiskPlan {
     parts.push({ name, type, uuid: stableUuid(`${input.seed}/${name}`), start: next, size: mib * MIB_SECTORS });
     next += mib * MIB_SECTORS;
   };
-  if (input.arch === 'amd64') add('BIOS', GPT_TYPES.bios, 1);
-  add('CAIRN_EFI', GPT_TYPES.efi, Math.max(64, mibCeil(input.efiBytes)));
-  add('CAIRN_STATE', GPT_TYPES.linux, mibCeil(input.stateBytes));
-  return { bytes: (next + MIB_SECTORS) * SECTOR, labelId: stableUuid(`${input.seed}/disk`), partitions: parts };
+  const table = input.board?.table ?? 'gpt';
+  const dos = table === 'dos';
+  if (input.board) {
+    const boot = input.board.boot;
+    add(boot.label, dos ? boot.mbrType : GPT_TYPES.efi, Math.max(boot.mib, 64, mibCeil(input.efiBytes)));
+  } else {
+    if (input.arch === 'amd64') add('BIOS', GPT_TYPES.bios, 1);
+    add('CAIRN_EFI', GPT_TYPES.efi, Math.max(64, mibCeil(input.efiBytes)));
+  }
+  add('CAIRN_STATE', dos ? MBR_TYPES.linux : GPT_TYPES.linux, mibCeil(input.stateBytes));
+  const labelId = dos ? `0x${stableUuid(`${input.seed}/disk`).slice(0, 8)}` : stableUuid(`${input.seed}/disk`);
+  // MBR needs no backup table at the end; GPT keeps 1 MiB for it.
+  return { bytes: (next + (dos ? 0 : MIB_SECTORS)) * SECTOR, table, labelId, partitions: parts };
 }
 
 /** The plan as an sfdisk script. */
 export function sfdiskScript(plan: DiskPlan): string {
+  if (plan.table === 'dos') {
+    const lines = ['label: dos', `label-id: ${plan.labelId}`, 'unit: sectors', 'sector-size: 512', ''];
+    // MBR partitions have no names or uuids: the file systems' labels name them.
+    plan.partitions.forEach((p, i) => lines.push(`start=${p.start}, size=${p.size}, type=${p.type}${i === 0 ? ', bootable' : ''}`));
+    return lines.join('\n') + '\n';
+  }
   const lines = ['label: gpt', `label-id: ${plan.labelId}`, 'unit: sectors', `first-lba: ${MIB_SECTORS}`, 'sector-size: 512', ''];
   for (const p of plan.partitions) {
     lines.push(`start=${p.start}, size=${p.size}, type=${p.type}, uuid=${p.uuid}, name="${p.name}"`);

@@ -10,13 +10,13 @@
  * on an amd64 host).
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { UserError } from '../../errors.js';
 import type { Arch, SystemArtifacts } from '../types.js';
 import { renderStateGrubCfg } from '../../boot/grub.js';
 import { GRUB_DIR } from '../../boot/state.js';
-import { cacheDir, joinArgs, kernelArgs, run } from './common.js';
+import { fetchDeb } from '../debfetch.js';
+import { joinArgs, kernelArgs, run } from './common.js';
 
 export type GrubPlatform = 'i386-pc' | 'x86_64-efi' | 'arm64-efi' | 'arm-efi';
 
@@ -62,36 +62,8 @@ export async function grubModuleDir(platform: GrubPlatform, system: Pick<SystemA
   const onHost = path.join('/usr/lib/grub', platform);
   if (existsSync(path.join(onHost, 'kernel.img'))) return onHost;
   const { pkg, debArch } = grubPackage[platform];
-  const suite = opts.suite ?? 'trixie';
-  const dest = path.join(cacheDir(), 'grub', `${pkg}_${debArch}_${suite}`);
-  const dir = path.join(dest, 'usr/lib/grub', platform);
-  if (existsSync(path.join(dir, 'kernel.img'))) return dir;
-  opts.log?.(`grub: fetching ${pkg} (${debArch}) from Debian ${suite} into ${dest}`);
-  const tmp = `${dest}.tmp-${process.pid}`;
-  await rm(tmp, { recursive: true, force: true });
-  await mkdir(path.dirname(dest), { recursive: true });
-  try {
-    await run('mmdebstrap', [
-      '--quiet', '--variant=extract', `--architectures=${debArch}`, `--include=${pkg}`,
-      '--dpkgopt=path-exclude=/usr/share/doc/*', '--dpkgopt=path-exclude=/usr/share/locale/*',
-      suite, tmp, opts.mirror ?? 'http://deb.debian.org/debian',
-    ]);
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    if (err instanceof UserError) throw err;
-    throw new UserError(
-      `GRUB for ${platform} is needed and could not be fetched (${pkg} for ${debArch}): ${lastLine((err as Error).message)}`,
-      `check the network, or add ${pkg} to the image spec's packages`,
-    );
-  }
-  await rm(dest, { recursive: true, force: true });
-  await rename(tmp, dest);
-  if (!existsSync(path.join(dir, 'kernel.img'))) throw new UserError(`${pkg} for ${debArch} has no ${platform} modules`, `report this: the package layout changed`);
-  return dir;
-}
-
-function lastLine(text: string): string {
-  return text.split('\n').map((l) => l.trim()).filter(Boolean).pop() ?? text;
+  const root = await fetchDeb({ pkg, debArch, suite: opts.suite, mirror: opts.mirror, expect: `usr/lib/grub/${platform}/kernel.img`, why: `GRUB for ${platform}`, log: opts.log });
+  return path.join(root, 'usr/lib/grub', platform);
 }
 
 /** The GRUB core image for a platform: modules built in, the config embedded. */

@@ -20,6 +20,7 @@ import { open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Artifact, OutputWriter, SystemArtifacts } from '../types.js';
 import { REL, renderState, renderVersionEnv } from '../../boot/state.js';
+import { boardProfile } from '../boards.js';
 import { artifactStem, clampTimes, imageSeed, kernelArgs, placeFile, run, sha256File } from './common.js';
 import { type DiskPlan, MIB, SECTOR, planDisk, sfdiskScript, stateFsBytes } from './disk.js';
 import {
@@ -63,39 +64,57 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   await placeFile(system.initramfs, path.join(vdir, 'initrd'));
   await placeFile(system.squashfs, path.join(vdir, 'rootfs.squashfs'));
   await placeFile(system.release, path.join(vdir, 'release.json'));
-  await writeFile(path.join(vdir, 'bootenv'), renderVersionEnv(kernelArgs('state', system.arch, system.cmdline)));
+  const board = system.board === undefined ? undefined : boardProfile(system.board);
+  await writeFile(path.join(vdir, 'bootenv'), renderVersionEnv(board ? board.cmdline(system) : kernelArgs('state', system.arch, system.cmdline)));
   await writeFile(path.join(vdir, 'SHA256SUMS'), await versionSums(vdir));
   await mkdir(path.join(tree, 'cairn/data'), { recursive: true });
   await mkdir(path.join(tree, REL.grub), { recursive: true });
-  await writeFile(path.join(tree, REL.grub, 'grub.cfg'), renderDiskGrubCfg(system));
+  if (!board) await writeFile(path.join(tree, REL.grub, 'grub.cfg'), renderDiskGrubCfg(system));
   await writeFile(path.join(tree, REL.grubenv), renderState({ active: system.version }));
   await clampTimes(tree, epoch);
   let content = 0;
   for (const f of [system.kernel, system.initramfs, system.squashfs, system.release]) content += (await stat(f)).size;
 
-  // the EFI partition's files
+  // the EFI partition's files (a board's boot partition instead, from its profile)
   const efiFiles: { src: string; dest: string }[] = [];
-  const efiName = efiBootFile[system.arch];
-  const efiImage = path.join(work, efiName);
-  const efiModules = await grubModuleDir(efiPlatform[system.arch], system, { log });
-  await grubMkimage({ platform: efiPlatform[system.arch], moduleDir: efiModules, out: efiImage, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir: work });
-  efiFiles.push({ src: efiImage, dest: `EFI/BOOT/${efiName}` });
-  let efiContent = (await stat(efiImage)).size;
-  if (system.arch === 'armv7') {
+  let efiContent = 0;
+  if (board) {
+    const files = await board.bootFiles(system, { log });
+    let n = 0;
+    for (const f of files) {
+      let src = f.src;
+      if (src === undefined) {
+        src = path.join(work, 'boot-files', String(n++));
+        await mkdir(path.dirname(src), { recursive: true });
+        await writeFile(src, f.content ?? '');
+      }
+      efiFiles.push({ src, dest: f.dest });
+      efiContent += (await stat(src)).size;
+    }
+  } else {
+    const efiName = efiBootFile[system.arch];
+    const efiImage = path.join(work, efiName);
+    const efiModules = await grubModuleDir(efiPlatform[system.arch], system, { log });
+    await grubMkimage({ platform: efiPlatform[system.arch], moduleDir: efiModules, out: efiImage, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir: work });
+    efiFiles.push({ src: efiImage, dest: `EFI/BOOT/${efiName}` });
+    efiContent += (await stat(efiImage)).size;
+  }
+  if (system.arch === 'armv7' && !board) {
     const ext = path.join(work, 'extlinux.conf');
     await writeFile(ext, renderExtlinux(system));
     efiFiles.push({ src: system.kernel, dest: 'cairn/vmlinuz' }, { src: system.initramfs, dest: 'cairn/initrd' }, { src: ext, dest: 'extlinux/extlinux.conf' });
     efiContent += (await stat(system.kernel)).size + (await stat(system.initramfs)).size;
   }
 
-  const plan = planDisk({ arch: system.arch, efiBytes: efiContent * 1.2 + 8 * MIB, stateBytes: stateFsBytes(content * UPGRADE_ROOM, 16 * UPGRADE_ROOM), seed });
+  const plan = planDisk({ arch: system.arch, efiBytes: efiContent * 1.2 + 8 * MIB, stateBytes: stateFsBytes(content * UPGRADE_ROOM, 16 * UPGRADE_ROOM), seed, board: board?.disk });
   const part = (name: string) => plan.partitions.find((p) => p.name === name)!;
 
-  // CAIRN_EFI: FAT32
-  const efi = part(EFI_LABEL);
+  // CAIRN_EFI (or the board's boot partition): FAT32
+  const efiLabel = board ? board.disk.boot.label : EFI_LABEL;
+  const efi = part(efiLabel);
   const efiImg = path.join(work, 'efi.img');
   await makeSparse(efiImg, efi.size * SECTOR);
-  await makeFat(efiImg, { label: EFI_LABEL, serial: fatSerial(efi.uuid), fat: 32 });
+  await makeFat(efiImg, { label: efiLabel, serial: fatSerial(efi.uuid), fat: 32 });
   await copyIntoFat(efiImg, efiFiles, epoch);
 
   // CAIRN_STATE: ext4 from the tree
@@ -112,7 +131,7 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   await ddInto(efiImg, out, efi.start);
   await ddInto(stateImg, out, state.start);
 
-  if (system.arch === 'amd64') {
+  if (system.arch === 'amd64' && !board) {
     const pcModules = await grubModuleDir('i386-pc', system, { log });
     const core = path.join(work, 'core.img');
     await grubMkimage({ platform: 'i386-pc', moduleDir: pcModules, out: core, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir: work });
@@ -248,7 +267,8 @@ async function ddInto(src: string, disk: string, startSector: number): Promise<v
 }
 
 export const raw: OutputWriter = async (system, ctx) => {
-  const file = `${artifactStem(system)}.raw`;
+  const board = system.board === undefined ? undefined : boardProfile(system.board);
+  const file = board ? `${artifactStem(system)}-${board.name}.${board.imageExtension}` : `${artifactStem(system)}.raw`;
   ctx.log(`raw: assembling ${file}`);
   await buildRawImage(system, ctx.workDir, path.join(ctx.outDir, file), ctx.log);
   const artifacts: Artifact[] = [{ file, format: 'raw', arch: system.arch }];

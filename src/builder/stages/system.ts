@@ -6,6 +6,7 @@
  * stays intact. They are one entry because each takes seconds while each
  * extra cached copy of the tree would cost a full hash of it.
  */
+import { ARCH_MODULES_FILE } from '../arches.js';
 import { rename, rm, lstat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Entry, StageCache } from '../cache.js';
@@ -45,6 +46,8 @@ export interface SystemInputs {
   trustedKeys?: { fingerprint: string; pem: string }[];
   /** Which system this root is (/usr/lib/cairn/release.json: what the init and an upgrade's checks read). */
   release?: { name: string; version: string; arch: Arch };
+  /** /etc/modules-load.d/cairn-arch.conf: the arch's (and board's) boot-time modules (src/builder/arches.ts). */
+  modulesLoad?: string;
 }
 
 export function systemKey(inputs: SystemInputs): string {
@@ -86,6 +89,7 @@ export async function buildSystem(
       await timed('overlay', async () => {
         await applyOverlay(root, ctx.spec, ctx.log);
         await installTrustedKeys(root, inputs.trustedKeys ?? [], ctx.log);
+        if (inputs.modulesLoad !== undefined) await writeFresh(root, ARCH_MODULES_FILE, { content: inputs.modulesLoad }, { mode: 0o644, uid: 0, gid: 0 });
       });
       await timed('runtime', () => installRuntime(root, ctx.spec, ctx.k3sBinary, ctx.log));
       await timed('init', async () => {

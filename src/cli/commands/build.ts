@@ -1,7 +1,8 @@
 /** `cairn build`: image spec → bootable artifacts (see src/builder/pipeline.ts). */
 import type { Command } from 'commander';
 import { UserError } from '../../errors.js';
-import { parseArches, parseFormats } from '../../builder/formats.js';
+import { BOARDS, BOARD_TABLE, parseBoard } from '../../builder/boards.js';
+import { FORMATS, parseArches, parseFormats } from '../../builder/formats.js';
 import { build } from '../../builder/pipeline.js';
 import { loadSpec, withUpgradeImage } from '../../builder/spec.js';
 import { createReporter } from '../../builder/progress.js';
@@ -20,6 +21,7 @@ interface BuildFlags {
   sign?: string;
   upgradeImage?: string;
   deltaFrom?: string;
+  board?: string;
 }
 
 export function registerBuild(program: Command): void {
@@ -28,7 +30,8 @@ export function registerBuild(program: Command): void {
     .description('build a cairn image from a spec: ISO, PXE files, raw disk, qcow2, OCI upgrade image')
     .argument('[spec]', 'image spec file', 'images/default.yaml')
     .option('-a, --arch <list>', 'arches to build, comma separated: amd64, arm64, armv7 (default: the spec\'s first)')
-    .option('-f, --format <list>', 'output formats, comma separated: iso, pxe, raw, qcow2, oci (default: the spec\'s)')
+    .option('-f, --format <list>', `output formats, comma separated: ${FORMATS.join(', ')} (default: the spec's; with --board, the board's)`)
+    .option('-b, --board <name>', `a board profile: ${BOARDS.map((b) => `${b} (${BOARD_TABLE[b].arches.join(', ')})`).join(', ')}; its card image instead of the generic raw disk`)
     .option('-o, --out <dir>', 'folder for the artifacts, SHA256SUMS and build.json', 'out')
     .option('--cache <dir>', 'stage cache folder (default ~/.cache/cairn)')
     .option('--no-cache', 'rebuild every stage (downloaded packages are still reused)')
@@ -65,6 +68,7 @@ export function registerBuild(program: Command): void {
           spec: flags.upgradeImage === undefined ? specFile : withUpgradeImage(loadSpec(specFile), flags.upgradeImage),
           arches: flags.arch ? parseArches(flags.arch) : undefined,
           formats: flags.format ? parseFormats(flags.format) : undefined,
+          board: flags.board === undefined ? undefined : parseBoard(flags.board),
           outDir: flags.out,
           cacheDir: typeof flags.cache === 'string' ? flags.cache : undefined,
           noCache: flags.cache === false,

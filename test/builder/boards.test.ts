@@ -1,0 +1,189 @@
+// Boards: the table and its checks, the Raspberry Pi 4 boot files as pure
+// text, then the rpi4 card image written from the real trixie arm64 and
+// armhf kernels of the fixture roots and checked with the tools that read
+// it (sfdisk, fsck.vfat, e2fsck, mtools, debugfs, blkid), and booted under
+// QEMU virt with the card as its disk.
+import t from 'tap';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { ACTIVE_FILE_BYTES, renderActiveFile, renderCmdlineTxt, renderConfigTxt } from '../../boards/rpi4/index.js';
+import { BOARDS, boardProfile, checkBoard, parseBoard } from '../../src/builder/boards.js';
+import { parseFormats } from '../../src/builder/formats.js';
+import { buildInitramfs } from '../../src/builder/initramfs/index.js';
+import { sha256File } from '../../src/builder/outputs/common.js';
+import { MIB, planDisk, sfdiskScript } from '../../src/builder/outputs/disk.js';
+import { parseGrubEnv } from '../../src/builder/outputs/grub.js';
+import { raw } from '../../src/builder/outputs/raw.js';
+import type { Arch, SystemArtifacts } from '../../src/builder/types.js';
+import { SOURCE_DATE_EPOCH, fixtureSystem, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
+
+t.setTimeout(1_200_000);
+
+const rpi4 = boardProfile('rpi4');
+
+t.test('the board table and its checks', async (t) => {
+  t.same(BOARDS, ['rpi4']);
+  t.equal(parseBoard('rpi4'), 'rpi4');
+  t.throws(() => parseBoard('rpi5'), { name: 'UserError', message: 'unknown board "rpi5"' });
+  t.throws(() => parseBoard('raw'), { name: 'UserError', message: '"raw" is a format, not a board' });
+  t.throws(() => parseFormats('rpi4'), { name: 'UserError', message: 'unknown format "rpi4"' });
+  t.throws(() => checkBoard('rpi4', ['amd64'], ['raw']), { name: 'UserError', message: 'the rpi4 board does not run amd64' });
+  t.throws(() => checkBoard('rpi4', ['arm64'], ['raw', 'iso']), { name: 'UserError', message: 'a build for the rpi4 board cannot make iso' });
+  t.doesNotThrow(() => checkBoard('rpi4', ['arm64', 'armv7'], ['raw', 'oci']));
+  t.same(rpi4.defaultFormats, ['raw']);
+});
+
+t.test('config.txt, cmdline.txt and cairn-active.txt', async (t) => {
+  const c64 = renderConfigTxt({ arch: 'arm64' });
+  const c32 = renderConfigTxt({ arch: 'armv7' });
+  for (const line of ['enable_uart=1', 'upstream_kernel=1', 'kernel=vmlinuz', 'initramfs initrd followkernel', 'include cairn-active.txt']) {
+    t.ok(c64.split('\n').includes(line), `arm64: ${line}`);
+    t.ok(c32.split('\n').includes(line), `armv7: ${line}`);
+  }
+  t.ok(c64.split('\n').includes('arm_64bit=1'), 'arm64 boots the 64-bit kernel');
+  t.notOk(c32.includes('arm_64bit'), 'armv7 boots the 32-bit kernel');
+  // the spec's PC consoles are dropped; the Pi's are the board's
+  t.equal(
+    renderCmdlineTxt({ version: '0.2.0', cmdline: 'console=tty1 console=ttyS0,115200 quiet' }),
+    'cairn.mode=state cairn.version=0.2.0 panic=10 console=ttyS1,115200 console=tty1 quiet\n',
+  );
+  const active = renderActiveFile('0.2.0');
+  t.equal(active.length, ACTIVE_FILE_BYTES, 'one sector');
+  t.equal(active.toString('ascii').split('\n')[0], 'os_prefix=cairn/0.2.0/');
+  t.throws(() => renderActiveFile('v'.repeat(600)), /too long/);
+});
+
+t.test('disk plan for a board: MBR, its FAT32 boot partition first, the state last', async (t) => {
+  const plan = planDisk({ arch: 'arm64', efiBytes: 80 * MIB, stateBytes: 300 * MIB, seed: 's', board: rpi4.disk });
+  t.equal(plan.table, 'dos');
+  t.same(plan.partitions.map((p) => [p.name, p.type]), [['CAIRN_BOOT', 'c'], ['CAIRN_STATE', '83']]);
+  t.equal(plan.partitions[0]!.start, 2048, 'first partition at 1 MiB');
+  t.equal(plan.partitions[0]!.size, 512 * 2048, 'the board\'s 512 MiB');
+  t.equal(plan.bytes, (2048 + 512 * 2048 + 300 * 2048) * 512, 'no room for a backup GPT: the state partition ends the disk');
+  t.match(plan.labelId, /^0x[0-9a-f]{8}$/);
+  const script = sfdiskScript(plan);
+  t.match(script, /^label: dos$/m);
+  t.match(script, /start=2048, size=1048576, type=c, bootable$/m);
+  t.notMatch(script, /name=|uuid=/, 'MBR has no partition names');
+  const big = planDisk({ arch: 'arm64', efiBytes: 700 * MIB, stateBytes: 300 * MIB, seed: 's', board: rpi4.disk });
+  t.equal(big.partitions[0]!.size, 700 * 2048, 'the boot partition grows with what it holds');
+});
+
+interface Part {
+  start: number;
+  size: number;
+  type: string;
+  bootable?: boolean;
+}
+
+async function partitions(img: string): Promise<{ label: string; id: string; partitions: Part[] }> {
+  const { stdout } = await execa('sfdisk', ['--json', img]);
+  return (JSON.parse(stdout) as { partitiontable: { label: string; id: string; partitions: Part[] } }).partitiontable;
+}
+
+async function extract(img: string, p: Part, out: string): Promise<string> {
+  await execa('dd', [`if=${img}`, `of=${out}`, 'bs=512', `skip=${p.start}`, `count=${p.size}`, 'status=none']);
+  return out;
+}
+
+const mtools = { env: { MTOOLS_SKIP_CHECK: '1' } };
+
+for (const arch of ['arm64', 'armv7'] as Arch[]) {
+  t.test(`rpi4 card image for ${arch}: checked by the tools that read it, booted under QEMU virt`, async (t) => {
+    const dir = await mkdtemp(path.join(tmpdir(), `cairn-rpi4-${arch}-`));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    let system: SystemArtifacts;
+    try {
+      system = { ...(await fixtureSystem(arch, path.join(dir, 'system'), path.join(dir, 'system/initrd'))), board: 'rpi4' };
+    } catch (err) {
+      return t.plan(0, unreachableReason(err));
+    }
+    await buildInitramfs({ rootfs: system.rootfs, kernelRelease: system.kernelRelease, arch, out: system.initramfs, sourceDateEpoch: SOURCE_DATE_EPOCH, extraModules: rpi4.initramfsModules });
+    const out = path.join(dir, 'out');
+    await mkdir(out);
+    const arts = await raw(system, { outDir: out, workDir: path.join(dir, 'work'), log: () => undefined });
+    t.same(arts, [{ file: `fixture-0.0.1-${arch}-rpi4.img`, format: 'raw', arch }]);
+    const img = path.join(out, arts[0]!.file);
+
+    const table = await partitions(img);
+    t.equal(table.label, 'dos', 'MBR');
+    t.same(table.partitions.map((p) => p.type), ['c', '83']);
+    t.equal(table.partitions[0]!.bootable, true, 'the boot partition is marked active');
+    const boot = await extract(img, table.partitions[0]!, path.join(dir, 'boot.img'));
+    const state = await extract(img, table.partitions[1]!, path.join(dir, 'state.img'));
+    t.equal((await execa('fsck.vfat', ['-n', boot], { reject: false })).exitCode, 0, 'fsck.vfat -n: clean');
+    t.equal((await execa('e2fsck', ['-fn', state], { reject: false })).exitCode, 0, 'e2fsck -fn: clean');
+    t.match((await execa('blkid', ['-o', 'export', boot])).stdout, /^LABEL=CAIRN_BOOT$/m);
+    const bootSector = Buffer.alloc(90);
+    await open(boot).then(async (fh) => (await fh.read(bootSector, 0, 90, 0), fh.close()));
+    t.equal(bootSector.toString('ascii', 82, 90), 'FAT32   ', 'FAT32 (the Pi\'s firmware reads FAT16 and FAT32)');
+    t.match((await execa('blkid', ['-o', 'export', state])).stdout, /^LABEL=CAIRN_STATE$/m);
+
+    const files = (await execa('mdir', ['-/', '-b', '-i', boot, '::/'], mtools)).stdout.split('\n').map((l) => l.replace(/^::\//, '').trim()).filter(Boolean);
+    for (const f of ['start4.elf', 'fixup4.dat', 'start4x.elf', 'fixup4cd.dat', 'config.txt', 'cairn-active.txt', 'cairn/0.0.1/vmlinuz', 'cairn/0.0.1/initrd', 'cairn/0.0.1/cmdline.txt']) {
+      t.ok(files.includes(f), `boot partition has ${f}`);
+    }
+    const read = async (f: string) => (await execa('mtype', ['-i', boot, `::/${f}`], { ...mtools, stripFinalNewline: false })).stdout;
+    const copy = async (f: string) => {
+      const to = path.join(dir, path.basename(f));
+      await execa('mcopy', ['-n', '-i', boot, `::/${f}`, to], mtools);
+      return to;
+    };
+    t.equal(await read('config.txt'), renderConfigTxt({ arch }));
+    t.equal((await read('config.txt')).includes('arm_64bit=1'), arch === 'arm64', 'arm_64bit=1 only on arm64');
+    const active = await copy('cairn-active.txt');
+    t.equal((await readFile(active)).length, 512, 'cairn-active.txt is one sector');
+    t.equal((await readFile(active, 'ascii')).split('\n')[0], 'os_prefix=cairn/0.0.1/');
+    const cmdline = (await read('cairn/0.0.1/cmdline.txt')).trim();
+    t.equal(cmdline, 'cairn.mode=state cairn.version=0.0.1 panic=10 console=ttyS1,115200 console=tty1 quiet');
+    t.equal(await sha256File(await copy('cairn/0.0.1/vmlinuz')), await sha256File(system.kernel), 'the image\'s kernel');
+    t.equal(await sha256File(await copy('cairn/0.0.1/initrd')), await sha256File(system.initramfs), 'the image\'s initramfs');
+    const dtDir = path.join(system.rootfs, 'usr/lib', `linux-image-${system.kernelRelease}`, arch === 'arm64' ? 'broadcom' : '');
+    for (const dtb of ['bcm2711-rpi-4-b.dtb', 'bcm2711-rpi-400.dtb', 'bcm2711-rpi-cm4-io.dtb']) {
+      t.equal(await sha256File(await copy(`cairn/0.0.1/${dtb}`)), await sha256File(path.join(dtDir, dtb)), `${dtb} from the kernel package`);
+    }
+
+    const ls = (await execa('debugfs', ['-R', 'ls -p /cairn/system/0.0.1', state], { stderr: 'ignore' })).stdout;
+    for (const f of ['kernel', 'initrd', 'rootfs.squashfs', 'release.json', 'bootenv', 'SHA256SUMS']) t.match(ls, new RegExp(`/${f.replace('.', '\\.')}/`), `state has ${f}`);
+    const debugfsCat = async (f: string) => Buffer.from((await execa('debugfs', ['-R', `cat ${f}`, state], { stderr: 'ignore', encoding: 'buffer' })).stdout);
+    const env = parseGrubEnv(await debugfsCat('/cairn/grub/grubenv'));
+    t.equal(env.cairn_active, '0.0.1', 'the boot state names the version');
+    const bootenv = parseGrubEnv(await debugfsCat('/cairn/system/0.0.1/bootenv'));
+    t.equal(bootenv.cairn_cmdline, cmdline, 'the version\'s bootenv holds the Pi\'s command line');
+
+    // The card's own kernel, initramfs and command line on QEMU's virt
+    // machine (its UART is ttyAMA0, not the Pi's ttyS1), the card as its disk.
+    const qemu = arch === 'arm64' ? '/usr/bin/qemu-system-aarch64' : '/usr/bin/qemu-system-arm';
+    if (!existsSync(qemu)) return t.comment(`no ${qemu}: the boot is not tried`);
+    const args = cmdline.replace('console=ttyS1,115200 console=tty1', 'console=ttyAMA0,115200');
+    const r = await qemuBoot(['-kernel', await copy('cairn/0.0.1/vmlinuz'), '-initrd', await copy('cairn/0.0.1/initrd'), '-append', args, '-drive', `file=${img},format=raw,if=virtio,snapshot=on`], { arch, timeoutMs: 240_000 });
+    t.comment(`${arch} rpi4 card on virt: ${r.ms} ms`);
+    if (!t.ok(r.ok, 'the first stage found the system on the card and switched to it')) console.error(r.output);
+    t.match(r.output, /system 0\.0\.1 on \/dev\/vda2/, 'CAIRN_STATE found on the MBR card');
+  });
+}
+
+t.test('rpi4: a kernel without the Pi 4 device trees is refused, nothing written', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cairn-rpi4-nodtb-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  let system: SystemArtifacts;
+  try {
+    system = await fixtureSystem('arm64', path.join(dir, 'system'), path.join(dir, 'system/initrd'));
+  } catch (err) {
+    return t.plan(0, unreachableReason(err));
+  }
+  // a root whose kernel package ships no broadcom device trees
+  const root = path.join(dir, 'root');
+  await mkdir(path.join(root, 'usr/lib', `linux-image-${system.kernelRelease}`), { recursive: true });
+  await writeFile(system.initramfs, 'initrd');
+  const out = path.join(dir, 'out');
+  await mkdir(out);
+  await t.rejects(raw({ ...system, rootfs: root, board: 'rpi4' }, { outDir: out, workDir: path.join(dir, 'work'), log: () => undefined }), {
+    name: 'UserError',
+    message: new RegExp(`^the image's kernel ${system.kernelRelease.replace(/[.+]/g, '\\$&')} has no bcm2711-rpi-4-b\\.dtb, bcm2711-rpi-400\\.dtb, bcm2711-rpi-cm4-io\\.dtb`),
+  });
+  t.same(await readdir(out), [], 'no image written');
+});
