@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { registerConfig } from './config.js';
 import { registerBuild } from './build.js';
+import { registerFlash } from './flash.js';
 import { registerKeys } from './keys.js';
 import { registerNode } from './node.js';
 import { registerPlan } from './plan.js';
@@ -10,4 +11,4 @@ import { registerSeed } from './seed.js';
 
 export type Register = (program: Command) => void;
 
-export const commands: Register[] = [registerConfig, registerBuild, registerKeys, registerNode, registerPlan, registerRun, registerSeed];
+export const commands: Register[] = [registerConfig, registerBuild, registerFlash, registerKeys, registerNode, registerPlan, registerRun, registerSeed];
