@@ -38,7 +38,18 @@ export interface BootOptions extends Omit<MachineOptions, 'console'> {
   timeoutMs?: number;
   /** Lines of console shown when a wait fails. Default 60. */
   tailLines?: number;
+  /**
+   * Press Enter once at each GRUB menu instead of waiting out its countdown
+   * (the same default entry boots; GRUB's own choice of that entry, tries
+   * and fallback included, is unchanged). Default true; false lets the
+   * timeout expire, as on an unattended machine.
+   */
+  skipBootMenu?: boolean;
 }
+
+/** GRUB's menu countdown line; once seen after a new menu header, Enter is pressed. */
+const GRUB_HEADER = 'GNU GRUB  version';
+const GRUB_COUNTDOWN = /executed automatically in \d+s/;
 
 export interface WaitResult {
   /** The matched text. */
@@ -144,6 +155,11 @@ export class Vm {
   private readonly exited: Promise<{ code: number; signal?: number }>;
   private failed = false;
   private closed = false;
+  private readonly skipBootMenu: boolean;
+  /** Where the last GRUB menu whose countdown was skipped starts in the raw output. */
+  private menuSkipped = -1;
+  /** Where the newest GRUB menu header starts in the raw output. */
+  private menuHeader = -1;
 
   /** Use boot() or bootForTest(). */
   constructor(prepared: PreparedMachine, opts: BootOptions) {
@@ -157,6 +173,7 @@ export class Vm {
     this.dir = prepared.dir;
     this.defaultTimeout = opts.timeoutMs ?? 120_000;
     this.tailCount = opts.tailLines ?? 60;
+    this.skipBootMenu = opts.skipBootMenu ?? true;
     this.echo = opts.echo ?? (process.env.CAIRN_QEMU_ECHO === '1' ? process.stderr : undefined);
     this.explicitLog = opts.logFile !== undefined;
     const logDir = path.join(os.tmpdir(), 'cairn-qemu-logs');
@@ -220,7 +237,18 @@ export class Vm {
     this.log.write(d);
     this.echo?.write(d);
     this.console.push(d);
+    if (this.skipBootMenu) this.skipMenuCountdown(d.length);
     for (const w of [...this.waiters]) this.check(w);
+  }
+
+  /** Presses Enter once per GRUB menu, when its countdown shows (only the new text is searched). */
+  private skipMenuCountdown(added: number): void {
+    const from = Math.max(0, this.raw.length - added - GRUB_HEADER.length);
+    for (let at = this.raw.indexOf(GRUB_HEADER, from); at >= 0; at = this.raw.indexOf(GRUB_HEADER, at + 1)) this.menuHeader = at;
+    if (this.menuHeader < 0 || this.menuHeader === this.menuSkipped) return;
+    if (!GRUB_COUNTDOWN.test(this.raw.slice(Math.max(this.menuHeader, from - 64)))) return;
+    this.menuSkipped = this.menuHeader;
+    if (!this.exit) this.proc.write('\r');
   }
 
   /**

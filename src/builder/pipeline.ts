@@ -202,7 +202,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
 
       const initrd = path.join(archWork, 'initrd');
       await timed('initramfs', async () => {
-        await initramfs({ rootfs: path.join(system.dir, 'rootfs'), kernelRelease, arch, out: initrd, sourceDateEpoch: sde, extraModules: board?.initramfsModules });
+        await initramfs({ rootfs: path.join(system.dir, 'rootfs'), kernelRelease, arch, out: initrd, sourceDateEpoch: sde, extraModules: board?.initramfsModules, level: initramfsLevel(opts.squashfs?.level) });
         return { cached: false };
       });
 
@@ -311,6 +311,15 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
     await rm(work, { recursive: true, force: true }).catch(() => {});
     await cache.close();
   }
+}
+
+/**
+ * The initramfs' zstd level: 19 unless the build asks for a squashfs level
+ * (cairn build --level), which then applies to both (capped at 19), so a
+ * fast development build is fast throughout.
+ */
+export function initramfsLevel(level: number | undefined): number | undefined {
+  return level === undefined ? undefined : Math.min(19, level);
 }
 
 /** Staging folders of builds that were killed. */

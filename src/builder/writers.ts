@@ -13,6 +13,8 @@ export interface InitramfsRequest {
   arch: Arch;
   out: string;
   sourceDateEpoch: number;
+  /** zstd level of the initramfs (default 19). */
+  level?: number;
   /** First-stage modules a board adds (its card reader, USB). */
   extraModules?: readonly string[];
 }

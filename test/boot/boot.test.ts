@@ -280,13 +280,14 @@ t.test('a damaged state.db is restored from the newest snapshot', async (tt) => 
 });
 
 t.test('raw disk under OVMF (UEFI): the default image boots from the state partition', async (tt) => {
-  const config = `hostname: uefi-node\nssh_authorized_keys: ["${key.publicKey.trim()}"]\ninit_cmd: ["sleep 45"]\nk3os: {password: uefi-pass}\n`;
+  const config = `hostname: uefi-node\nssh_authorized_keys: ["${key.publicKey.trim()}"]\ninit_cmd: ["for i in $(seq 180); do test -e /tmp/init-cmd-may-end && exit 0; sleep 1; done"]\nk3os: {password: uefi-pass}\n`;
   const node = await bootNode(tt, { kind: 'raw', path: image.raw }, config, 'raw-uefi', { firmware: 'uefi' });
   // A slow init_cmd does not keep the console locked: the configured password logs in while it runs.
   await node.vm.waitFor(L(/cairn: console ok .*$/), BOOT_TIMEOUT);
   await node.consoleLogin('cairn', 'uefi-pass', 'uefi-node');
   tt.equal((await node.consoleRun('echo early shell')).trim(), 'early shell', 'a console shell during init_cmd');
   tt.notMatch(node.vm.output, /cairn: init-cmd ok/, 'init_cmd was still running');
+  await node.consoleRun('touch /tmp/init-cmd-may-end');
   await bootsThrough(tt, node.vm, [], { from: 'start' });
   await node.waitSsh();
   tt.equal((await node.sh('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');

@@ -50,6 +50,8 @@ export interface InitramfsOptions {
   extraModules?: readonly string[];
   /** Default zstd. */
   compression?: InitramfsCompression;
+  /** zstd level, 1-19 (default 19: the initramfs is read once per boot, from slow media). */
+  level?: number;
 }
 
 /** Applets linked into /bin (busybox itself is /bin/busybox). The rescue shell can add the rest with `busybox --install -s`. */
@@ -155,7 +157,7 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   entries.push({ path: `${modRoot}/modules.builtin`, type: 'file', mode: 0o644, data: Buffer.from(builtin ?? '') });
 
   const cpio = writeCpio(entries, { mtime: sourceDateEpoch });
-  const compressed = await compress(cpio, opts.compression ?? 'zstd');
+  const compressed = await compress(cpio, opts.compression ?? 'zstd', opts.level);
   await mkdir(path.dirname(out), { recursive: true });
   const tmp = `${out}.tmp-${process.pid}`;
   try {
@@ -427,10 +429,11 @@ async function readModule(file: string): Promise<Buffer> {
   return raw;
 }
 
-async function compress(data: Buffer, how: InitramfsCompression): Promise<Buffer> {
+async function compress(data: Buffer, how: InitramfsCompression, level = 19): Promise<Buffer> {
   if (how === 'gzip') return gzipSync(data, { level: 9, strategy: zc.Z_DEFAULT_STRATEGY });
+  if (!Number.isInteger(level) || level < 1 || level > 19) throw new UserError(`the initramfs zstd level must be 1 to 19, not ${level}`);
   try {
-    const { stdout } = await execa('zstd', ['-19', '-T1', '-q', '-c', '--no-progress'], { input: data, encoding: 'buffer', stripFinalNewline: false });
+    const { stdout } = await execa('zstd', [`-${level}`, '-T1', '-q', '-c', '--no-progress'], { input: data, encoding: 'buffer', stripFinalNewline: false });
     return Buffer.from(stdout);
   } catch (err) {
     if ((err as { code?: string }).code === 'ENOENT') {

@@ -37,7 +37,7 @@ export function registerBuild(program: Command): void {
     .option('--no-cache', 'rebuild every stage (downloaded packages are still reused)')
     .option('--k3s <path>', 'a local k3s binary instead of the pinned release download')
     .option('--compression <name>', 'squashfs compression: zstd or xz (default: the spec\'s)')
-    .option('--level <n>', 'squashfs compression level (a low zstd level such as 3 makes fast development builds)')
+    .option('--level <n>', 'compression level of the squashfs and the initramfs (a low zstd level such as 3 makes fast development builds; the initramfs is capped at 19)')
     .option('--source-date-epoch <seconds>', 'time stamp of every file (default $SOURCE_DATE_EPOCH, else the last commit\'s time)')
     .option('--upgrade-image <ref>', 'OCI repository the upgrade image is pushed to, without a tag, e.g. registry.example/cairn: ships a system-upgrade-controller Plan that upgrades labelled nodes to this version (overrides the spec\'s upgrade.image)')
     .option('--sign <key>', 'sign the OCI upgrade payload with this ed25519 private key (cairn keys generate); the image then trusts only payloads signed by it')
