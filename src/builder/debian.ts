@@ -47,6 +47,8 @@ export const BASE_PACKAGES = [
   'conntrack',
   'mount',
   'util-linux',
+  // sfdisk: the first boot grows CAIRN_STATE to the end of its disk (src/init/grow.ts)
+  'fdisk',
   'procps',
   'busybox-static',
   // cairn upgrade applies delta payloads with zstd --patch-from (src/upgrade/delta.ts)

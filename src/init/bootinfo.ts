@@ -15,6 +15,7 @@ export function parseBootEnv(text: string): BootInfo {
     version: env.CAIRN_BOOT_VERSION ?? '',
     triesLeft: tries && /^\d+$/.test(tries) ? Number(tries) : undefined,
     stateDevice: env.CAIRN_STATE_DEVICE || undefined,
+    ...(env.CAIRN_STATE_READONLY === '1' ? { stateReadOnly: true } : {}),
   };
 }
 

@@ -19,6 +19,8 @@ export interface BootInfo {
   /** Set on a trial boot of an upgrade: how many tries it has left. */
   triesLeft?: number;
   stateDevice?: string;
+  /** The first stage found CAIRN_STATE damaged and mounted it read-only. */
+  stateReadOnly?: boolean;
 }
 
 export type Fetch = (url: string, opts?: { timeoutMs?: number; headers?: Record<string, string> }) => Promise<string>;

@@ -3,6 +3,7 @@
  * function; the runner prints `cairn: <name> ok (<ms> ms)` or
  * `cairn: <name> FAILED: <why>` and goes on.
  */
+import { growState } from './grow.js';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { loadConfig } from '../config/loader.js';
 import { formatDiagnostic } from '../config/diagnostics.js';
@@ -181,6 +182,8 @@ export const boot: Phase<NodeContext>[] = [
       ctx.reboot?.();
     });
     ctx.trial = guard;
+    const grown = await growState(ctx, ctx.boot.stateReadOnly === true).catch((e: Error) => `CAIRN_STATE not grown: ${e.message}`);
+    if (grown) ctx.log.info(grown);
     return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}${line ? `; ${line}` : ''}`;
   }),
   phase('etc', 15_000, keepNodeEtc),
