@@ -134,7 +134,9 @@ t.test('upgrades: 0.1.0 → 0.2.0 by hand; an unhealthy, a hung and a panicking 
 
   // 0.4.0, whose kernel panics: panic=10 reboots, GRUB spends its try, then 0.2.0
   await node.sh(`sudo cairn upgrade --source ${url('0.4.0')} --tries 1 --reboot 2>&1`, { ok: false });
-  await vm.waitFor(/Booting `cairn 0\.4\.0 \(trial, 0 tries left after this one\)'/, BOOT_TIMEOUT);
+  // GRUB's menu with the trial highlighted, then the kernel GRUB started: 0.4.0's
+  await vm.waitFor(/\*cairn 0\.4\.0 \(trial, 0 tries left after this one\)/, BOOT_TIMEOUT);
+  await vm.waitFor(/Kernel command line: BOOT_IMAGE=\/cairn\/system\/0\.4\.0\/kernel .*cairn\.version=0\.4\.0$/m, BOOT_TIMEOUT);
   await vm.waitFor(/Kernel panic - not syncing/, BOOT_TIMEOUT);
   await vm.waitFor(/^cairn-initramfs: system 0\.2\.0 on \/dev\/vda3$/m, BOOT_TIMEOUT);
   await vm.waitFor(/cairn: upgrade: version 0\.4\.0 did not come up within its tries; back on 0\.2\.0$/m, BOOT_TIMEOUT);
