@@ -77,7 +77,7 @@ export async function imageLayout(image: string): Promise<{ state: Partition; pa
   throw new UserError(`${image} has no ${STATE_LABEL} partition: it is not a cairn disk image`, 'flash a raw image or a board image from cairn build');
 }
 
-/** The config's errors, located; undefined when it has none. Warnings are logged. */
+/** The config's text when it has no errors (warnings are logged); its errors, located, as a UserError otherwise. */
 export function checkSiteConfig(file: string, log: (l: string) => void): string {
   let text: Buffer;
   try {

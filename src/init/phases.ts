@@ -182,11 +182,11 @@ export const boot: Phase<NodeContext>[] = [
       ctx.reboot?.();
     });
     ctx.trial = guard;
-    const grown = await growState(ctx, ctx.boot.stateReadOnly === true).catch((e: Error) => `CAIRN_STATE not grown: ${e.message}`);
-    if (grown) ctx.log.info(grown);
     return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}${line ? `; ${line}` : ''}`;
   }),
   phase('etc', 15_000, keepNodeEtc),
+  // its own phase with a long limit: resize2fs on a large, slow SD card takes minutes
+  phase('grow', 600_000, (ctx) => growState(ctx, ctx.boot.stateReadOnly === true)),
   phase('config', 60_000, configPhase),
   phase('initrd-keys', 30_000, applyEarlyKeys),
   phase('console', 5_000, async (ctx) => {
