@@ -13,6 +13,9 @@
  *   Linux_for_Tegra/kernel/kernel_supplements.tbz2
  *                                               lib/modules/<release>/ (and any
  *                                               lib/firmware/): the kernel's modules
+ *   Linux_for_Tegra/kernel/kernel_display_supplements.tbz2
+ *                                               when there: the display driver's modules
+ *                                               (lib/modules/<release>/extra/), laid over them
  *   Linux_for_Tegra/bootloader/BOOTAA64.efi     L4TLauncher, the UEFI application
  *                                               that goes on the ESP
  *
@@ -36,6 +39,8 @@ export const BSP_MEMBERS = {
   supplements: `${BSP_TOP}/kernel/kernel_supplements.tbz2`,
   launcher: `${BSP_TOP}/bootloader/BOOTAA64.efi`,
 } as const;
+/** Read when the BSP has it (apply_binaries.sh treats it as optional too). */
+export const BSP_DISPLAY_SUPPLEMENTS = `${BSP_TOP}/kernel/kernel_display_supplements.tbz2`;
 
 /** The device trees of the Orin modules (Tegra234) in kernel/dtb. */
 export const ORIN_DTB = /^tegra234-.*\.dtb$/;
@@ -123,7 +128,7 @@ export async function openBsp(file: string, work: string): Promise<Bsp> {
   const sha256 = await sha256Of(abs);
   await mkdir(work, { recursive: true });
   // Only the members cairn needs; tar names the ones it did not find and goes on.
-  const r = await execa('tar', ['-xf', abs, '-C', work, '--no-same-owner', ...Object.values(BSP_MEMBERS)], { reject: false, stdin: 'ignore' });
+  const r = await execa('tar', ['-xf', abs, '-C', work, '--no-same-owner', ...Object.values(BSP_MEMBERS), BSP_DISPLAY_SUPPLEMENTS], { reject: false, stdin: 'ignore' });
   const lines = (r.stderr || '').split('\n').filter(Boolean);
   const notArchive = lines.find((l) => /not look like a tar archive|not a bzip2 file|Unexpected EOF|Error is not recoverable|Cannot open|unrecognized|compressed data is corrupt|invalid compressed data/i.test(l));
   if (r.exitCode !== 0 && notArchive) {
@@ -149,8 +154,11 @@ export async function openBsp(file: string, work: string): Promise<Bsp> {
 
   const supplements = path.join(work, 'supplements');
   await mkdir(supplements, { recursive: true });
-  const s = await execa('tar', ['-xf', at(BSP_MEMBERS.supplements), '-C', supplements, '--no-same-owner', '--no-same-permissions'], { reject: false, stdin: 'ignore' });
-  if (s.exitCode !== 0) throw new UserError(`--bsp ${file}: ${BSP_MEMBERS.supplements} cannot be unpacked (${s.stderr.trim().split('\n').pop() ?? `exit ${s.exitCode}`})`, USE);
+  const unpack = async (member: string) => {
+    const s = await execa('tar', ['-xf', at(member), '-C', supplements, '--no-same-owner', '--no-same-permissions'], { reject: false, stdin: 'ignore' });
+    if (s.exitCode !== 0) throw new UserError(`--bsp ${file}: ${member} cannot be unpacked (${s.stderr.trim().split('\n').pop() ?? `exit ${s.exitCode}`})`, USE);
+  };
+  await unpack(BSP_MEMBERS.supplements);
   const modBase = path.join(supplements, 'lib/modules');
   const releases = existsSync(modBase) ? (await readdir(modBase, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name) : [];
   if (releases.length !== 1) {
@@ -163,6 +171,8 @@ export async function openBsp(file: string, work: string): Promise<Bsp> {
   if (!existsSync(path.join(modBase, kernelRelease, 'modules.dep')) && !existsSync(path.join(modBase, kernelRelease, 'modules.builtin'))) {
     throw new UserError(`--bsp ${file}: lib/modules/${kernelRelease}/ in ${BSP_MEMBERS.supplements} has neither modules.dep nor modules.builtin`, USE);
   }
+  // the display driver's modules, laid over the kernel's (the prune stage's depmod indexes them)
+  if (existsSync(at(BSP_DISPLAY_SUPPLEMENTS))) await unpack(BSP_DISPLAY_SUPPLEMENTS);
   return {
     file: abs,
     sha256,

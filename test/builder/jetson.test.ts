@@ -88,6 +88,11 @@ async function makeBsp(dir: string, name: string, shape: BspShape = {}): Promise
     }
     await mkdir(path.join(top, 'kernel'), { recursive: true });
     await execa('tar', ['-cjf', path.join(top, 'kernel/kernel_supplements.tbz2'), '-C', sup, '--owner=root', '--group=root', 'lib']);
+    // the display driver's modules come in a tarball of their own
+    const disp = path.join(dir, `${name}.disp`);
+    await mkdir(path.join(disp, 'lib/modules', KREL, 'extra/opensrc-disp'), { recursive: true });
+    await writeFile(path.join(disp, 'lib/modules', KREL, 'extra/opensrc-disp/nvidia-drm.ko'), 'nvidia-drm module');
+    await execa('tar', ['-cjf', path.join(top, 'kernel/kernel_display_supplements.tbz2'), '-C', disp, '--owner=root', '--group=root', 'lib']);
   }
   const tarball = path.join(dir, `${name}.tbz2`);
   await execa('tar', ['-cjf', tarball, '-C', path.join(dir, `${name}.tree`), '--owner=root', '--group=root', 'Linux_for_Tegra']);
@@ -197,6 +202,7 @@ t.test('openBsp on a good synthetic BSP', async (t) => {
   t.same(b.dtbs.map((d) => path.basename(d)), [...DTBS].sort(), 'the Orin dtbs, not the overlays');
   t.equal(await readFile(b.launcher, 'utf8'), 'MZ L4TLauncher Jetson_Linux_R36.4.3_aarch64');
   t.ok(existsSync(path.join(b.supplements, 'lib/modules', KREL, 'updates/drivers/gpu/nvgpu/nvgpu.ko')));
+  t.ok(existsSync(path.join(b.supplements, 'lib/modules', KREL, 'extra/opensrc-disp/nvidia-drm.ko')), 'the display supplements laid over them');
   t.notOk(existsSync(path.join(dir, 'work/Linux_for_Tegra/bootloader/uefi_jetson.bin')), 'only what the image needs is unpacked');
 });
 
@@ -273,6 +279,7 @@ t.test('a Jetson image through the pipeline from a synthetic BSP, checked with r
   const has = (p: string) => listing.includes(p);
   t.ok(has(`/usr/lib/modules/${KREL}/updates/drivers/gpu/nvgpu/nvgpu.ko`), "NVIDIA's own modules kept (the board's keepModules)");
   t.ok(has(`/usr/lib/modules/${KREL}/kernel/drivers/nvme/host/nvme.ko`));
+  t.ok(has(`/usr/lib/modules/${KREL}/extra/opensrc-disp/nvidia-drm.ko`), "the display driver's modules (kernel_display_supplements.tbz2)");
   t.ok(has(`/usr/lib/modules/${KREL}/modules.dep`), 'depmod ran for the BSP kernel');
   t.notOk(has(`/usr/lib/modules/${KREL}/kernel/sound/core/snd.ko`), 'the module profile still prunes');
   t.notOk(listing.some((l) => l.startsWith('/usr/lib/modules/6.12.0-test-amd64')), "no Debian kernel's modules");
