@@ -5,9 +5,10 @@
  * moved into place only when every one of them succeeded, so a failed or
  * interrupted build leaves no partial artifact behind.
  */
-import { boardProfile, checkBoard, type BoardName } from './boards.js';
+import { boardProfile, checkBoard, checkBoardBsp, type BoardName } from './boards.js';
+import { bspRecord, openBsp, type Bsp } from './bsp.js';
 import { renderModulesLoad } from './arches.js';
-import { mkdir, readdir, rename, rm, writeFile, stat, copyFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rename, rm, writeFile, stat, copyFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -43,6 +44,13 @@ export interface BuildOptions {
   formats?: Format[];
   /** A board profile (boards/): its disk image instead of the generic raw disk, its console and modules. */
   board?: BoardName;
+  /**
+   * The board support package a board's vendor kernel comes from (cairn
+   * build --bsp; the jetson board: NVIDIA's Jetson Linux R36 tarball). An
+   * input the user brings: read, checked, recorded by its sha256, never
+   * downloaded.
+   */
+  bsp?: string;
   /** Default ~/.cache/cairn. */
   cacheDir?: string;
   /** Ignore cached stage outputs (the .deb pool is still used). */
@@ -96,6 +104,15 @@ export async function resolveSourceDateEpoch(explicit?: number): Promise<number>
 
 /** Runs a whole build; returns its record (also written to <out>/build.json). */
 export async function build(opts: BuildOptions): Promise<BuildRecord> {
+  const scratch: { bsp?: string } = {};
+  try {
+    return await runBuild(opts, scratch);
+  } finally {
+    if (scratch.bsp) await rm(scratch.bsp, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<BuildRecord> {
   const started = performance.now();
   const reporter = opts.reporter ?? createReporter();
   const log = (l: string) => reporter.log(l);
@@ -107,8 +124,16 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
   const notInSpec = arches.filter((a) => !spec.arches.includes(a));
   if (notInSpec.length) throw new UserError(`${spec.file} is not made for ${notInSpec.join(', ')}`, `its arches are ${spec.arches.join(', ')}`);
   if (opts.board !== undefined) checkBoard(opts.board, arches, formats);
+  checkBoardBsp(opts.board, opts.bsp);
   checkFormatArches(arches, formats);
   if (!opts.skipHostCheck) checkHost(arches, formats);
+  // The BSP is checked (release, layout) before anything is written; its files are unpacked to a scratch folder.
+  let bsp: Bsp | undefined;
+  if (opts.bsp !== undefined) {
+    scratch.bsp = await mkdtemp(path.join(tmpdir(), 'cairn-bsp-'));
+    bsp = await openBsp(opts.bsp, scratch.bsp);
+    log(`bsp: Jetson Linux R${bsp.release}, kernel ${bsp.kernelRelease}, ${bsp.dtbs.length} Orin device trees (${path.basename(bsp.file)}, sha256 ${bsp.sha256.slice(0, 12)}…)`);
+  }
   await checkOverlayInputs(spec);
   await checkRuntimeInputs(spec, log);
   const sde = await resolveSourceDateEpoch(opts.sourceDateEpoch);
@@ -178,6 +203,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         trustedKeys: signer ? [signer] : undefined,
         release: { name: spec.name, version: spec.version, arch },
         modulesLoad: renderModulesLoad(arch, board?.modulesLoad),
+        ...(bsp && board?.bsp ? { kernel: { sha256: bsp.sha256, release: bsp.kernelRelease, keepModules: board.bsp.keepModules, keepFirmware: board.bsp.keepFirmware } } : {}),
       };
       // The rootfs is only read (and checked) when the system tree must be made anew.
       const cachedSystem = await cache.lookup<SystemData>('system', systemKey(sysIn));
@@ -191,6 +217,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
           init,
           log,
           step: (name, seconds) => stages.push({ name, seconds, cached: false }),
+          boardKernel: bsp ? { kernel: bsp.kernel, kernelRelease: bsp.kernelRelease, supplements: bsp.supplements } : undefined,
         }),
       );
       const sqIn = squashfsInputs(systemKey(sysIn), squashfsSettings.compression, squashfsSettings.level, sde);
@@ -225,6 +252,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
           modules: spec.modules,
           squashfs: squashfsSettings,
           cmdline: spec.cmdline,
+          ...(bsp ? { bsp: bspRecord(bsp) } : {}),
         },
         packages: await installedPackages(path.join(system.dir, 'rootfs')),
         sizes: { ...system.meta.data.sizes, squashfs: squashfs.meta.data.bytes, initramfs: (await stat(initrd)).size },
@@ -253,6 +281,7 @@ export async function build(opts: BuildOptions): Promise<BuildRecord> {
         sourceDateEpoch: sde,
         k3s: k3sCopy,
         board: opts.board,
+        bsp,
       };
       for (const format of formats) {
         signal?.throwIfAborted();

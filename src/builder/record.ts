@@ -55,6 +55,8 @@ export interface ReleaseRecord {
     modules: unknown;
     squashfs: { compression: string; level: number };
     cmdline: string;
+    /** The board support package (cairn build --bsp): its file name, sha256 and release, and its kernel's release. */
+    bsp?: { file: string; sha256: string; release: string; kernelRelease: string };
   };
   packages: Record<string, string>;
   sizes: Record<string, number>;

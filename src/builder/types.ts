@@ -4,6 +4,7 @@
  */
 import { ARCH_TABLE } from './arches.js';
 import type { BoardName } from './boards.js';
+import type { Bsp } from './bsp.js';
 
 /** cairn's architecture names; Debian's names are in debianArch below. */
 export type Arch = 'amd64' | 'arm64' | 'armv7';
@@ -56,6 +57,8 @@ export interface SystemArtifacts {
   k3s?: string;
   /** The board the system is built for (boards/): its disk layout, boot files and console. */
   board?: BoardName;
+  /** The board support package the kernel came from (cairn build --bsp), unpacked: the board's boot files are taken from it. */
+  bsp?: Bsp;
 }
 
 /** One file an output writer produced. */

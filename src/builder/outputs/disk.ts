@@ -24,6 +24,8 @@ export const MBR_TYPES = { fat32lba: 'c', linux: '83' } as const;
 
 export interface PlannedPartition {
   name: string;
+  /** GPT: the partition name, when it is not `name` (a firmware that looks a partition up by its own name). */
+  partName?: string;
   /** A GPT type uuid, or an MBR type id. */
   type: string;
   uuid: string;
@@ -51,7 +53,7 @@ export interface DiskPlanInput {
   /** seed for the disk's and partitions' ids (e.g. name, version, arch) */
   seed: string;
   /** A board's layout: MBR and its boot partition first (instead of GPT and CAIRN_EFI). */
-  board?: { table: 'dos' | 'gpt'; boot: { label: string; mib: number; mbrType: string } };
+  board?: { table: 'dos' | 'gpt'; boot: { label: string; mib: number; mbrType: string; partName?: string }; statePartName?: string };
 }
 
 function mibCeil(bytes: number): number {
@@ -61,21 +63,21 @@ function mibCeil(bytes: number): number {
 /** Lays the partitions out on 1 MiB boundaries, with 1 MiB free at the end for the backup GPT. */
 export function planDisk(input: DiskPlanInput): DiskPlan {
   const parts: PlannedPartition[] = [];
-  let next = MIB_SECTORS; // partitions start at 1 MiB
-  const add = (name: PlannedPartition['name'], type: string, mib: number): void => {
-    parts.push({ name, type, uuid: stableUuid(`${input.seed}/${name}`), start: next, size: mib * MIB_SECTORS });
-    next += mib * MIB_SECTORS;
-  };
   const table = input.board?.table ?? 'gpt';
   const dos = table === 'dos';
+  let next = MIB_SECTORS; // partitions start at 1 MiB
+  const add = (name: PlannedPartition['name'], type: string, mib: number, partName?: string): void => {
+    parts.push({ name, ...(partName && !dos ? { partName } : {}), type, uuid: stableUuid(`${input.seed}/${name}`), start: next, size: mib * MIB_SECTORS });
+    next += mib * MIB_SECTORS;
+  };
   if (input.board) {
     const boot = input.board.boot;
-    add(boot.label, dos ? boot.mbrType : GPT_TYPES.efi, Math.max(boot.mib, 64, mibCeil(input.efiBytes)));
+    add(boot.label, dos ? boot.mbrType : GPT_TYPES.efi, Math.max(boot.mib, 64, mibCeil(input.efiBytes)), boot.partName);
   } else {
     if (input.arch === 'amd64') add('BIOS', GPT_TYPES.bios, 1);
     add('CAIRN_EFI', GPT_TYPES.efi, Math.max(64, mibCeil(input.efiBytes)));
   }
-  add('CAIRN_STATE', dos ? MBR_TYPES.linux : GPT_TYPES.linux, mibCeil(input.stateBytes));
+  add('CAIRN_STATE', dos ? MBR_TYPES.linux : GPT_TYPES.linux, mibCeil(input.stateBytes), input.board?.statePartName);
   const labelId = dos ? `0x${stableUuid(`${input.seed}/disk`).slice(0, 8)}` : stableUuid(`${input.seed}/disk`);
   // MBR needs no backup table at the end; GPT keeps 1 MiB for it.
   return { bytes: (next + (dos ? 0 : MIB_SECTORS)) * SECTOR, table, labelId, partitions: parts };
@@ -91,7 +93,7 @@ export function sfdiskScript(plan: DiskPlan): string {
   }
   const lines = ['label: gpt', `label-id: ${plan.labelId}`, 'unit: sectors', `first-lba: ${MIB_SECTORS}`, 'sector-size: 512', ''];
   for (const p of plan.partitions) {
-    lines.push(`start=${p.start}, size=${p.size}, type=${p.type}, uuid=${p.uuid}, name="${p.name}"`);
+    lines.push(`start=${p.start}, size=${p.size}, type=${p.type}, uuid=${p.uuid}, name="${p.partName ?? p.name}"`);
   }
   return lines.join('\n') + '\n';
 }

@@ -6,6 +6,7 @@
  *                                  cairn/{vmlinuz,initrd} and extlinux/extlinux.conf
  *                                  for firmware that boots Linux itself (U-Boot)
  *   CAIRN_STATE (ext4)             cairn/system/<version>/{kernel,initrd,rootfs.squashfs,release.json}
+ *                                  (a board may add files its bootloader reads here: boards/jetson)
  *                                  cairn/system/<version>/{bootenv,SHA256SUMS}
  *                                  cairn/grub/{grub.cfg,grubenv}  menu, boot state (src/boot)
  *                                  cairn/data/                what persists (/etc, /var, /home, /opt)
@@ -71,6 +72,15 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   await mkdir(path.join(tree, REL.grub), { recursive: true });
   if (!board) await writeFile(path.join(tree, REL.grub, 'grub.cfg'), renderDiskGrubCfg(system));
   await writeFile(path.join(tree, REL.grubenv), renderState({ active: system.version }));
+  // what a board's bootloader reads from the state partition (Jetson: extlinux.conf, the device trees)
+  for (const f of (await board?.stateFiles?.(system)) ?? []) {
+    const to = path.join(tree, f.dest);
+    if (f.src !== undefined) await placeFile(f.src, to);
+    else {
+      await mkdir(path.dirname(to), { recursive: true });
+      await writeFile(to, f.content ?? '');
+    }
+  }
   await clampTimes(tree, epoch);
   let content = 0;
   for (const f of [system.kernel, system.initramfs, system.squashfs, system.release]) content += (await stat(f)).size;

@@ -7,7 +7,9 @@
  * extra cached copy of the tree would cost a full hash of it.
  */
 import { ARCH_MODULES_FILE } from '../arches.js';
-import { rename, rm, lstat } from 'node:fs/promises';
+import { copyFile, mkdir, rename, rm, lstat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { execa } from 'execa';
 import path from 'node:path';
 import type { Entry, StageCache } from '../cache.js';
 import { hashValue } from '../hash.js';
@@ -48,6 +50,19 @@ export interface SystemInputs {
   release?: { name: string; version: string; arch: Arch };
   /** /etc/modules-load.d/cairn-arch.conf: the arch's (and board's) boot-time modules (src/builder/arches.ts). */
   modulesLoad?: string;
+  /**
+   * A board's vendor kernel (cairn build --bsp): the BSP's sha256, its
+   * kernel's release and the module and firmware globs kept beyond the
+   * profile. Absent for a Debian kernel, which keeps other keys as they were.
+   */
+  kernel?: { sha256: string; release: string; keepModules: string[]; keepFirmware: string[] };
+}
+
+/** A vendor kernel to put in place of the Debian one: its Image and a folder holding lib/modules/<release>/ (and lib/firmware/). */
+export interface BoardKernel {
+  kernel: string;
+  kernelRelease: string;
+  supplements: string;
 }
 
 export function systemKey(inputs: SystemInputs): string {
@@ -68,15 +83,18 @@ export async function buildSystem(
     init: InitBundle;
     log: (l: string) => void;
     step: (name: string, seconds: number) => void;
+    /** Required when inputs.kernel is set: the unpacked BSP's kernel. */
+    boardKernel?: BoardKernel;
   },
 ): Promise<Entry<SystemData>> {
+  if (inputs.kernel && ctx.boardKernel?.kernelRelease !== inputs.kernel.release) throw new Error('buildSystem: inputs.kernel names a vendor kernel that ctx.boardKernel does not hold');
   return cache.get<SystemData>(
     'system',
     systemKey(inputs),
     inputs,
     async (dir) => {
       const root = path.join(dir, 'rootfs');
-      const kr = ctx.rootfs.meta.data.kernelRelease;
+      let kr = ctx.rootfs.meta.data.kernelRelease;
       const steps: Record<string, number> = {};
       const timed = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
         const t = performance.now();
@@ -100,9 +118,18 @@ export async function buildSystem(
         // The kernel is loaded by the bootloader, not read from the root.
         const kernel = path.join(root, kernelInRoot(kr));
         if (!(await lstat(kernel).catch(() => undefined))) throw new Error(`the rootfs has no ${kernelInRoot(kr)}`);
-        await rename(kernel, path.join(dir, 'vmlinuz'));
         // tiny-initramfs' hook writes an initrd of its own (with time stamps in it); cairn boots its own.
         await rm(path.join(root, `boot/initrd.img-${kr}`), { force: true });
+        if (inputs.kernel && ctx.boardKernel) {
+          await replaceKernel(root, kr, ctx.boardKernel);
+          await copyFile(ctx.boardKernel.kernel, path.join(dir, 'vmlinuz'));
+          kr = ctx.boardKernel.kernelRelease;
+          ctx.log(`system: the board's kernel ${kr} and its modules replace Debian's`);
+          const { keepModules, keepFirmware } = inputs.kernel;
+          const spec = { ...ctx.spec, modules: { ...ctx.spec.modules, include: [...ctx.spec.modules.include, ...keepModules], firmware: [...ctx.spec.modules.firmware, ...keepFirmware] } };
+          return prune(root, spec, ctx.arch, kr, ctx.log);
+        }
+        await rename(kernel, path.join(dir, 'vmlinuz'));
         return prune(root, ctx.spec, ctx.arch, kr, ctx.log);
       });
       await rm(path.join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
@@ -112,6 +139,28 @@ export async function buildSystem(
     },
     { needBytes: 300 * 1024 ** 2 },
   );
+}
+
+/**
+ * Puts a vendor kernel's modules and firmware in the root in place of the
+ * Debian kernel's (its image, modules, device trees and build files go):
+ * the squashfs and the initramfs then carry the modules of the kernel that
+ * boots. Files already in the tree are unlinked before they are replaced
+ * (cp --remove-destination), so nothing is written through a hard link
+ * into the rootfs entry.
+ */
+export async function replaceKernel(root: string, debianRelease: string, k: BoardKernel): Promise<void> {
+  for (const rel of [kernelInRoot(debianRelease), `boot/config-${debianRelease}`, `boot/System.map-${debianRelease}`, `usr/lib/modules/${debianRelease}`, `usr/lib/linux-image-${debianRelease}`]) {
+    await rm(path.join(root, rel), { recursive: true, force: true });
+  }
+  await mkdir(path.join(root, 'usr/lib/modules'), { recursive: true });
+  await rm(path.join(root, 'usr/lib/modules', k.kernelRelease), { recursive: true, force: true });
+  await execa('cp', ['-a', '--no-preserve=ownership', path.join(k.supplements, 'lib/modules', k.kernelRelease), path.join(root, 'usr/lib/modules/')]);
+  const fw = path.join(k.supplements, 'lib/firmware');
+  if (existsSync(fw)) {
+    await mkdir(path.join(root, 'usr/lib/firmware'), { recursive: true });
+    await execa('cp', ['-a', '--no-preserve=ownership', '--remove-destination', `${fw}/.`, path.join(root, 'usr/lib/firmware/')]);
+  }
 }
 
 /** The payload signing keys an image trusts: a node running it takes only upgrades one of them signed. */

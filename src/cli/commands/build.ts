@@ -22,6 +22,7 @@ interface BuildFlags {
   upgradeImage?: string;
   deltaFrom?: string;
   board?: string;
+  bsp?: string;
 }
 
 export function registerBuild(program: Command): void {
@@ -32,6 +33,7 @@ export function registerBuild(program: Command): void {
     .option('-a, --arch <list>', 'arches to build, comma separated: amd64, arm64, armv7 (default: the spec\'s first)')
     .option('-f, --format <list>', `output formats, comma separated: ${FORMATS.join(', ')} (default: the spec's; with --board, the board's)`)
     .option('-b, --board <name>', `a board profile: ${BOARDS.map((b) => `${b} (${BOARD_TABLE[b].arches.join(', ')})`).join(', ')}; its card image instead of the generic raw disk`)
+    .option('--bsp <tarball>', "the board support package of a board that boots its vendor's kernel: for --board jetson, NVIDIA's Jetson Linux R36 BSP tarball (Jetson_Linux_R36.<x>_aarch64.tbz2, downloaded by you from developer.nvidia.com/embedded/jetson-linux; cairn never fetches or commits it). Its kernel, modules, Orin device trees and L4TLauncher go into the image; its release is checked and its sha256 recorded in build.json")
     .option('-o, --out <dir>', 'folder for the artifacts, SHA256SUMS and build.json', 'out')
     .option('--cache <dir>', 'stage cache folder (default ~/.cache/cairn)')
     .option('--no-cache', 'rebuild every stage (downloaded packages are still reused)')
@@ -69,6 +71,7 @@ export function registerBuild(program: Command): void {
           arches: flags.arch ? parseArches(flags.arch) : undefined,
           formats: flags.format ? parseFormats(flags.format) : undefined,
           board: flags.board === undefined ? undefined : parseBoard(flags.board),
+          bsp: flags.bsp,
           outDir: flags.out,
           cacheDir: typeof flags.cache === 'string' ? flags.cache : undefined,
           noCache: flags.cache === false,
