@@ -5,10 +5,10 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { bootForTest, makeSshKey, overlay, type SshKey, type Vm } from '../../qemu/harness.js';
+import { bootForTest, makeSshKey, overlay, type SshKey } from '../../qemu/harness.js';
 import { K3OS_SAMPLE } from '../support/shared.js';
 import { buildTestImage, type TestImage } from './image.js';
-import { BOOT_TIMEOUT, Node } from './node.js';
+import { BOOT_TIMEOUT, Node, L, bootComplete, bootsThrough, type Check } from './node.js';
 
 t.setTimeout(90 * 60_000);
 
@@ -31,51 +31,9 @@ function sampleConfig(): string {
   return text.replace('- github:ibuildthecloud', `- ${key.publicKey.trim()}`);
 }
 
-/** The assertions these tests use (a tap subtest has them all). */
-interface Check {
-  ok(v: unknown, ...m: [] | [string]): unknown;
-  notOk(v: unknown, ...m: [] | [string]): unknown;
-  pass(...m: [] | [string]): unknown;
-  equal(a: unknown, b: unknown, ...m: [] | [string]): unknown;
-  same(a: unknown, b: unknown, ...m: [] | [string]): unknown;
-  match(a: unknown, re: RegExp, ...m: [] | [string]): unknown;
-  notMatch(a: unknown, re: RegExp, ...m: [] | [string]): unknown;
-}
-
 async function bootNode(tt: Parameters<typeof bootForTest>[0], artifact: Parameters<typeof bootForTest>[1]['artifact'], configText: string, name: string, more: Partial<Parameters<typeof bootForTest>[1]> = {}): Promise<Node> {
   const vm = await bootForTest(tt, { artifact, configText, sshPort: 'auto', memMb: 2048, cpus: 2, name, timeoutMs: BOOT_TIMEOUT, ...more });
   return new Node(vm, key);
-}
-
-/**
- * A console line, also when it follows a login prompt or a shell prompt printed without a newline,
- * or lands between the two writes of agetty's `<hostname> login: ` prompt.
- */
-function L(re: RegExp): RegExp {
-  // Also after a shell prompt on a console that logged in by itself (bash's bracketed-paste codes around it).
-  return new RegExp(`(?:^|login: |\\$ |[A-Za-z0-9.-]+ )(?:\\x1b\\[\\?2004[hl])*${re.source}`, 'm');
-}
-const line = (source: string): RegExp => L(new RegExp(source));
-/**
- * Waits for the boot's last line and checks it exactly: `boot complete 0.1.0`,
- * or with the failed phases named when a test expects some.
- */
-async function bootComplete(tt: Check, vm: Vm, timeoutMs = BOOT_TIMEOUT, failing: string[] = [], opts: { from?: 'start' } = {}): Promise<void> {
-  const r = await vm.waitFor(L(/cairn: boot complete .*$/), timeoutMs, opts);
-  const want = `cairn: boot complete 0.1.0${failing.length ? ` (failed phases: ${failing.join(', ')})` : ''}`;
-  tt.equal(r.match.slice(r.match.indexOf('cairn: ')), want, 'the boot completed as expected');
-}
-
-const PHASES = ['mounts', 'etc', 'grow', 'config', 'initrd-keys', 'console', 'init-cmd', 'network', 'time', 'data-sources', 'users', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
-
-/** Every phase printed its line, in order, and the boot completed. */
-async function bootsThrough(tt: Check, vm: Vm, failing: string[] = [], opts: { from?: 'start' } = {}): Promise<void> {
-  for (const [i, p] of PHASES.entries()) {
-    const r = await vm.waitFor(line(`cairn: ${p} (ok \\(\\d+ ms\\).*|FAILED: .*)$`), BOOT_TIMEOUT, i === 0 ? opts : {});
-    const ok = r.match.includes(' ok (');
-    tt.ok(failing.includes(p) ? !ok : ok, `${p}: ${r.match.slice(7)}`);
-  }
-  await bootComplete(tt, vm, 60_000, failing);
 }
 
 /** What the k3OS sample config asks for, checked on the node. */

@@ -2,7 +2,7 @@
 // double as its k3s (the release cannot be downloaded here) and an upgrade
 // image, so that it ships the upgrade Plan. Built once per run through the
 // normal stage cache, so later runs only check it.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createPrivateKey, createPublicKey } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -38,8 +38,11 @@ export function testSigningKey(): { key: string; pub: string } {
   return { key, pub };
 }
 
+/** The test images' build options after the spec and the formats. */
+const buildFlags = () => ['--k3s', K3S_DOUBLE, '--upgrade-image', 'registry.example/cairn', '--level', '3', '--sign', testSigningKey().key, '--quiet'];
+
 function cairnBuild(args: string[], what: string): void {
-  const r = spawnSync(join(REPO, 'bin/cairn'), ['build', ...args, '--k3s', K3S_DOUBLE, '--upgrade-image', 'registry.example/cairn', '--level', '3', '--sign', testSigningKey().key, '--quiet'], {
+  const r = spawnSync(join(REPO, 'bin/cairn'), ['build', ...args, ...buildFlags()], {
     encoding: 'utf8',
     stdio: ['ignore', 'inherit', 'pipe'],
     timeout: 40 * 60_000,
@@ -83,4 +86,35 @@ export function buildTestImage(): TestImage {
   const release = JSON.parse(readFileSync(join(files.pxe, 'release.json'), 'utf8')) as { sourceDateEpoch?: unknown };
   if (typeof release.sourceDateEpoch !== 'number') throw new Error(`${files.pxe}/release.json has no sourceDateEpoch`);
   return { ...files, sourceDateEpoch: release.sourceDateEpoch };
+}
+
+export type ArmArch = 'arm64' | 'armv7';
+
+/**
+ * The default image for arm64 and armv7 as raw disks (UEFI on QEMU virt),
+ * the two builds side by side: each spends most of its time in one
+ * qemu-user process running maintainer scripts, so two cores make both in
+ * about the time of one. Into .tap/arm-image; returns each disk's path.
+ */
+export async function buildArmImages(): Promise<Record<ArmArch, string>> {
+  const out = join(REPO, '.tap', 'arm-image');
+  const build = (arch: ArmArch) =>
+    new Promise<string>((resolve, reject) => {
+      const dir = join(out, arch);
+      mkdirSync(dir, { recursive: true });
+      const child = spawn(join(REPO, 'bin/cairn'), ['build', join(REPO, 'images/default.yaml'), '--arch', arch, '--format', 'raw', '--out', dir, ...buildFlags()], { stdio: ['ignore', 'inherit', 'pipe'] });
+      let stderr = '';
+      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-20_000)));
+      const timer = setTimeout(() => child.kill('SIGTERM'), 40 * 60_000);
+      child.on('error', reject);
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        const raw = join(dir, `default-0.1.0-${arch}.raw`);
+        if (code !== 0) reject(new Error(`building the ${arch} image failed (${signal ?? `exit ${code}`}):\n${stderr}`));
+        else if (!existsSync(raw)) reject(new Error(`the ${arch} build did not write ${raw}`));
+        else resolve(raw);
+      });
+    });
+  const [arm64, armv7] = await Promise.all([build('arm64'), build('armv7')]);
+  return { arm64, armv7 };
 }

@@ -4,6 +4,49 @@ import { sshRun, waitForSsh, type SshKey } from '../../qemu/ssh.js';
 
 export const BOOT_TIMEOUT = 420_000;
 
+/** The assertions these tests use (a tap subtest has them all). */
+export interface Check {
+  ok(v: unknown, ...m: [] | [string]): unknown;
+  notOk(v: unknown, ...m: [] | [string]): unknown;
+  pass(...m: [] | [string]): unknown;
+  equal(a: unknown, b: unknown, ...m: [] | [string]): unknown;
+  same(a: unknown, b: unknown, ...m: [] | [string]): unknown;
+  match(a: unknown, re: RegExp, ...m: [] | [string]): unknown;
+  notMatch(a: unknown, re: RegExp, ...m: [] | [string]): unknown;
+}
+
+
+/**
+ * A console line, also when it follows a login prompt or a shell prompt printed without a newline,
+ * or lands between the two writes of agetty's `<hostname> login: ` prompt.
+ */
+export function L(re: RegExp): RegExp {
+  // Also after a shell prompt on a console that logged in by itself (bash's bracketed-paste codes around it).
+  return new RegExp(`(?:^|login: |\\$ |[A-Za-z0-9.-]+ )(?:\\x1b\\[\\?2004[hl])*${re.source}`, 'm');
+}
+export const line = (source: string): RegExp => L(new RegExp(source));
+/**
+ * Waits for the boot's last line and checks it exactly: `boot complete 0.1.0`,
+ * or with the failed phases named when a test expects some.
+ */
+export async function bootComplete(tt: Check, vm: Vm, timeoutMs = BOOT_TIMEOUT, failing: string[] = [], opts: { from?: 'start' } = {}): Promise<void> {
+  const r = await vm.waitFor(L(/cairn: boot complete .*$/), timeoutMs, opts);
+  const want = `cairn: boot complete 0.1.0${failing.length ? ` (failed phases: ${failing.join(', ')})` : ''}`;
+  tt.equal(r.match.slice(r.match.indexOf('cairn: ')), want, 'the boot completed as expected');
+}
+
+export const PHASES = ['mounts', 'etc', 'grow', 'config', 'initrd-keys', 'console', 'init-cmd', 'network', 'time', 'data-sources', 'users', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
+
+/** Every phase printed its line, in order, and the boot completed. */
+export async function bootsThrough(tt: Check, vm: Vm, failing: string[] = [], opts: { from?: 'start' } = {}): Promise<void> {
+  for (const [i, p] of PHASES.entries()) {
+    const r = await vm.waitFor(line(`cairn: ${p} (ok \\(\\d+ ms\\).*|FAILED: .*)$`), BOOT_TIMEOUT, i === 0 ? opts : {});
+    const ok = r.match.includes(' ok (');
+    tt.ok(failing.includes(p) ? !ok : ok, `${p}: ${r.match.slice(7)}`);
+  }
+  await bootComplete(tt, vm, 60_000, failing);
+}
+
 export class Node {
   constructor(
     readonly vm: Vm,
