@@ -3,8 +3,9 @@
  * the ajv validator, and the lookup of a key's canonical name from any of its
  * lenient spellings. The schema is the single source of truth for config keys.
  */
-import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
-import { isIP } from 'node:net';
+import { Ajv2020, type CodeOptions, type ValidateFunction } from 'ajv/dist/2020.js';
+import { CONFIG_FORMATS } from './formats.js';
+import { precompiledValidator } from './precompiled.js';
 import schemaJson from '../../config/schema.json' with { type: 'json' };
 
 /** The subset of JSON Schema that config/schema.json uses. */
@@ -101,22 +102,13 @@ export function suggestKey(unknown: string, known: string[]): string | undefined
   return best.d <= Math.max(2, Math.floor(u.length / 4)) ? best.key : undefined;
 }
 
-function isCidr(s: string): boolean {
-  const m = /^([^/]+)\/(\d{1,3})$/.exec(s);
-  if (!m) return false;
-  const family = isIP(m[1]!);
-  const bits = Number(m[2]);
-  return (family === 4 && bits <= 32) || (family === 6 && bits <= 128);
-}
-
-function makeAjv(): Ajv2020 {
-  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true });
+/** The ajv instance for config/schema.json; `code` makes standalone code (src/builder/stages/init.ts). */
+export function makeAjv(code?: CodeOptions): Ajv2020 {
+  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true, ...(code ? { code } : {}) });
   ajv.addKeyword({ keyword: 'x-expected', schemaType: 'string' });
   ajv.addKeyword({ keyword: 'x-secret', schemaType: 'boolean' });
   ajv.addKeyword({ keyword: 'x-single-line', schemaType: 'boolean' });
-  ajv.addFormat('ip', { type: 'string', validate: (s: string) => isIP(s) !== 0 });
-  ajv.addFormat('cidr', { type: 'string', validate: isCidr });
-  ajv.addFormat('route-to', { type: 'string', validate: (s: string) => s === 'default' || isCidr(s) });
+  for (const [name, format] of Object.entries(CONFIG_FORMATS)) ajv.addFormat(name, format);
   return ajv;
 }
 
@@ -140,8 +132,8 @@ export function schemaAt(pointer: string): SchemaNode | undefined {
 
 let validator: ValidateFunction | undefined;
 
-/** The compiled validator of config/schema.json (compiled once). */
+/** The validator of config/schema.json: the one compiled at build time in the init bundle, else compiled once here. */
 export function configValidator(): ValidateFunction {
-  validator ??= makeAjv().compile(configSchema);
+  validator ??= precompiledValidator ?? makeAjv().compile(configSchema);
   return validator;
 }

@@ -6,7 +6,10 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { build } from 'esbuild';
+import { _ } from 'ajv/dist/2020.js';
+import standalone from 'ajv/dist/standalone/index.js';
+import { build, type Plugin } from 'esbuild';
+import { configSchema, makeAjv } from '../../config/schema.js';
 import { hashValue } from '../hash.js';
 import { writeFresh } from '../fsutil.js';
 import { repoRoot } from '../paths.js';
@@ -25,8 +28,36 @@ export interface InitBundle {
   sha256: string;
 }
 
+/**
+ * ajv's standalone code for config/schema.json, as the ES module that takes
+ * the place of src/config/precompiled.ts in the bundles: the node validates
+ * its config without compiling the schema at boot. The formats come from
+ * src/config/formats.ts, the module the run-time validator uses.
+ */
+export function precompiledValidatorModule(): string {
+  const formats = path.join(repoRoot(), 'src/config/formats.ts');
+  const ajv = makeAjv({ source: true, esm: true, formats: _`require(${formats}).CONFIG_FORMATS` });
+  const code = standalone.default(ajv, ajv.compile(configSchema));
+  return `${code}\nexport { validate as precompiledValidator };\n`;
+}
+
+/** Puts the validator compiled now in place of src/config/precompiled.ts. */
+export function precompiledValidatorPlugin(): Plugin {
+  return {
+    name: 'cairn-precompiled-config-validator',
+    setup(b) {
+      let code: string | undefined;
+      b.onLoad({ filter: /[\\/]src[\\/]config[\\/]precompiled\.ts$/ }, () => {
+        code ??= precompiledValidatorModule();
+        return { contents: code, loader: 'js', resolveDir: path.join(repoRoot(), 'src/config') };
+      });
+    },
+  };
+}
+
 async function bundle(entry: string): Promise<string> {
   const result = await build({
+    plugins: [precompiledValidatorPlugin()],
     entryPoints: [entry],
     bundle: true,
     platform: 'node',
