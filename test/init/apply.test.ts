@@ -58,11 +58,17 @@ t.test('sysctls are written under /proc/sys; a missing key is reported', async (
   await t.rejects(applySysctls(bad.ctx), /sysctls not set: no\.such\.key \(ENOENT\)/);
 });
 
-t.test('modules are loaded with modprobe; failures are named', async (t) => {
+t.test('modules are loaded with one modprobe; when it fails, each alone names the failures', async (t) => {
   const root = nodeRoot(t.testdir());
-  const { ctx, calls } = testContext(root, { cairn: { modules: ['kvm', 'nvme', 'nosuch'] } }, { exec: (_f, a) => (a[0] === 'nosuch' ? { code: 1, stderr: "modprobe: FATAL: Module nosuch not found" } : undefined) });
-  await t.rejects(applyModules(ctx), /modules not loaded: nosuch \(modprobe: FATAL: Module nosuch not found\)/);
-  t.same(calls.map((c) => [c.file, ...c.args]), [['modprobe', 'kvm'], ['modprobe', 'nvme'], ['modprobe', 'nosuch']]);
+  const good = testContext(root, { cairn: { modules: ['kvm', 'nvme'] } });
+  t.equal(await applyModules(good.ctx), 'loaded kvm, nvme');
+  t.same(good.calls.map((c) => [c.file, ...c.args]), [['modprobe', '-a', '--', 'kvm', 'nvme']], 'one process for every module');
+  const { ctx, calls } = testContext(root, { cairn: { modules: ['kvm', 'nvme', 'nosuch'] } }, { exec: (_f, a) => (a.includes('nosuch') ? { code: 1, stderr: "modprobe: FATAL: Module nosuch not found" } : undefined) });
+  await t.rejects(applyModules(ctx), /modules not loaded: nosuch \(modprobe: FATAL: Module nosuch not found\)$/);
+  t.same(calls.map((c) => [c.file, ...c.args]), [['modprobe', '-a', '--', 'kvm', 'nvme', 'nosuch'], ['modprobe', '--', 'kvm'], ['modprobe', '--', 'nvme'], ['modprobe', '--', 'nosuch']]);
+  const none = testContext(root, {});
+  await applyModules(none.ctx);
+  t.same(none.calls, [], 'no modules, no modprobe');
 });
 
 t.test('environment, DNS and NTP files', async (t) => {
@@ -167,7 +173,7 @@ t.test("the image's own modules-load.d and sysctl.d are applied (nothing else re
   put(root, 'proc/sys/net/ipv4/ip_forward', '0');
   const { ctx, calls } = testContext(root, {});
   await applyImageModules(ctx);
-  t.same(calls.map((c) => c.args[0]), ['overlay', 'br_netfilter']);
+  t.same(calls.map((c) => [c.file, ...c.args]), [['modprobe', '-a', '--', 'overlay', 'br_netfilter']]);
   await applyImageSysctls(ctx);
   t.equal(readFileSync(join(root, 'proc/sys/net/ipv4/ip_forward'), 'utf8'), '1');
   put(root, 'etc/sysctl.d/99-bad.conf', 'net.missing.key = 1\n');

@@ -38,13 +38,26 @@ export async function applyHostname(ctx: NodeContext): Promise<string> {
   return name;
 }
 
+/**
+ * Loads modules with one `modprobe -a` (every process start costs on a
+ * small board); only when that fails is each one tried alone, to name the
+ * ones that did not load and why.
+ */
+async function loadModules(ctx: NodeContext, modules: string[]): Promise<{ name: string; why: string }[]> {
+  if (!modules.length) return [];
+  const all = await ctx.exec('modprobe', ['-a', '--', ...modules], { timeoutMs: 15_000 + 5_000 * modules.length });
+  if (all.code === 0) return [];
+  const failed: { name: string; why: string }[] = [];
+  for (const m of modules) {
+    const r = await ctx.exec('modprobe', ['--', m], { timeoutMs: 15_000 });
+    if (r.code !== 0) failed.push({ name: m, why: (r.stderr || `exit ${r.code}`).trim().split('\n')[0]! });
+  }
+  return failed;
+}
+
 export async function applyModules(ctx: NodeContext): Promise<string | void> {
   const modules = ctx.config.cairn?.modules ?? [];
-  const failed: string[] = [];
-  for (const m of modules) {
-    const r = await ctx.exec('modprobe', [m], { timeoutMs: 15_000 });
-    if (r.code !== 0) failed.push(`${m} (${(r.stderr || `exit ${r.code}`).trim().split('\n')[0]})`);
-  }
+  const failed = (await loadModules(ctx, modules)).map((f) => `${f.name} (${f.why})`);
   if (failed.length) throw new Error(`modules not loaded: ${failed.join(', ')}`);
   if (modules.length) return `loaded ${modules.join(', ')}`;
 }
@@ -123,12 +136,8 @@ function confLines(dir: string): string[] {
 
 /** What the image itself asks for in /etc/modules-load.d (what k3s needs), before the config's modules. */
 export async function applyImageModules(ctx: NodeContext): Promise<void> {
-  const failed: string[] = [];
-  for (const m of confLines(at(ctx, '/etc/modules-load.d'))) {
-    const r = await ctx.exec('modprobe', [m], { timeoutMs: 15_000 });
-    if (r.code !== 0) failed.push(m);
-  }
-  if (failed.length) throw new Error(`not loaded: ${failed.join(', ')}`);
+  const failed = await loadModules(ctx, confLines(at(ctx, '/etc/modules-load.d')));
+  if (failed.length) throw new Error(`not loaded: ${failed.map((f) => f.name).join(', ')}`);
 }
 
 /** /etc/sysctl.d/*.conf (`key = value` lines), before the config's sysctls. */
