@@ -1,7 +1,8 @@
 /**
  * ssh into a VM through its forwarded port, with the host's OpenSSH client:
- * a throwaway key pair for a test, one command per connection, and a wait
- * until sshd answers.
+ * a throwaway key pair for a test, a command per session (optionally over
+ * one shared connection, OpenSSH's ControlMaster), and a wait until sshd
+ * answers.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -43,6 +44,14 @@ export interface SshOptions {
   timeoutMs?: number;
   /** Text for the command's stdin. */
   input?: string;
+  /**
+   * The socket of a connection shared by the commands (OpenSSH's
+   * ControlMaster): the first command opens it and leaves it open in the
+   * background, the next ones skip the key exchange and the login, which
+   * take seconds on an emulated guest. One path per boot of the guest: a
+   * connection does not survive a reboot.
+   */
+  controlPath?: string;
 }
 
 export interface SshResult {
@@ -61,13 +70,31 @@ export function sshArgs(opts: SshOptions, command: string): string[] {
     '-o', 'LogLevel=ERROR',
     '-o', 'ConnectTimeout=10',
     ...(opts.identity ? ['-o', 'IdentitiesOnly=yes', '-i', opts.identity] : []),
+    // a shared connection ends by itself when the guest stops answering (15 s) or after 2 idle minutes
+    ...(opts.controlPath ? ['-o', 'ControlMaster=auto', '-o', `ControlPath=${opts.controlPath}`, '-o', 'ControlPersist=120', '-o', 'ServerAliveInterval=5', '-o', 'ServerAliveCountMax=3'] : []),
     `${opts.user ?? 'cairn'}@127.0.0.1`,
     command,
   ];
 }
 
-/** Runs one command over ssh; resolves with its exit code and output (code 255: ssh itself failed). */
+/** What ssh says when a shared connection is gone or broken (the command did not run over it). */
+const MUX_FAILURE = /mux_client|control socket|ControlSocket|master (?:hung up|is dead|refused)/i;
+
+/**
+ * Runs one command over ssh; resolves with its exit code and output (code
+ * 255: ssh itself failed). A shared connection that broke before the
+ * command ran is dropped and the command run once over a new one.
+ */
 export async function sshRun(opts: SshOptions, command: string): Promise<SshResult> {
+  const r = await sshOnce(opts, command);
+  if (r.code === 255 && opts.controlPath && MUX_FAILURE.test(r.stderr)) {
+    await rm(opts.controlPath, { force: true });
+    return sshOnce(opts, command);
+  }
+  return r;
+}
+
+async function sshOnce(opts: SshOptions, command: string): Promise<SshResult> {
   const r = await execa('ssh', sshArgs(opts, command), { reject: false, timeout: opts.timeoutMs ?? 30_000, input: opts.input ?? '' });
   if (r.failed && r.exitCode === undefined) {
     if ((r as { code?: string }).code === 'ENOENT') throw new UserError('ssh is not installed', 'install it with: apt-get install openssh-client');

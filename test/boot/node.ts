@@ -1,4 +1,5 @@
 // Talking to a booted node: over ssh with a throwaway key, and on its console.
+import { join } from 'node:path';
 import type { Vm } from '../../qemu/harness.js';
 import { sshRun, waitForSsh, type SshKey } from '../../qemu/ssh.js';
 
@@ -48,22 +49,30 @@ export async function bootsThrough(tt: Check, vm: Vm, failing: string[] = [], op
 }
 
 export class Node {
+  /** Bumped by every waitSsh(): the node (re)booted, so its commands share a new connection. */
+  private boots = 0;
+
   constructor(
     readonly vm: Vm,
     readonly key?: SshKey,
   ) {}
 
+  private get controlPath(): string {
+    return join(this.vm.dir, `ssh-${this.boots}`);
+  }
+
   /** Runs a command over ssh as cairn (sudo for root); throws with its output when it fails. */
   async sh(command: string, opts: { ok?: boolean } = {}): Promise<string> {
     if (!this.key || !this.vm.sshPort) throw new Error('this node was booted without ssh');
-    const r = await sshRun({ port: this.vm.sshPort, identity: this.key.privateKey, timeoutMs: 60_000 }, command);
+    const r = await sshRun({ port: this.vm.sshPort, identity: this.key.privateKey, timeoutMs: 60_000, controlPath: this.controlPath }, command);
     if (opts.ok !== false && r.code !== 0) throw new Error(`"${command}" exited ${r.code}: ${r.stderr || r.stdout}`);
     return r.stdout;
   }
 
   async waitSsh(): Promise<void> {
     if (!this.key || !this.vm.sshPort) throw new Error('this node was booted without ssh');
-    const r = await waitForSsh({ port: this.vm.sshPort, identity: this.key.privateKey }, 120_000);
+    this.boots++;
+    const r = await waitForSsh({ port: this.vm.sshPort, identity: this.key.privateKey, controlPath: this.controlPath }, 120_000);
     if (r.code !== 0) throw new Error(`ssh did not come up: ${r.stderr}`);
   }
 

@@ -243,6 +243,10 @@ t.test('ssh: a throwaway key pair, and the argv of one command', async (t) => {
     '-o', 'IdentitiesOnly=yes', '-i', key.privateKey, 'cairn@127.0.0.1', 'cat /etc/hostname',
   ]);
   t.equal(sshArgs({ port: 1, user: 'root' }, 'x').at(-2), 'root@127.0.0.1');
+  // a shared connection: opened by the first command, ended by itself when the guest stops answering
+  const shared = sshArgs({ port: 1, controlPath: '/tmp/vm/ssh-1' }, 'x').join(' ');
+  t.match(shared, /-o ControlMaster=auto -o ControlPath=\/tmp\/vm\/ssh-1 -o ControlPersist=120 -o ServerAliveInterval=5 -o ServerAliveCountMax=3 cairn@127\.0\.0\.1 x$/);
+  t.notMatch(sshArgs({ port: 1 }, 'x').join(' '), /Control/, 'no shared connection unless asked');
   await key.remove();
   t.notOk(existsSync(key.privateKey));
 });
