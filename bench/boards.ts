@@ -9,7 +9,7 @@
 //
 //   npx tsx bench/boards.ts          (BENCH_RUNS=2 for more runs; BENCH_ARCHES=arm64)
 import { execa } from 'execa';
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { boot, overlay } from '../qemu/harness.js';
@@ -17,33 +17,15 @@ import { hostAccel } from '../qemu/host.js';
 import { BOARDS, boardProfile } from '../src/builder/boards.js';
 import type { Arch } from '../src/builder/types.js';
 import { K3S_DOUBLE, REPO } from '../test/boot/image.js';
+import { cardFile, cardPartitions, cardText, type CardPartition } from '../test/support/card.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 1);
 const ONLY = process.env.BENCH_ARCHES?.split(',');
 const MARKER = 'CAIRN-BENCH-BASELINE';
 const MIB = 1024 * 1024;
 
-interface Part {
-  start: number;
-  size: number;
-}
-
-async function partitions(img: string): Promise<Part[]> {
-  const { stdout } = await execa('sfdisk', ['--json', img]);
-  const table = JSON.parse(stdout) as { partitiontable: { sectorsize?: number; partitions: { start: number; size: number }[] } };
-  const ss = table.partitiontable.sectorsize ?? 512;
-  return table.partitiontable.partitions.map((p) => ({ start: p.start * ss, size: p.size * ss }));
-}
-
-/** A file from the card's FAT boot partition. */
-async function fromBoot(img: string, boot: Part, file: string, out: string): Promise<string> {
-  await execa('mcopy', ['-n', '-i', `${img}@@${boot.start}`, `::${file}`, out]);
-  await chmod(out, 0o644);
-  return out;
-}
-
 /** The image's own busybox-static, from the squashfs on the card's CAIRN_STATE. */
-async function imageBusybox(img: string, state: Part, version: string, dir: string): Promise<string> {
+async function imageBusybox(img: string, state: CardPartition, version: string, dir: string): Promise<string> {
   const part = join(dir, 'state.ext4');
   await execa('dd', [`if=${img}`, `of=${part}`, 'bs=1M', `skip=${state.start}`, `count=${state.size}`, 'iflag=skip_bytes,count_bytes', 'status=none']);
   const squash = join(dir, 'rootfs.squashfs');
@@ -80,13 +62,13 @@ async function benchBoard(board: (typeof BOARDS)[number], arch: Arch, dir: strin
   if (!card) throw new Error(`the ${board} build wrote no card image`);
   const img = join(out, card.file);
   const st = await stat(img);
-  const [bootPart, statePart] = await partitions(img);
+  const [bootPart, statePart] = await cardPartitions(img);
   const work = join(dir, `${board}-${arch}`);
   await mkdir(work, { recursive: true });
   const v = record.version;
-  const kernel = await fromBoot(img, bootPart!, `cairn/${v}/vmlinuz`, join(work, 'vmlinuz'));
-  const initrd = await fromBoot(img, bootPart!, `cairn/${v}/initrd`, join(work, 'initrd'));
-  const cmdline = (await execa('mtype', ['-i', `${img}@@${bootPart!.start}`, `::cairn/${v}/cmdline.txt`])).stdout.trim();
+  const kernel = await cardFile(img, bootPart!, `cairn/${v}/vmlinuz`, join(work, 'vmlinuz'));
+  const initrd = await cardFile(img, bootPart!, `cairn/${v}/initrd`, join(work, 'initrd'));
+  const cmdline = (await cardText(img, bootPart!, `cairn/${v}/cmdline.txt`)).trim();
   const append = cmdline.replace(/console=\S+/g, '').replace(/\s+/g, ' ').trim() + ' console=ttyAMA0,115200';
   const baseInitrd = await baselineInitrd(await imageBusybox(img, statePart!, v, work), work);
 

@@ -90,6 +90,28 @@ export function buildTestImage(): TestImage {
 
 export type ArmArch = 'arm64' | 'armv7';
 
+/** `cairn build` with the test images' flags, as a child process; rejects with its stderr when it fails. */
+function cairnBuildAsync(args: string[], what: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const child = spawn(join(REPO, 'bin/cairn'), ['build', ...args, ...buildFlags()], { stdio: ['ignore', 'inherit', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-20_000)));
+    const timer = setTimeout(() => child.kill('SIGTERM'), 40 * 60_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new Error(`building ${what} failed (${signal ?? `exit ${code}`}):\n${stderr}`));
+    });
+  });
+}
+
+/** A file the build must have written. */
+function built(file: string, what: string): string {
+  if (!existsSync(file)) throw new Error(`the ${what} build did not write ${file}`);
+  return file;
+}
+
 /**
  * The default image for arm64 and armv7 as raw disks (UEFI on QEMU virt),
  * the two builds side by side: each spends most of its time in one
@@ -97,24 +119,20 @@ export type ArmArch = 'arm64' | 'armv7';
  * about the time of one. Into .tap/arm-image; returns each disk's path.
  */
 export async function buildArmImages(): Promise<Record<ArmArch, string>> {
-  const out = join(REPO, '.tap', 'arm-image');
-  const build = (arch: ArmArch) =>
-    new Promise<string>((resolve, reject) => {
-      const dir = join(out, arch);
-      mkdirSync(dir, { recursive: true });
-      const child = spawn(join(REPO, 'bin/cairn'), ['build', join(REPO, 'images/default.yaml'), '--arch', arch, '--format', 'raw', '--out', dir, ...buildFlags()], { stdio: ['ignore', 'inherit', 'pipe'] });
-      let stderr = '';
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-20_000)));
-      const timer = setTimeout(() => child.kill('SIGTERM'), 40 * 60_000);
-      child.on('error', reject);
-      child.on('close', (code, signal) => {
-        clearTimeout(timer);
-        const raw = join(dir, `default-0.1.0-${arch}.raw`);
-        if (code !== 0) reject(new Error(`building the ${arch} image failed (${signal ?? `exit ${code}`}):\n${stderr}`));
-        else if (!existsSync(raw)) reject(new Error(`the ${arch} build did not write ${raw}`));
-        else resolve(raw);
-      });
-    });
+  const build = async (arch: ArmArch) => {
+    const dir = join(REPO, '.tap', 'arm-image', arch);
+    mkdirSync(dir, { recursive: true });
+    await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--arch', arch, '--format', 'raw', '--out', dir], `the ${arch} image`);
+    return built(join(dir, `default-0.1.0-${arch}.raw`), arch);
+  };
   const [arm64, armv7] = await Promise.all([build('arm64'), build('armv7')]);
   return { arm64, armv7 };
+}
+
+/** The default image's Raspberry Pi 4 card for arm64 (its root filesystem is the arm64 image's, from the cache). */
+export async function buildRpi4Card(): Promise<string> {
+  const dir = join(REPO, '.tap', 'arm-image', 'rpi4-arm64');
+  mkdirSync(dir, { recursive: true });
+  await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--board', 'rpi4', '--arch', 'arm64', '--format', 'raw', '--out', dir], 'the arm64 rpi4 card');
+  return built(join(dir, 'default-0.1.0-arm64-rpi4.img'), 'rpi4 card');
 }
