@@ -90,10 +90,11 @@ export function buildTestImage(): TestImage {
 
 export type ArmArch = 'arm64' | 'armv7';
 
-/** `cairn build` with the test images' flags, as a child process; rejects with its stderr when it fails. */
-function cairnBuildAsync(args: string[], what: string): Promise<void> {
+/** `cairn build` with the test images' flags, as a child process; rejects with its stderr when it fails; `signal` stops it. */
+function cairnBuildAsync(args: string[], what: string, signal?: AbortSignal): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const child = spawn(join(REPO, 'bin/cairn'), ['build', ...args, ...buildFlags()], { stdio: ['ignore', 'inherit', 'pipe'] });
+    signal?.addEventListener('abort', () => child.kill('SIGTERM'), { once: true });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-20_000)));
     const timer = setTimeout(() => child.kill('SIGTERM'), 40 * 60_000);
@@ -119,10 +120,17 @@ function built(file: string, what: string): string {
  * about the time of one. Into .tap/arm-image; returns each disk's path.
  */
 export async function buildArmImages(): Promise<Record<ArmArch, string>> {
+  // a build that fails stops the other one: the test has failed, and the next test file needs the CPU
+  const stop = new AbortController();
   const build = async (arch: ArmArch) => {
     const dir = join(REPO, '.tap', 'arm-image', arch);
     mkdirSync(dir, { recursive: true });
-    await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--arch', arch, '--format', 'raw', '--out', dir], `the ${arch} image`);
+    try {
+      await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--arch', arch, '--format', 'raw', '--out', dir], `the ${arch} image`, stop.signal);
+    } catch (err) {
+      stop.abort();
+      throw err;
+    }
     return built(join(dir, `default-0.1.0-${arch}.raw`), arch);
   };
   const [arm64, armv7] = await Promise.all([build('arm64'), build('armv7')]);
