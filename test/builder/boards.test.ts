@@ -19,6 +19,7 @@ import { parseGrubEnv } from '../../src/builder/outputs/grub.js';
 import { raw } from '../../src/builder/outputs/raw.js';
 import type { Arch, SystemArtifacts } from '../../src/builder/types.js';
 import { SOURCE_DATE_EPOCH, fixtureSystem, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
+import { withTempCache } from './support.js';
 
 t.setTimeout(1_200_000);
 
@@ -190,14 +191,7 @@ t.test('rpi4: a kernel without the Pi 4 device trees is refused, nothing written
 
 t.test('a board firmware package that cannot be fetched is a clear error, and nothing is left in the cache', async (t) => {
   const { fetchDeb } = await import('../../src/builder/debfetch.js');
-  const cache = await mkdtemp(path.join(tmpdir(), 'cairn-debfetch-'));
-  t.teardown(() => rm(cache, { recursive: true, force: true }));
-  const before = process.env.CAIRN_CACHE;
-  process.env.CAIRN_CACHE = cache;
-  t.teardown(() => {
-    if (before === undefined) delete process.env.CAIRN_CACHE;
-    else process.env.CAIRN_CACHE = before;
-  });
+  const cache = await withTempCache(t, 'cairn-debfetch-');
   await t.rejects(
     fetchDeb({ pkg: 'cairn-no-such-firmware', debArch: 'arm64', components: ['main', 'non-free-firmware'], expect: 'usr/lib/x', why: 'the test board' }),
     { name: 'UserError', message: /^the test board needs the Debian package cairn-no-such-firmware \(arm64, from main, non-free-firmware\) and it could not be fetched: / },

@@ -19,6 +19,7 @@ import { COMPONENTS, openPayload } from '../../src/upgrade/payload.js';
 import { FORMATS, FORMAT_TABLE, formatWriters, parseFormats } from '../../src/builder/formats.js';
 import { type Arch, type OutputContext, type SystemArtifacts } from '../../src/builder/types.js';
 import { NETWORK_ERROR, SOURCE_DATE_EPOCH, fixtureSquashfs, fixtureSystem, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
+import { withTempCache } from './support.js';
 
 // Boots under TCG on a busy 2-core machine: allow more than the per-file default.
 t.setTimeout(1_800_000);
@@ -419,14 +420,7 @@ t.test('boot arm64 iso (UEFI, TCG)', async (t) => {
 
 t.test('GRUB modules for a foreign arch: fetched from Debian once, then from the cache', async (t) => {
   if (!existsSync('/usr/bin/mmdebstrap')) return t.plan(0, 'no mmdebstrap');
-  const cache = await mkdtemp(path.join(tmpdir(), 'cairn-grubcache-'));
-  t.teardown(() => rm(cache, { recursive: true, force: true }));
-  const before = process.env.CAIRN_CACHE;
-  process.env.CAIRN_CACHE = cache;
-  t.teardown(() => {
-    if (before === undefined) delete process.env.CAIRN_CACHE;
-    else process.env.CAIRN_CACHE = before;
-  });
+  const cache = await withTempCache(t, 'cairn-grubcache-');
   const lines: string[] = [];
   let dir: string;
   try {

@@ -3,7 +3,7 @@
  * cache as the rootfs stage's entry (so everything after mmdebstrap runs for
  * real in seconds), a spec written to a temp folder, and stand-in writers.
  */
-import { chmod, copyFile, mkdir, mkdtemp, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -25,6 +25,22 @@ export async function tempDir(prefix = 'cairn-test-'): Promise<string> {
 }
 
 /** A spec with a pinned snapshot (no network needed to key the rootfs). */
+/**
+ * A fresh, empty cairn cache for one test (CAIRN_CACHE points at it until
+ * the test ends, then the variable is as it was and the folder is gone).
+ */
+export async function withTempCache(t: { teardown(fn: () => unknown): void }, prefix: string): Promise<string> {
+  const cache = await mkdtemp(path.join(tmpdir(), prefix));
+  const before = process.env.CAIRN_CACHE;
+  process.env.CAIRN_CACHE = cache;
+  t.teardown(async () => {
+    if (before === undefined) delete process.env.CAIRN_CACHE;
+    else process.env.CAIRN_CACHE = before;
+    await rm(cache, { recursive: true, force: true });
+  });
+  return cache;
+}
+
 export async function writeSpec(dir: string, extra: Record<string, unknown> = {}, name = 'test.yaml'): Promise<string> {
   const spec = {
     name: 'test',
