@@ -32,81 +32,20 @@
  */
 import path from 'node:path';
 import type { BoardData, BoardProfile, BootFile } from '../../src/builder/boards.js';
-import { joinArgs } from '../../src/builder/outputs/common.js';
 import type { SystemArtifacts } from '../../src/builder/types.js';
-import { REL, type BootState } from '../../src/boot/state.js';
+import { boardCmdline, loaderRecord } from '../../src/boot/loader-args.js';
+import { REL } from '../../src/boot/state.js';
 import { UserError } from '../../src/errors.js';
 import data from './board.json' with { type: 'json' };
+import { EXTLINUX_CONF, renderExtlinuxConf, type ExtlinuxEntry } from './extlinux.js';
+
+export { EXTLINUX_CONF, ROOTFS_PARTNAME, extlinuxLabel, renderExtlinuxConf, type ExtlinuxEntry } from './extlinux.js';
 
 const board = data as BoardData & { extlinux: { path: string; timeout: number; menuTitle: string } };
 
-/** Where L4TLauncher reads its menu, relative to the APP partition's root. */
-export const EXTLINUX_CONF = board.extlinux.path;
-/** The partition name L4TLauncher looks for. */
-export const ROOTFS_PARTNAME = board.disk.statePartName!;
-
-/** A version's folder on CAIRN_STATE, as an absolute path in L4TLauncher's view of that file system. */
-function versionDir(version: string): string {
-  return `/${REL.system}/${version}`;
-}
-
-/** The spec's command line without console= (the board names its own consoles). */
-function withoutConsoles(cmdline: string): string {
-  return cmdline.split(/\s+/).filter((a) => a !== '' && !a.startsWith('console=')).join(' ');
-}
-
-/** The kernel command line of a state boot of exactly this version, on Orin's consoles (ttyTCU0: the combined UART). */
+/** The kernel command line of a state boot of exactly this version, on Orin's consoles (ttyTCU0: the combined UART); its bootenv. */
 export function jetsonCmdline(system: Pick<SystemArtifacts, 'version' | 'cmdline'>): string {
-  return joinArgs('cairn.mode=state', `cairn.version=${system.version}`, 'panic=10', board.console, withoutConsoles(system.cmdline));
-}
-
-export interface ExtlinuxEntry {
-  version: string;
-  /** The kernel command line (jetsonCmdline of the version). */
-  cmdline: string;
-  /** A device tree in the version's dtb/ folder; without one the kernel gets the one UEFI holds (flashed with the same BSP). */
-  fdt?: string;
-}
-
-export function extlinuxLabel(version: string): string {
-  return `cairn-${version}`;
-}
-
-/** One LABEL block; L4TLauncher's keys are LABEL, MENU LABEL, LINUX, INITRD, FDT, APPEND. */
-function renderEntry(e: ExtlinuxEntry, role: string): string[] {
-  const dir = versionDir(e.version);
-  return [
-    `LABEL ${extlinuxLabel(e.version)}`,
-    `      MENU LABEL cairn ${e.version} (${role})`,
-    `      LINUX ${dir}/kernel`,
-    `      INITRD ${dir}/initrd`,
-    ...(e.fdt ? [`      FDT ${dir}/dtb/${e.fdt}`] : []),
-    // ${cbootargs}: L4TLauncher's place for the arguments UEFI adds (it removes the token itself)
-    `      APPEND \${cbootargs} ${e.cmdline}`,
-  ];
-}
-
-/**
- * extlinux.conf for L4TLauncher: DEFAULT is the state's active version,
- * the fallback (when installed) its second entry, chosen at the serial
- * console during TIMEOUT (tenths of a second).
- */
-export function renderExtlinuxConf(state: Pick<BootState, 'active' | 'fallback'>, entries: readonly ExtlinuxEntry[]): string {
-  const by = new Map(entries.map((e) => [e.version, e]));
-  const active = by.get(state.active);
-  if (!active) throw new Error(`extlinux.conf: no entry for the active version ${state.active}`);
-  const fallback = state.fallback !== undefined && state.fallback !== state.active ? by.get(state.fallback) : undefined;
-  return [
-    '# NVIDIA L4TLauncher boot menu, written by cairn (boards/jetson) from the boot',
-    '# state in /cairn/grub/grubenv: the active version first, then the fallback.',
-    `TIMEOUT ${board.extlinux.timeout}`,
-    `DEFAULT ${extlinuxLabel(active.version)}`,
-    `MENU TITLE ${board.extlinux.menuTitle}`,
-    '',
-    ...renderEntry(active, 'active'),
-    ...(fallback ? ['', ...renderEntry(fallback, 'fallback')] : []),
-    '',
-  ].join('\n');
+  return boardCmdline(board.console, system.version, system.cmdline);
 }
 
 function needBsp(system: SystemArtifacts) {
@@ -128,6 +67,7 @@ async function stateFiles(system: SystemArtifacts): Promise<BootFile[]> {
     { dest: EXTLINUX_CONF, content: renderExtlinuxConf({ active: system.version }, [entry]) },
     { dest: `${vdir}/extlinux.conf`, content: renderExtlinuxConf({ active: system.version }, [entry]) },
     ...bsp.dtbs.map((d) => ({ src: d, dest: `${vdir}/dtb/${path.basename(d)}` })),
+    loaderRecord({ board: 'jetson', console: board.console }),
   ];
 }
 

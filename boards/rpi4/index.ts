@@ -20,31 +20,25 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { BoardData, BoardProfile, BootFile } from '../../src/builder/boards.js';
 import { fetchDeb } from '../../src/builder/debfetch.js';
-import { joinArgs } from '../../src/builder/outputs/common.js';
 import { debianArch, type SystemArtifacts } from '../../src/builder/types.js';
 import { UserError } from '../../src/errors.js';
+import { boardCmdline, loaderCmdline, loaderRecord } from '../../src/boot/loader-args.js';
 import data from './board.json' with { type: 'json' };
+import { ACTIVE_FILE, renderActiveFile, versionPrefix } from './boot.js';
+
+export { ACTIVE_FILE, ACTIVE_FILE_BYTES, renderActiveFile, versionPrefix } from './boot.js';
 
 const board = data as BoardData & {
   firmware: { package: string; components: string[]; dir: string; files: string[] };
   deviceTrees: string[];
 };
 
-/** The size of cairn-active.txt: one sector, rewritten in place when the default version changes. */
-export const ACTIVE_FILE_BYTES = 512;
-export const ACTIVE_FILE = 'cairn-active.txt';
-
-/** The folder of a version on the boot partition (os_prefix, with its trailing slash). */
-export function versionPrefix(version: string): string {
-  return `cairn/${version}/`;
-}
-
-/** config.txt: the same for every version; the version comes from cairn-active.txt (or tryboot.txt's own os_prefix). */
-export function renderConfigTxt(system: Pick<SystemArtifacts, 'arch'>, osPrefixLine = `include ${ACTIVE_FILE}`): string {
+/** config.txt: the same for every version; the version comes from cairn-active.txt. */
+export function renderConfigTxt(system: Pick<SystemArtifacts, 'arch'>): string {
   return [
     '# Raspberry Pi firmware settings, written by cairn build (boards/rpi4).',
-    '# The version that boots is named in cairn-active.txt; cairn upgrade',
-    '# tries a new one once through tryboot.txt.',
+    '# The version that boots is named in cairn-active.txt: the last one that',
+    '# booted well. Its first stage starts a version on trial with kexec.',
     '[pi4]',
     ...(system.arch === 'arm64' ? ['arm_64bit=1'] : []),
     'enable_uart=1',
@@ -53,30 +47,19 @@ export function renderConfigTxt(system: Pick<SystemArtifacts, 'arch'>, osPrefixL
     'kernel=vmlinuz',
     'initramfs initrd followkernel',
     '[all]',
-    osPrefixLine,
+    `include ${ACTIVE_FILE}`,
     '',
   ].join('\n');
 }
 
-/** cairn-active.txt for `version`: os_prefix, then comment padding to exactly one sector. */
-export function renderActiveFile(version: string): Buffer {
-  const line = `os_prefix=${versionPrefix(version)}\n`;
-  const buf = Buffer.alloc(ACTIVE_FILE_BYTES, ' ');
-  if (line.length + 2 > ACTIVE_FILE_BYTES) throw new Error(`version name too long for ${ACTIVE_FILE}: ${version}`);
-  buf.write(line, 0, 'ascii');
-  buf.write('#', line.length, 'ascii');
-  buf.write('\n', ACTIVE_FILE_BYTES - 1, 'ascii');
-  return buf;
+/** The kernel command line of a version on the Pi: a state boot of exactly that version, on the Pi's consoles (its bootenv). */
+export function rpi4Cmdline(system: Pick<SystemArtifacts, 'version' | 'cmdline'>): string {
+  return boardCmdline(board.console, system.version, system.cmdline);
 }
 
-/** The spec's command line without console= (the board names its own consoles). */
-function withoutConsoles(cmdline: string): string {
-  return cmdline.split(/\s+/).filter((a) => a !== '' && !a.startsWith('console=')).join(' ');
-}
-
-/** cmdline.txt of a version: the state boot of exactly that version, on the Pi's consoles. */
+/** cmdline.txt of a version: its command line, and that the firmware does not count tries (the first stage chooses). */
 export function renderCmdlineTxt(system: Pick<SystemArtifacts, 'version' | 'cmdline'>): string {
-  return `${joinArgs('cairn.mode=state', `cairn.version=${system.version}`, 'panic=10', board.console, withoutConsoles(system.cmdline))}\n`;
+  return `${loaderCmdline(rpi4Cmdline(system))}\n`;
 }
 
 /** Where the kernel package keeps the Pi's device trees: broadcom/ on arm64, flat on armhf. */
@@ -121,4 +104,9 @@ async function bootFiles(system: SystemArtifacts, ctx: { log: (line: string) => 
   return files;
 }
 
-export const rpi4: BoardProfile = { ...board, bootFiles, cmdline: (system) => renderCmdlineTxt(system).trim() };
+/** On CAIRN_STATE: the record that tells the node its loader does not count tries (src/boot/loader.ts). */
+async function stateFiles(): Promise<BootFile[]> {
+  return [loaderRecord({ board: 'rpi4', console: board.console })];
+}
+
+export const rpi4: BoardProfile = { ...board, bootFiles, stateFiles, cmdline: rpi4Cmdline };

@@ -55,8 +55,18 @@ export const BASE_PACKAGES = [
   'zstd',
 ];
 
+/**
+ * Packages of one arch beyond the base: on arm64, the boards whose loader
+ * does not count tries (the Raspberry Pi's firmware, Jetson's L4TLauncher)
+ * start a trial version from the first stage with kexec
+ * (src/boot/loader.ts). Not on armv7: Debian's armmp-lpae kernel faults in
+ * its own kexec (__soft_restart jumps to the relocation code at a physical
+ * address it has not mapped), see KEXEC_ARCHES.
+ */
+export const ARCH_PACKAGES: Record<Arch, readonly string[]> = { amd64: [], arm64: ['kexec-tools'], armv7: [] };
+
 export function packageList(spec: ImageSpec, arch: Arch): string[] {
-  return [...new Set([kernelPackage[arch], ...BASE_PACKAGES, ...spec.packages])].sort();
+  return [...new Set([kernelPackage[arch], ...BASE_PACKAGES, ...ARCH_PACKAGES[arch], ...spec.packages])].sort();
 }
 
 /**

@@ -5,6 +5,8 @@
  * its own when the tries run out.
  */
 import { existsSync } from 'node:fs';
+import { release } from 'node:os';
+import { syncLoader } from '../boot/loader.js';
 import { at, type NodeContext } from './context.js';
 import { commitGoodBoot } from './trial.js';
 import { snapshot } from '../runtime/datastore.js';
@@ -39,5 +41,15 @@ export async function markGood(ctx: NodeContext): Promise<string> {
       ctx.log.info(`datastore: ${(e as Error).message}`);
     }
   }
-  return `${promoted ? `version ${promoted} is now the active one` : 'boot marked good'}${snap}`;
+  // a loader that does not count (the Pi's firmware, L4TLauncher) starts the active version from now on
+  let loader = '';
+  if (ctx.boot.mode === 'state' && ctx.boot.version) {
+    try {
+      const line = await syncLoader({ root: ctx.root, exec: ctx.exec, version: ctx.boot.version, kernelRelease: release() });
+      if (line) loader = `; ${line}`;
+    } catch (e) {
+      loader = `; the loader still starts the version before (its first stage starts ${ctx.boot.version} with kexec): ${(e as Error).message}`;
+    }
+  }
+  return `${promoted ? `version ${promoted} is now the active one` : 'boot marked good'}${snap}${loader}`;
 }

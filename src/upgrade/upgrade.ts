@@ -31,6 +31,9 @@ import { HISTORY_PATH, UPGRADE_PATH, readJson, writeJsonAtomic, type BootRecord,
 import { snapshot } from '../runtime/datastore.js';
 import { SNAPSHOTS, STATE_DB } from '../runtime/paths.js';
 import { kernelArgs } from '../builder/outputs/common.js';
+import { LOADER_PATH, readLoader } from '../boot/loader.js';
+import { KEXEC_ARCHES, boardCmdline } from '../boot/loader-args.js';
+import type { Arch } from '../builder/types.js';
 import { TRUSTED_KEYS_DIR, verifyRecord } from './keys.js';
 import { COMPONENTS, openPayload, type OpenedPayload } from './payload.js';
 
@@ -184,6 +187,14 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
     if (opts.check) return { outcome: 'checked', version: v, message: `payload ${rec.name} ${v} (${rec.arch}, ${Math.round(payload.bytes / MIB)} MiB) verified, ${signedBy}` };
 
     let state = readState(at(root, GRUBENV));
+    // on a board whose loader does not count, the version's own command line is the board's (its consoles), as the builder writes it
+    const loader = readLoader(at(root, LOADER_PATH));
+    if (loader && !KEXEC_ARCHES.includes(rec.arch as Arch)) {
+      throw new UserError(
+        `this ${loader.board} node cannot try ${v} once: its loader does not count tries, and on ${rec.arch} the first stage cannot start a trial with kexec (Debian's ${rec.arch} kernel faults in kexec)`,
+        `write the new image onto the card instead (cairn flash ${rec.name}-${v}-${rec.arch}-${loader.board}.img DEVICE), or run the arm64 image, which upgrades in place`,
+      );
+    }
     if (!state) throw new UserError(`no boot state in ${GRUBENV}`, 'this node\'s state partition is incomplete: reinstall it');
     const booted = boot.version;
     if (v === booted && state.trial === v) state = (await waitForVerdict(root, v, opts.waitMs ?? 600_000, log)) ?? state;
@@ -249,7 +260,7 @@ export async function upgrade(opts: UpgradeOptions): Promise<UpgradeResult> {
       throw e;
     }
     const releaseJson = JSON.parse(readFileSync(join(incoming, 'release.json'), 'utf8')) as { inputs?: { cmdline?: string } };
-    const cmdline = kernelArgs('state', rec.arch, releaseJson.inputs?.cmdline);
+    const cmdline = loader ? boardCmdline(loader.console, v, releaseJson.inputs?.cmdline) : kernelArgs('state', rec.arch, releaseJson.inputs?.cmdline);
     writeFileSync(join(incoming, 'bootenv'), renderVersionEnv(cmdline));
     fsyncPath(join(incoming, 'bootenv'));
     writeFileSync(join(incoming, 'SHA256SUMS'), [...COMPONENTS].sort().map((c) => `${rec.components[c].sha256}  ${c}\n`).join(''));

@@ -18,7 +18,8 @@ import { MIB, planDisk, sfdiskScript } from '../../src/builder/outputs/disk.js';
 import { parseGrubEnv } from '../../src/builder/outputs/grub.js';
 import { raw } from '../../src/builder/outputs/raw.js';
 import type { Arch, SystemArtifacts } from '../../src/builder/types.js';
-import { SOURCE_DATE_EPOCH, fixtureSystem, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
+import { renderState, renderVersionEnv } from '../../src/boot/state.js';
+import { SOURCE_DATE_EPOCH, fixtureSquashfs, fixtureSystem, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
 import { withTempCache } from './support.js';
 
 t.setTimeout(1_200_000);
@@ -49,7 +50,7 @@ t.test('config.txt, cmdline.txt and cairn-active.txt', async (t) => {
   // the spec's PC consoles are dropped; the Pi's are the board's
   t.equal(
     renderCmdlineTxt({ version: '0.2.0', cmdline: 'console=tty1 console=ttyS0,115200 quiet' }),
-    'cairn.mode=state cairn.version=0.2.0 panic=10 console=ttyS1,115200 console=tty1 quiet\n',
+    'cairn.mode=state cairn.version=0.2.0 panic=10 watchdog.stop_on_reboot=0 console=ttyS1,115200 console=tty1 quiet cairn.loader=fixed\n',
   );
   const active = renderActiveFile('0.2.0');
   t.equal(active.length, ACTIVE_FILE_BYTES, 'one sector');
@@ -139,7 +140,7 @@ for (const arch of ['arm64', 'armv7'] as Arch[]) {
     t.equal((await readFile(active)).length, 512, 'cairn-active.txt is one sector');
     t.equal((await readFile(active, 'ascii')).split('\n')[0], 'os_prefix=cairn/0.0.1/');
     const cmdline = (await read('cairn/0.0.1/cmdline.txt')).trim();
-    t.equal(cmdline, 'cairn.mode=state cairn.version=0.0.1 panic=10 console=ttyS1,115200 console=tty1 quiet');
+    t.equal(cmdline, 'cairn.mode=state cairn.version=0.0.1 panic=10 watchdog.stop_on_reboot=0 console=ttyS1,115200 console=tty1 quiet cairn.loader=fixed');
     t.equal(await sha256File(await copy('cairn/0.0.1/vmlinuz')), await sha256File(system.kernel), 'the image\'s kernel');
     t.equal(await sha256File(await copy('cairn/0.0.1/initrd')), await sha256File(system.initramfs), 'the image\'s initramfs');
     const dtDir = path.join(system.rootfs, 'usr/lib', `linux-image-${system.kernelRelease}`, arch === 'arm64' ? 'broadcom' : '');
@@ -153,7 +154,8 @@ for (const arch of ['arm64', 'armv7'] as Arch[]) {
     const env = parseGrubEnv(await debugfsCat('/cairn/grub/grubenv'));
     t.equal(env.cairn_active, '0.0.1', 'the boot state names the version');
     const bootenv = parseGrubEnv(await debugfsCat('/cairn/system/0.0.1/bootenv'));
-    t.equal(bootenv.cairn_cmdline, cmdline, 'the version\'s bootenv holds the Pi\'s command line');
+    t.equal(`${bootenv.cairn_cmdline} cairn.loader=fixed`, cmdline, 'the version\'s bootenv holds the Pi\'s command line, without the loader\'s mark');
+    t.same(JSON.parse((await debugfsCat('/cairn/loader.json')).toString()), { board: 'rpi4', console: 'console=ttyS1,115200 console=tty1' }, 'the state partition says which loader starts it');
 
     // The card's own kernel, initramfs and command line on QEMU's virt
     // machine (its UART is ttyAMA0, not the Pi's ttyS1), the card as its disk.
@@ -164,6 +166,69 @@ for (const arch of ['arm64', 'armv7'] as Arch[]) {
     t.comment(`${arch} rpi4 card on virt: ${r.ms} ms`);
     if (!t.ok(r.ok, 'the first stage found the system on the card and switched to it')) console.error(r.output);
     t.match(r.output, /system 0\.0\.1 on \/dev\/vda2/, 'CAIRN_STATE found on the MBR card');
+    t.notMatch(r.output, /with kexec/, 'no trial: the version the loader started boots itself');
+
+    // Trials on a loader that does not count: the firmware always starts
+    // 0.0.1's kernel (the harness plays the firmware: the same kernel,
+    // initramfs and command line on every reset); its first stage spends a
+    // try and starts the trial with kexec.
+    const kernel = await copy('cairn/0.0.1/vmlinuz');
+    const initrd = await copy('cairn/0.0.1/initrd');
+    const withTrial = async (name: string, version: string, versionCmdline: string): Promise<string> => {
+      const card = path.join(dir, `${name}.img`);
+      await execa('cp', ['--sparse=always', img, card]);
+      const st = path.join(dir, `${name}-state.img`);
+      await extract(card, table.partitions[1]!, st);
+      const vdir = path.join(dir, `${name}-v`);
+      await mkdir(vdir, { recursive: true });
+      await fixtureSquashfs(system.rootfs, path.join(vdir, 'rootfs.squashfs'), { version });
+      await writeFile(path.join(vdir, 'bootenv'), renderVersionEnv(versionCmdline));
+      await writeFile(path.join(vdir, 'grubenv'), renderState({ active: '0.0.1', trial: version, tries: 1 }));
+      const cmds = [
+        `mkdir /cairn/system/${version}`,
+        `write ${system.kernel} /cairn/system/${version}/kernel`,
+        `write ${system.initramfs} /cairn/system/${version}/initrd`,
+        `write ${path.join(vdir, 'rootfs.squashfs')} /cairn/system/${version}/rootfs.squashfs`,
+        `write ${path.join(vdir, 'bootenv')} /cairn/system/${version}/bootenv`,
+        'rm /cairn/grub/grubenv',
+        `write ${path.join(vdir, 'grubenv')} /cairn/grub/grubenv`,
+      ];
+      await execa('debugfs', ['-w', '-f', '-', st], { input: cmds.join('\n') + '\n', stderr: 'ignore' });
+      await execa('dd', [`if=${st}`, `of=${card}`, 'bs=512', `seek=${table.partitions[1]!.start}`, 'conv=notrunc,sparse', 'status=none']);
+      return card;
+    };
+    const firmware = (card: string) => ['-kernel', kernel, '-initrd', initrd, '-append', args, '-drive', `file=${card},format=raw,if=virtio,snapshot=on`];
+    // the trial's own command line, not quiet, with a mark the loader's has not
+    const v2cmdline = rpi4.cmdline({ version: '0.0.2', cmdline: 'cairn.test=own-cmdline' });
+
+    const good = await qemuBoot(firmware(await withTrial('good', '0.0.2', v2cmdline.replace('console=ttyS1,115200 console=tty1', 'console=ttyAMA0,115200'))), { arch, timeoutMs: 300_000 });
+    t.comment(`${arch}: a trial on a loader that does not count: ${good.ms} ms`);
+    if (!t.ok(good.ok, 'a system booted')) console.error(good.output);
+    if (arch === 'armv7') {
+      // no kexec on armv7 (KEXEC_ARCHES): the trial is given up at once, the loader's version boots
+      t.match(good.output, /^cairn-initramfs: cannot start 0\.0\.2: this first stage has no kexec \(arm64 and amd64 images have it\)\r?$/m, 'the trial cannot be started, saying why');
+      t.match(good.output, /^cairn-initramfs: version 0\.0\.2 is given up: its trial cannot start from this loader\r?$/m, 'the trial is given up');
+      t.match(good.output, /^cairn-fixture: boot\.env CAIRN_BOOT_MODE=state CAIRN_BOOT_VERSION=0\.0\.1 CAIRN_BOOT_TRIES_LEFT= CAIRN_BOOT_KIND=active /m, "the loader's version runs");
+    } else {
+      t.match(good.output, /^cairn-initramfs: starting 0\.0\.2 with kexec \(the loader started 0\.0\.1's kernel\)\r?$/m, "0.0.1's first stage starts the trial with kexec");
+      t.match(good.output, /^cairn-initramfs: system 0\.0\.2 on \/dev\/vda2 \(trial boot, 0 tries left\)\r?$/m, 'the trial boots as a trial, its try spent before the kexec');
+      t.match(good.output, /^(?:\[[ \d.]+\] )?Kernel command line: cairn\.mode=state cairn\.version=0\.0\.2 panic=10 watchdog\.stop_on_reboot=0 console=ttyAMA0,115200 cairn\.test=own-cmdline\r?$/m, "the trial's kernel has its own command line, without the loader's mark");
+      t.match(good.output, /^cairn-fixture: boot\.env CAIRN_BOOT_MODE=state CAIRN_BOOT_VERSION=0\.0\.2 CAIRN_BOOT_TRIES_LEFT=0 CAIRN_BOOT_KIND=trial /m, "the trial's system runs");
+      t.equal((good.output.match(/^cairn-initramfs: starting \(/gm) ?? []).length, 2, "two first stages in one boot: the loader's version's, then the trial's");
+    }
+
+    if (arch === 'arm64') {
+      // a trial whose kernel panics: the reset brings the firmware's 0.0.1 back, whose first stage finds no try left
+      const bad = await qemuBoot(firmware(await withTrial('panics', '0.0.3', 'cairn.mode=state cairn.version=0.0.3 console=ttyAMA0,115200 rdinit=/no-such-init panic=1')), { arch, timeoutMs: 300_000, reboot: true });
+      t.comment(`${arch}: a trial that panics, then the loader's version: ${bad.ms} ms`);
+      if (!t.ok(bad.ok, 'the proven version booted after the panic')) console.error(bad.output);
+      const panicAt = bad.output.search(/Kernel panic - not syncing/);
+      t.ok(panicAt > 0, "the trial's kernel panicked");
+      const after = bad.output.slice(panicAt);
+      t.match(after, /^cairn-initramfs: version 0\.0\.3 did not come up within its tries: falling back\r?$/m, 'after the reset: the trial is over');
+      t.match(after, /^cairn-initramfs: system 0\.0\.1 on \/dev\/vda2\r?$/m, 'and 0.0.1 boots itself');
+      t.notMatch(after, /with kexec/, 'without a kexec');
+    }
   });
 }
 

@@ -125,7 +125,7 @@ t.test('bsp_version: the release, and R36 only', async (t) => {
 
 t.test('extlinux.conf: the menu L4TLauncher reads', async (t) => {
   const a = { version: '0.2.0', cmdline: jetsonCmdline({ version: '0.2.0', cmdline: 'console=ttyS0,115200 quiet' }) };
-  t.equal(a.cmdline, 'cairn.mode=state cairn.version=0.2.0 panic=10 console=ttyTCU0,115200 console=tty0 quiet', "Orin's consoles replace the spec's");
+  t.equal(a.cmdline, 'cairn.mode=state cairn.version=0.2.0 panic=10 watchdog.stop_on_reboot=0 console=ttyTCU0,115200 console=tty0 quiet', "Orin's consoles replace the spec's");
   const b = { version: '0.1.0', cmdline: jetsonCmdline({ version: '0.1.0', cmdline: 'quiet' }), fdt: DTBS[3] };
   const conf = renderExtlinuxConf({ active: '0.2.0', fallback: '0.1.0' }, [a, b]);
   const lines = conf.split('\n').map((l) => l.trim());
@@ -136,7 +136,7 @@ t.test('extlinux.conf: the menu L4TLauncher reads', async (t) => {
   t.ok(lines.includes('INITRD /cairn/system/0.1.0/initrd'));
   t.ok(lines.includes(`FDT /cairn/system/0.1.0/dtb/${DTBS[3]}`), 'an FDT line only where one is asked for');
   t.equal(lines.filter((l) => l.startsWith('FDT ')).length, 1);
-  t.ok(lines.includes('APPEND ${cbootargs} cairn.mode=state cairn.version=0.2.0 panic=10 console=ttyTCU0,115200 console=tty0 quiet'));
+  t.ok(lines.includes('APPEND ${cbootargs} cairn.mode=state cairn.version=0.2.0 panic=10 watchdog.stop_on_reboot=0 console=ttyTCU0,115200 console=tty0 quiet cairn.loader=fixed'), 'L4TLauncher counts no tries: the first stage chooses');
   const alone = renderExtlinuxConf({ active: '0.1.0' }, [a, b]);
   t.same(alone.split('\n').filter((l) => l.startsWith('LABEL ')), ['LABEL cairn-0.1.0'], 'no fallback, one entry');
   t.throws(() => renderExtlinuxConf({ active: '9.9.9' }, [a]), /no entry for the active version 9\.9\.9/);
@@ -260,10 +260,11 @@ t.test('a Jetson image through the pipeline from a synthetic BSP, checked with r
   const cat = async (f: string) => Buffer.from((await execa('debugfs', ['-R', `cat ${f}`, state], { stderr: 'ignore', encoding: 'buffer', stripFinalNewline: false })).stdout);
   const exists = async (f: string) => !/File not found/.test((await execa('debugfs', ['-R', `stat ${f}`, state], { all: true })).all ?? '');
   const conf = (await cat(`/${EXTLINUX_CONF}`)).toString('utf8');
-  const cmdline = 'cairn.mode=state cairn.version=0.0.1 panic=10 console=ttyTCU0,115200 console=tty0';
+  const cmdline = 'cairn.mode=state cairn.version=0.0.1 panic=10 watchdog.stop_on_reboot=0 console=ttyTCU0,115200 console=tty0';
   t.equal(conf, renderExtlinuxConf({ active: '0.0.1' }, [{ version: '0.0.1', cmdline }]), '/boot/extlinux/extlinux.conf on APP');
   t.match(conf, /^DEFAULT cairn-0\.0\.1$/m);
-  t.match(conf, /^\s+APPEND \$\{cbootargs\} cairn\.mode=state cairn\.version=0\.0\.1 panic=10 console=ttyTCU0,115200 console=tty0$/m, "the spec's console=ttyS0 gives way to Orin's");
+  t.match(conf, /^\s+APPEND \$\{cbootargs\} cairn\.mode=state cairn\.version=0\.0\.1 panic=10 watchdog\.stop_on_reboot=0 console=ttyTCU0,115200 console=tty0 cairn\.loader=fixed$/m, "the spec's console=ttyS0 gives way to Orin's");
+  t.same(JSON.parse((await cat('/cairn/loader.json')).toString()), { board: 'jetson', console: 'console=ttyTCU0,115200 console=tty0' }, 'the state partition says which loader starts it');
   for (const m of conf.matchAll(/^\s+(LINUX|INITRD) (\S+)$/gm)) t.ok(await exists(m[2]!), `${m[1]} ${m[2]} is on the state partition`);
   t.equal((await cat('/cairn/system/0.0.1/extlinux.conf')).toString('utf8'), conf, "the version's own extlinux.conf");
   for (const d of DTBS) t.equal((await cat(`/cairn/system/0.0.1/dtb/${d}`)).toString('utf8'), `dtb ${d}`, `${d} in the version's dtb/`);

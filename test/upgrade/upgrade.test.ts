@@ -95,6 +95,36 @@ t.test('an upgrade installs the version beside the running one and puts it on tr
   t.equal((await upgrade(opts(root, src))).outcome, 'staged');
 });
 
+t.test("on a board whose loader does not count: the new version's command line is the board's", async (t) => {
+  const dir = t.testdir();
+  const root = nodeRoot(dir);
+  writeFileSync(join(root, 'cairn/loader.json'), '{"board": "rpi4", "console": "console=ttyS1,115200 console=tty1"}\n');
+  const src = await payload(dir, { arch: 'arm64' });
+  t.equal((await upgrade(opts(root, src, { arch: 'arm64' }))).outcome, 'staged');
+  t.equal(
+    parseGrubEnv(readFileSync(join(root, 'cairn/system/2.0/bootenv'))).cairn_cmdline,
+    'cairn.mode=state cairn.version=2.0 panic=10 watchdog.stop_on_reboot=0 console=ttyS1,115200 console=tty1 quiet',
+    "the Pi's consoles instead of the payload's, what the first stage passes to kexec",
+  );
+  // a record that is not one: refused before anything is written
+  writeFileSync(join(root, 'cairn/loader.json'), '{"board": "pc"}\n');
+  const src3 = await payload(dir, { version: '3.0', arch: 'arm64' });
+  const after = snapshotTree(root);
+  await t.rejects(upgrade(opts(root, src3, { arch: 'arm64' })), { name: 'UserError', message: /loader\.json must be \{"board": "rpi4" or "jetson"/ });
+  t.same(snapshotTree(root), after, 'nothing changed');
+
+  // armv7: the first stage cannot start a trial (no kexec): refused, saying what to do instead
+  writeFileSync(join(root, 'cairn/loader.json'), '{"board": "rpi4", "console": "console=ttyS1,115200"}\n');
+  const src7 = await payload(dir, { version: '3.0', arch: 'armv7' });
+  const before7 = snapshotTree(root);
+  await t.rejects(upgrade(opts(root, src7, { arch: 'armv7' })), {
+    name: 'UserError',
+    message: "this rpi4 node cannot try 3.0 once: its loader does not count tries, and on armv7 the first stage cannot start a trial with kexec (Debian's armv7 kernel faults in kexec)",
+    hint: 'write the new image onto the card instead (cairn flash default-3.0-armv7-rpi4.img DEVICE), or run the arm64 image, which upgrades in place',
+  });
+  t.same(snapshotTree(root), before7, 'nothing changed');
+});
+
 t.test('a version already running and good: exit 0, nothing to do', async (t) => {
   const dir = t.testdir();
   const root = nodeRoot(dir, { booted: '2.0', state: { active: '2.0', fallback: '1.0' } });

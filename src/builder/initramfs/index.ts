@@ -14,6 +14,7 @@ import { gunzipSync, gzipSync, constants as zc } from 'node:zlib';
 import { execa } from 'execa';
 import { UserError } from '../../errors.js';
 import type { Arch } from '../types.js';
+import { KEXEC_ARCHES } from '../../boot/loader-args.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
 import { renderInitScript, renderUdhcpcScript } from './init-script.js';
 import {
@@ -61,7 +62,7 @@ export const APPLETS: readonly string[] = [
   'less', 'ln', 'losetup', 'ls', 'lsmod', 'mdev', 'mkdir', 'mknod', 'modinfo', 'modprobe', 'insmod', 'rmmod',
   'mount', 'mv', 'ping', 'poweroff', 'printf', 'ps', 'readlink', 'reboot', 'rm', 'rmdir', 'sed',
   'setsid', 'sh', 'sha256sum', 'sleep', 'sort', 'stat', 'switch_root', 'sync', 'tail', 'tee', 'test', 'touch',
-  'tr', 'true', 'udhcpc', 'umount', 'uname', 'vi', 'wc', 'wget', 'xargs',
+  'tr', 'true', 'udhcpc', 'umount', 'uname', 'vi', 'watchdog', 'wc', 'wget', 'xargs',
 ];
 
 /** Applets that tools look for in /sbin. */
@@ -97,6 +98,11 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
     );
   }
 
+  // kexec (kexec-tools): boards whose loader does not count tries start a trial with it (src/boot/loader.ts)
+  const kexec = KEXEC_ARCHES.includes(arch) && (await resolveInRoot(rootfs, 'usr/sbin/kexec').then((p) => (p ? exists(p) : false)))
+    ? await programWithLibraries(rootfs, 'usr/sbin/kexec', 'sbin/kexec', arch)
+    : [];
+
   const entries: CpioEntry[] = [];
   const dir = (p: string, mode = 0o755): void => {
     entries.push({ path: p, type: 'dir', mode });
@@ -125,7 +131,8 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   });
   entries.push({ path: 'etc/mtab', type: 'symlink', target: '../proc/mounts' });
   entries.push({ path: 'etc/e2fsck.conf', type: 'file', mode: 0o644, data: Buffer.from(E2FSCK_CONF) });
-  for (const e of e2fsck) {
+  for (const e of [...e2fsck, ...kexec]) {
+    if (entries.some((x) => x.path === e.path)) continue;
     let d = path.posix.dirname(e.path);
     const parents: string[] = [];
     while (d !== '.' && !entries.some((x) => x.path === d) && !parents.includes(d)) {

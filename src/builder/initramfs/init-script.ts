@@ -11,7 +11,12 @@
  *          cairn/system/<version>/, the boot state in cairn/grub/grubenv,
  *          what persists in cairn/data/{etc,var,home,opt} (see
  *          src/boot/state.ts). GRUB chooses the version and passes
- *          cairn.version=; without it the same choice is made here. A trial
+ *          cairn.version=; without it the same choice is made here. A
+ *          loader that does not count tries (the Raspberry Pi's firmware,
+ *          L4TLauncher on Jetson) always starts the proven version's kernel
+ *          and says so with cairn.loader=fixed: the choice is made here, and
+ *          a trial (or a fallback) is started from here with kexec, its own
+ *          kernel, initramfs and command line (src/boot/loader.ts). A trial
  *          version's squashfs is checked against its SHA256SUMS; one that
  *          fails it or does not mount is given up (src/boot: abandon) and
  *          the node reboots into the version before it.
@@ -41,7 +46,7 @@
  * is taken for a whole one.
  *
  * Command line: cairn.mode=state|live|net, cairn.root_url=, cairn.root_sha256=,
- * cairn.version=, cairn.wait=SECONDS (how long to look for the system,
+ * cairn.version=, cairn.loader=fixed, cairn.wait=SECONDS (how long to look for the system,
  * default 30), cairn.debug (trace), cairn.rescue (a shell instead of a reboot
  * when the system cannot be found, and before switching root with
  * cairn.rescue=pre). k3os.* spellings are accepted for mode, debug, rescue.
@@ -191,6 +196,8 @@ MODE=
 ROOT_URL=
 ROOT_SHA256=
 WANT_VERSION=
+LOADER_FIXED=
+KEEP_WATCHDOG=
 RESCUE=
 WAIT=30
 set -f
@@ -200,6 +207,8 @@ for arg in $(cat /proc/cmdline); do
     cairn.root_url=*) ROOT_URL=$(echo "$arg" | cut -d= -f2-) ;;
     cairn.root_sha256=*) ROOT_SHA256=$(echo "$arg" | cut -d= -f2-) ;;
     cairn.version=*) WANT_VERSION=$(echo "$arg" | cut -d= -f2-) ;;
+    cairn.loader=fixed) LOADER_FIXED=1 ;;
+    watchdog.stop_on_reboot=0) KEEP_WATCHDOG=1 ;;
     cairn.wait=*) WAIT=$(echo "$arg" | cut -d= -f2-) ;;
     cairn.debug|cairn.debug=1|cairn.debug=true|k3os.debug|k3os.debug=true) DEBUG=1 ;;
     cairn.rescue|cairn.rescue=1|cairn.rescue=true|k3os.rescue) RESCUE=1 ;;
@@ -278,17 +287,8 @@ choose_version() {
   CHOSEN=
   BOOT_KIND=
   if [ ! -f "$STATE_ENV" ]; then note "CAIRN_STATE has no cairn/grub/grubenv (the boot state)"; return; fi
-  if [ -n "$WANT_VERSION" ]; then
-    cairn_state_load "$STATE_ENV"
-    if cairn_bootable "$STATE_SYS" "$WANT_VERSION"; then
-      CHOSEN=$WANT_VERSION
-      if [ "$CHOSEN" = "$S_TRIAL" ]; then BOOT_KIND=trial; BOOT_TRY=$S_TRIES
-      elif [ "$CHOSEN" = "$S_ACTIVE" ]; then BOOT_KIND=active
-      elif [ "$CHOSEN" = "$S_FALLBACK" ]; then BOOT_KIND=fallback
-      else BOOT_KIND=chosen
-      fi
-      return
-    fi
+  if [ -n "$WANT_VERSION" ] && [ -z "$LOADER_FIXED" ]; then
+    take_wanted && return
     log "cairn.version=$WANT_VERSION is not installed; choosing from cairn/grub/grubenv"
   fi
   cairn_choose "$STATE_SYS" "$STATE_ENV" 2>/dev/null
@@ -297,6 +297,79 @@ choose_version() {
   if [ -n "$S_TRIAL" ] && [ "$BOOT_KIND" != trial ]; then log "version $S_TRIAL did not come up within its tries: falling back"; fi
   [ "$BOOT_KIND" = fallback ] && log "the active version $S_ACTIVE is missing or broken; booting the fallback $CHOSEN"
   [ -z "$CHOSEN" ] && note "no bootable version in cairn/system (active: $S_ACTIVE, fallback: $S_FALLBACK, trial: $S_TRIAL)"
+  return 0
+}
+
+# The version the command line names, when it is installed: CHOSEN and BOOT_KIND.
+take_wanted() {
+  cairn_state_load "$STATE_ENV"
+  cairn_bootable "$STATE_SYS" "$WANT_VERSION" || return 1
+  CHOSEN=$WANT_VERSION
+  if [ "$CHOSEN" = "$S_TRIAL" ]; then BOOT_KIND=trial; BOOT_TRY=$S_TRIES
+  elif [ "$CHOSEN" = "$S_ACTIVE" ]; then BOOT_KIND=active
+  elif [ "$CHOSEN" = "$S_FALLBACK" ]; then BOOT_KIND=fallback
+  else BOOT_KIND=chosen
+  fi
+  return 0
+}
+
+# Leaves the machine's watchdog counting through a kexec: the kernel keeps
+# it running (watchdog.stop_on_reboot=0 is on this command line), the next
+# kernel's driver finds it running and keeps it fed, and that version's init
+# takes it over for its trial (src/init/trial.ts). A kernel that hangs before
+# its driver loads is reset by the hardware. busybox's watchdog, killed
+# without its magic close, leaves the timer armed.
+arm_watchdog_for_kexec() {
+  [ -n "$KEEP_WATCHDOG" ] || { log "no watchdog.stop_on_reboot=0: the kexec is not guarded by the watchdog"; return 0; }
+  [ -c /dev/watchdog0 ] || { log "no watchdog device: the kexec is not guarded by the watchdog"; return 0; }
+  watchdog -F -T 15 -t 60 /dev/watchdog0 2>/dev/null &
+  wpid=$!
+  sleep 1
+  kill -9 $wpid 2>/dev/null
+  log "watchdog armed (15 s) for the start of $1"
+}
+
+# Starts version $1 from the state partition with kexec: its own kernel,
+# initramfs and the command line of its bootenv (plus cairn.version=$1).
+# Returns only when it could not, with KEXEC_WHY set; CAIRN_STATE is
+# mounted again then.
+start_by_kexec() {
+  KEXEC_WHY=
+  dir=$STATE_SYS/$1
+  cmd=$(sed -n 's/^cairn_cmdline=//p' "$dir/bootenv" 2>/dev/null | head -n 1)
+  [ -n "$cmd" ] || { KEXEC_WHY="cairn/system/$1/bootenv holds no kernel command line"; return 1; }
+  case " $cmd " in *" cairn.version="*) ;; *) cmd="$cmd cairn.version=$1" ;; esac
+  command -v kexec >/dev/null 2>&1 || { KEXEC_WHY="this first stage has no kexec (arm64 and amd64 images have it)"; return 1; }
+  log "starting $1 with kexec (the loader started $WANT_VERSION's kernel)"
+  if ! out=$(kexec -s -l "$dir/kernel" --initrd="$dir/initrd" --command-line="$cmd" 2>&1); then
+    dbg "kexec_file_load: $out"
+    out=$(kexec -l "$dir/kernel" --initrd="$dir/initrd" --command-line="$cmd" 2>&1) ||
+      { KEXEC_WHY="kexec cannot load its kernel: $(echo "$out" | tail -n 1)"; return 1; }
+  fi
+  arm_watchdog_for_kexec "$1"
+  umount /mnt/state 2>/dev/null
+  sync
+  kexec -e
+  KEXEC_WHY="kexec -e returned"
+  mount -t ext4 -o rw,noatime "$STATE_DEV_FOUND" /mnt/state 2>/dev/null
+  return 1
+}
+
+# With cairn.loader=fixed, the version chosen is not always the one whose
+# kernel runs: that one is started with kexec. When it cannot be, a trial
+# is given up (its tries spent) and the loader's own version boots.
+follow_choice() {
+  [ -n "$LOADER_FIXED" ] && [ -n "$WANT_VERSION" ] && [ -n "$CHOSEN" ] || return 0
+  [ "$CHOSEN" = "$WANT_VERSION" ] && return 0
+  start_by_kexec "$CHOSEN"
+  log "cannot start $CHOSEN: $KEXEC_WHY"
+  if [ "$BOOT_KIND" = trial ] && cairn_abandon "$STATE_ENV" "$CHOSEN"; then
+    log "version $CHOSEN is given up: its trial cannot start from this loader"
+  fi
+  CHOSEN=
+  BOOT_KIND=
+  BOOT_TRY=
+  if take_wanted; then log "booting $WANT_VERSION, whose kernel is running"; fi
   return 0
 }
 
@@ -330,7 +403,9 @@ try_state() {
     fi
   fi
   BOOT_TRY=
+  STATE_DEV_FOUND=$dev
   choose_version
+  follow_choice
   if [ -z "$CHOSEN" ]; then
     note "CAIRN_STATE ($dev) holds no bootable version under cairn/system"
     umount /mnt/state
