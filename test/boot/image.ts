@@ -55,7 +55,7 @@ function cairnBuild(args: string[], what: string): void {
  * packages, overlays or kernel arguments; signed with the test key. Built
  * into .tap/<tag> (default: upgrade-<version>); returns that folder.
  */
-export function buildVariant(version: string, opts: { tag?: string; formats?: string; packages?: string[]; overlays?: string[]; cmdline?: string } = {}): string {
+export function buildVariant(version: string, opts: { tag?: string; formats?: string; packages?: string[]; overlays?: string[]; cmdline?: string; arch?: string } = {}): string {
   const out = join(REPO, '.tap', opts.tag ?? `upgrade-${version}`);
   mkdirSync(out, { recursive: true });
   const specText = readFileSync(join(REPO, 'images/default.yaml'), 'utf8')
@@ -66,7 +66,7 @@ export function buildVariant(version: string, opts: { tag?: string; formats?: st
     .replace(/^cmdline: (.*)$/m, (_, c: string) => `cmdline: ${c}${opts.cmdline ? ` ${opts.cmdline}` : ''}`);
   const spec = join(out, 'default.yaml');
   writeFileSync(spec, specText);
-  cairnBuild([spec, '--arch', 'amd64', '--format', opts.formats ?? 'oci', '--out', out], `version ${version}${opts.tag ? ` (${opts.tag})` : ''}`);
+  cairnBuild([spec, '--arch', opts.arch ?? 'amd64', '--format', opts.formats ?? 'oci', '--out', out], `version ${version}${opts.tag ? ` (${opts.tag})` : ''}`);
   return out;
 }
 
