@@ -30,14 +30,14 @@
  * stage starts the active one with kexec: a sync that failed costs time,
  * never the boot.
  */
-import { copyFileSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync, writeSync, closeSync, fsyncSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ACTIVE_FILE, ACTIVE_FILE_BYTES, BOOT_LABEL, DEVICE_TREES, parseActiveFile, renderActiveFile } from '../../boards/rpi4/boot.js';
 import { EXTLINUX_CONF, renderExtlinuxConf, type ExtlinuxEntry } from '../../boards/jetson/extlinux.js';
 import { UserError } from '../errors.js';
 import { fsyncPath, writeFileAtomic } from '../init/apply/files.js';
 import { LOADER_REL, loaderCmdline, parseLoaderRecord, type LoaderRecord } from './loader-args.js';
-import { GRUBENV, REL, STATE_MOUNT, STATE_ROOT, SYSTEM_DIR, checkpointState, isBootable, keep, readState, readVersionCmdline, type BootState } from './state.js';
+import { GRUBENV, REL, STATE_MOUNT, STATE_ROOT, SYSTEM_DIR, checkpointState, isBootable, keep, readState, readVersionCmdline, writeInPlace, type BootState } from './state.js';
 
 type Exec = (file: string, args: string[], opts?: { timeoutMs?: number }) => Promise<{ code: number; stdout?: string; stderr: string }>;
 
@@ -61,31 +61,6 @@ function versionCmdline(systemDir: string, version: string): string {
   const c = readVersionCmdline(systemDir, version);
   if (!c) throw new Error(`${join(systemDir, version, 'bootenv')} holds no kernel command line`);
   return c;
-}
-
-/** Writes `data` into the file in place when it has that size already (one sector: old or new after a power cut), else beside and renamed. */
-function writeInPlace(file: string, data: Buffer): void {
-  let fd: number;
-  try {
-    fd = openSync(file, 'r+');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    writeFileAtomic(file, data);
-    return;
-  }
-  try {
-    if (fstatSync(fd).size !== data.length) {
-      closeSync(fd);
-      fd = -1;
-      writeFileAtomic(file, data);
-      return;
-    }
-    let off = 0;
-    while (off < data.length) off += writeSync(fd, data, off, data.length - off, off);
-    fsyncSync(fd);
-  } finally {
-    if (fd >= 0) closeSync(fd);
-  }
 }
 
 export interface PiBootSync {

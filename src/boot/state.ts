@@ -250,20 +250,28 @@ export function readState(grubenvPath: string): BootState | undefined {
  * missing or of another size is written beside and renamed (first write).
  */
 export function writeState(grubenvPath: string, s: BootState): void {
-  const block = renderState(s);
+  writeInPlace(grubenvPath, renderState(s));
+}
+
+/**
+ * Overwrites a file of the same size where it is and flushes it (its inode
+ * and blocks stay: see writeState); a file that is missing or of another
+ * size is written beside and renamed.
+ */
+export function writeInPlace(file: string, block: Buffer): void {
   let fd: number;
   try {
-    fd = openSync(grubenvPath, 'r+');
+    fd = openSync(file, 'r+');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    writeFileAtomic(grubenvPath, block);
+    writeFileAtomic(file, block);
     return;
   }
   try {
     if (fstatSync(fd).size !== block.length) {
       closeSync(fd);
       fd = -1;
-      writeFileAtomic(grubenvPath, block);
+      writeFileAtomic(file, block);
       return;
     }
     let off = 0;

@@ -361,6 +361,15 @@ start_by_kexec() {
 follow_choice() {
   [ -n "$LOADER_FIXED" ] && [ -n "$WANT_VERSION" ] && [ -n "$CHOSEN" ] || return 0
   [ "$CHOSEN" = "$WANT_VERSION" ] && return 0
+  if [ -n "$STATE_RO" ] && [ "$BOOT_KIND" = trial ]; then
+    # the try could not be written down: a trial that fails would be started again and again
+    log "CAIRN_STATE is read-only: the trial of $CHOSEN waits until it is repaired"
+    CHOSEN=
+    BOOT_KIND=
+    BOOT_TRY=
+    take_wanted
+    return 0
+  fi
   start_by_kexec "$CHOSEN"
   log "cannot start $CHOSEN: $KEXEC_WHY"
   if [ "$BOOT_KIND" = trial ] && cairn_abandon "$STATE_ENV" "$CHOSEN"; then
