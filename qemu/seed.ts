@@ -5,7 +5,7 @@
  * (Joliet and Rock Ridge), reproducibly: the same config gives the same bytes.
  */
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -66,6 +66,8 @@ export async function writeSeedIso(files: Pick<SeedFiles, 'userData' | 'metaData
       if ((e as { code?: string }).code === 'ENOENT') throw new UserError('xorriso is not installed (it writes the seed ISO)', 'install it with: apt-get install xorriso');
       throw new Error(`xorriso failed: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
     }
+    // the seed holds the config's secrets (tokens, passwords): for its owner only
+    await chmod(tmpOut, 0o600);
     await rename(tmpOut, out);
   } finally {
     await rm(tmpOut, { force: true });

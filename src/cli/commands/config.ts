@@ -1,12 +1,28 @@
-/** `cairn config validate` and `cairn config show`. */
+/** `cairn config validate`, `cairn config show` and `cairn config render` (one config per site). */
+import { mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
 import { formatDiagnostic, hasErrors, type Diagnostic } from '../../config/diagnostics.js';
 import { loadConfig } from '../../config/loader.js';
 import { readConfig } from '../../config/read.js';
 import { redact } from '../../config/redact.js';
+import { renderFleet } from '../../config/fleet.js';
 import { EXIT_USER } from '../../errors.js';
+import { writeFileAtomic } from '../../init/apply/files.js';
+import { makeSeed } from '../../../qemu/seed.js';
+
+/** A file's text, or a located diagnostic saying why it cannot be read. */
+async function readText(file: string): Promise<{ text: string } | { diagnostic: Diagnostic }> {
+  try {
+    return { text: await readFile(file, 'utf8') };
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a folder, not a file' : `cannot be read (${code})`;
+    return { diagnostic: { severity: 'error', file, line: 1, col: 1, path: '', message: `${why}; check the path` } };
+  }
+}
 
 async function validateFile(file: string): Promise<Diagnostic[]> {
   let data: Buffer;
@@ -59,5 +75,37 @@ export function registerConfig(program: Command): void {
         process.stdout.write(stringify(shown));
       }
       if (hasErrors(result.diagnostics)) process.exitCode = EXIT_USER;
+    });
+
+  config
+    .command('render')
+    .description('write one checked cloud-config per site: a template with "{{column}}" placeholders, filled from each row of a CSV table')
+    .requiredOption('--template <file>', 'the cloud-config template; placeholders go in quoted strings, e.g. hostname: "{{hostname}}"')
+    .requiredOption('--sites <file>', 'the sites: a CSV table whose first line names the columns; hostname is required')
+    .requiredOption('-o, --output <dir>', 'the folder to write <hostname>.yaml into (mode 0600: configs hold tokens)')
+    .option('--seeds', 'also write <hostname>.iso, a NoCloud cidata seed of each config')
+    .action(async (opts: { template: string; sites: string; output: string; seeds?: boolean }) => {
+      const [tpl, csv] = await Promise.all([readText(opts.template), readText(opts.sites)]);
+      const unreadable = [tpl, csv].flatMap((r) => ('diagnostic' in r ? [r.diagnostic] : []));
+      const r = 'text' in tpl && 'text' in csv ? renderFleet(tpl.text, opts.template, csv.text, opts.sites) : { sites: [], diagnostics: unreadable };
+      for (const d of r.diagnostics) process.stderr.write(`${formatDiagnostic(d)}\n`);
+      if (hasErrors(r.diagnostics)) {
+        process.stderr.write(`cairn: no config written: fix the ${r.diagnostics.filter((d) => d.severity === 'error').length} problem(s) above\n`);
+        process.exitCode = EXIT_USER;
+        return;
+      }
+      mkdirSync(opts.output, { recursive: true });
+      for (const site of r.sites) {
+        const file = join(opts.output, `${site.hostname}.yaml`);
+        writeFileAtomic(file, site.text, { mode: 0o600 });
+        let seed = '';
+        if (opts.seeds) {
+          const iso = join(opts.output, `${site.hostname}.iso`);
+          await makeSeed(file, iso);
+          seed = `, ${iso}`;
+        }
+        process.stdout.write(`${file}${seed}\n`);
+      }
+      process.stdout.write(`${r.sites.length} site${r.sites.length === 1 ? '' : 's'} written to ${opts.output}\n`);
     });
 }
