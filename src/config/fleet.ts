@@ -150,7 +150,7 @@ export function renderFleet(templateText: string, templateFile: string, csvText:
         if (v === '') {
           ds.push(err(csvFile, line, 1, `${label}: the ${c.name} cell is empty, and ${templateFile}:${p.line}:${p.col} uses it`));
           bad = true;
-        } else if (/[\u0000-\u001f\u007f]/.test(v)) {
+        } else if ([...v].some((ch) => ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f)) {
           ds.push(err(csvFile, line, 1, `${label}: the ${c.name} cell holds a line break or another control character (a config value is one line)`));
           bad = true;
         }
