@@ -23,7 +23,7 @@ export interface BootInfo {
   stateReadOnly?: boolean;
 }
 
-export type Fetch = (url: string, opts?: { timeoutMs?: number; headers?: Record<string, string> }) => Promise<string>;
+export type Fetch = (url: string, opts?: { timeoutMs?: number; headers?: Record<string, string>; method?: 'GET' | 'PUT' }) => Promise<string>;
 
 export interface NodeContext {
   /** "/" on a node; a folder in tests. */
@@ -68,7 +68,7 @@ export function withoutQuery(message: string, url: string): string {
 
 /** fetch() with a timeout, as text; throws on HTTP errors. */
 export const httpFetch: Fetch = async (url, opts = {}) => {
-  const res = await fetch(url, { headers: opts.headers, signal: AbortSignal.timeout(opts.timeoutMs ?? 10_000) });
+  const res = await fetch(url, { method: opts.method ?? 'GET', headers: opts.headers, signal: AbortSignal.timeout(opts.timeoutMs ?? 10_000) });
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
   return res.text();
 };

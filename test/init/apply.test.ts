@@ -137,32 +137,50 @@ t.test('commands run in order through /bin/sh, with output, failures and timeout
 t.test('data sources: a URL and a metadata service write user-data for the loader', async (t) => {
   const root = nodeRoot(t.testdir());
   const { ctx } = testContext(root, { cairn: { data_sources: ['aws', 'gcp', 'https://cfg.example/node.yaml'] } }, {
-    fetch: (url) => {
-      if (url === 'http://169.254.169.254/latest/user-data') return '#cloud-config\nhostname: from-aws\n';
+    fetch: (url, req) => {
+      // IMDSv2: a token first, then every request with it
+      if (url === 'http://169.254.169.254/latest/api/token' && req.method === 'PUT') return 'tok-1';
+      if (url.startsWith('http://169.254.169.254/latest/') && req.headers['X-aws-ec2-metadata-token'] !== 'tok-1') throw new Error(`${url}: HTTP 401`);
+      if (url === 'http://169.254.169.254/latest/meta-data/local-hostname') return 'ip-10-0-0-5.eu-west-1.compute.internal';
+      if (url === 'http://169.254.169.254/latest/meta-data/public-keys/') throw new Error(`${url}: HTTP 404`);
+      if (url === 'http://169.254.169.254/latest/user-data') return '#cloud-config\nrun_cmd: [from-aws]\n';
       if (url === 'https://cfg.example/node.yaml') return 'run_cmd: [hi]\n';
       throw new Error('timeout');
     },
   });
-  t.same(await fetchDataSources(ctx), ['aws', 'https://cfg.example/node.yaml']);
-  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-aws'), 'utf8'), '#cloud-config\nhostname: from-aws\n');
+  t.same(await fetchDataSources(ctx), ['aws', 'https://cfg.example/node.yaml'], 'gcp does not answer');
+  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-aws'), 'utf8'), '# from the metadata service\nhostname: "ip-10-0-0-5"\n', "the metadata's hostname, read first");
+  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-aws.user-data'), 'utf8'), '#cloud-config\nrun_cmd: [from-aws]\n', 'the user-data as it came, read after it');
   t.equal(readFileSync(join(root, `var/lib/cairn/userdata/${userdataName(2, 'https://cfg.example/node.yaml')}`), 'utf8'), 'run_cmd: [hi]\n');
-  t.equal(statSync(join(root, 'var/lib/cairn/userdata/00-aws')).mode & 0o777, 0o600, 'user-data may hold secrets: root only');
+  for (const f of ['00-aws', '00-aws.user-data']) t.equal(statSync(join(root, 'var/lib/cairn/userdata', f)).mode & 0o777, 0o600, `${f}: user-data may hold secrets: root only`);
+  const { loadNodeConfig } = await import('../../src/init/phases.js');
+  await loadNodeConfig(ctx);
+  t.equal(ctx.config.hostname, 'ip-10-0-0-5', 'the loader takes the hostname from the metadata');
+  t.same(ctx.config.run_cmd, ['hi'], 'the URL after the metadata service');
 });
 
-t.test('data sources: NoCloud volumes are found by label and mounted read-only', async (t) => {
+t.test('data sources: NoCloud volumes are found by label and mounted read-only; their meta-data gives hostname and keys', async (t) => {
   const root = nodeRoot(t.testdir());
   mkdirSync(join(root, 'run/cairn'), { recursive: true });
   const { ctx, calls } = testContext(root, { cairn: { data_sources: ['nocloud'] } }, {
     exec: (file, args) => {
       if (file === 'blkid') return args[1] === 'cidata' ? { stdout: '/dev/sr1' } : { code: 2 };
-      if (file === 'mount') writeFileSync(join(args[3]!, 'user-data'), '#cloud-config\nhostname: seeded\n');
+      if (file === 'mount') {
+        writeFileSync(join(args[3]!, 'user-data'), '#cloud-config\nhostname: seeded\n');
+        writeFileSync(join(args[3]!, 'meta-data'), 'instance-id: iid-1\nlocal-hostname: meta-host\npublic-keys:\n  - ssh-ed25519 AAAAC3Nza meta@key\n');
+      }
       return undefined;
     },
   });
   t.same(await fetchDataSources(ctx), ['nocloud']);
-  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-nocloud'), 'utf8'), '#cloud-config\nhostname: seeded\n');
+  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-nocloud'), 'utf8'), '# from the metadata service\nhostname: "meta-host"\nssh_authorized_keys:\n  - "ssh-ed25519 AAAAC3Nza meta@key"\n');
+  t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-nocloud.user-data'), 'utf8'), '#cloud-config\nhostname: seeded\n');
   t.same(calls.filter((c) => c.file === 'mount').map((c) => c.args.slice(0, 3)), [['-o', 'ro', '/dev/sr1']]);
   t.ok(calls.some((c) => c.file === 'umount'));
+  const { loadNodeConfig } = await import('../../src/init/phases.js');
+  await loadNodeConfig(ctx);
+  t.equal(ctx.config.hostname, 'seeded', "the user-data's hostname wins over the meta-data's, as in cloud-init");
+  t.same(ctx.config.ssh_authorized_keys, ['ssh-ed25519 AAAAC3Nza meta@key'], "the meta-data's key");
 });
 
 t.test("the image's own modules-load.d and sysctl.d are applied (nothing else reads them without systemd)", async (t) => {

@@ -96,7 +96,7 @@ t.test('the login follows what got installed, not what is configured', async (t)
 t.test('which fetches need a set clock', async (t) => {
   t.same(tlsFetches({}), []);
   t.same(tlsFetches({ ssh_authorized_keys: [sshKey('x'), 'github:a', 'gitlab:b', 'http://plain.example/k'] }), ['https://github.com/a.keys', 'https://gitlab.com/b.keys']);
-  t.same(tlsFetches({ cairn: { data_sources: ['aws', 'nocloud', 'packet', 'https://cfg.example/x'] } }), ['https://metadata.platformequinix.com/userdata', 'https://cfg.example/x']);
+  t.same(tlsFetches({ cairn: { data_sources: ['aws', 'nocloud', 'packet', 'https://cfg.example/x'] } }), ['https://metadata.platformequinix.com/metadata', 'https://cfg.example/x']);
 });
 
 /** A context whose exec and fetch write one list of events, chrony synchronised on its `syncAfter`th answer. */

@@ -53,7 +53,7 @@ export function chpasswdWrites(root: string) {
 export function testContext(
   root: string,
   config: CairnConfig,
-  opts: { exec?: (file: string, args: string[]) => Partial<ExecResult> | undefined; fetch?: (url: string) => string; realExec?: boolean } = {},
+  opts: { exec?: (file: string, args: string[]) => Partial<ExecResult> | undefined; fetch?: (url: string, req: { method: string; headers: Record<string, string> }) => string; realExec?: boolean } = {},
 ) {
   const calls: Recorded[] = [];
   const lines: string[] = [];
@@ -70,9 +70,9 @@ export function testContext(
     root,
     exec,
     log,
-    fetch: async (url) => {
+    fetch: async (url, o = {}) => {
       if (!opts.fetch) throw new Error('network unreachable');
-      return opts.fetch(url);
+      return opts.fetch(url, { method: o.method ?? 'GET', headers: o.headers ?? {} });
     },
     cmdline: '',
     boot: { mode: 'state', version: '0.1.0-test' },

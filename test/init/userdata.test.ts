@@ -49,6 +49,10 @@ t.test('which saved copies belong to which source (pure)', async (t) => {
   t.same(planUserdata(['01-url-1', '02-url-2'], ['aws', url]), { rename: [['01-url-1', `01-${sourceKey(url)}`]], remove: ['02-url-2'] }, 'copies named by index belong to the URL at that index');
   t.same(planUserdata([`00-${sourceKey('https://a.example/x')}`], ['https://b.example/x']), { rename: [], remove: [`00-${sourceKey('https://a.example/x')}`] }, 'another URL in the same place is another source');
   t.same(planUserdata(['notes.txt'], []), { rename: [], remove: ['notes.txt'] });
+  t.same(planUserdata(['00-aws', '00-aws.user-data', '01-gcp.user-data'], ['nocloud', 'aws']), {
+    rename: [['00-aws', '01-aws'], ['00-aws.user-data', '01-aws.user-data']],
+    remove: ['01-gcp.user-data'],
+  }, "a metadata source's two files move together and go together");
 });
 
 /** A node whose saved user-data came from a seed and from AWS; the seed is taken out. */

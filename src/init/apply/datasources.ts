@@ -14,24 +14,31 @@ import type { Diagnostic } from '../../config/diagnostics.js';
 import { at, urlForLog, withoutQuery, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
 import { CONFIG_PATHS } from '../../config/loader.js';
-
-/** Cloud metadata services: the URL of the user-data and the headers they want. */
-export const METADATA: Record<string, { url: string; headers?: Record<string, string> }> = {
-  aws: { url: 'http://169.254.169.254/latest/user-data' },
-  digitalocean: { url: 'http://169.254.169.254/metadata/v1/user-data' },
-  gcp: { url: 'http://metadata.google.internal/computeMetadata/v1/instance/attributes/user-data', headers: { 'Metadata-Flavor': 'Google' } },
-  hetzner: { url: 'http://169.254.169.254/hetzner/v1/userdata' },
-  openstack: { url: 'http://169.254.169.254/openstack/latest/user_data' },
-  packet: { url: 'https://metadata.platformequinix.com/userdata' },
-  scaleway: { url: 'http://169.254.42.42/user_data/cloud-init' },
-  vultr: { url: 'http://169.254.169.254/user-data/user-data' },
-};
+import { parse as parseYaml } from 'yaml';
+import { PROVIDERS, metadataConfig, openstackMetadata, shortHostname, type Metadata } from './metadata.js';
 
 /** Volume labels a NoCloud seed or a config CD may carry. */
 const VOLUME_LABELS: Record<string, string[]> = { nocloud: ['cidata', 'CIDATA'], cdrom: ['cidata', 'CIDATA', 'config-2', 'CONFIG-2'] };
 const VOLUME_FILES = ['user-data', 'openstack/latest/user_data', 'config.yaml'];
 
-async function fromVolume(ctx: NodeContext, kind: string): Promise<string | undefined> {
+/** NoCloud's meta-data (YAML): local-hostname, and public-keys as a list or a map of names to keys. */
+export function nocloudMetadata(text: string): Omit<Metadata, 'userData'> {
+  let md: unknown;
+  try {
+    md = parseYaml(text);
+  } catch {
+    return { sshKeys: [] };
+  }
+  if (!md || typeof md !== 'object') return { sshKeys: [] };
+  const m = md as Record<string, unknown>;
+  const pk = m['public-keys'] ?? m.public_keys;
+  const list = Array.isArray(pk) ? pk : pk && typeof pk === 'object' ? Object.values(pk) : typeof pk === 'string' ? [pk] : [];
+  const hostname = shortHostname(m['local-hostname'] ?? m.hostname);
+  return { ...(hostname ? { hostname } : {}), sshKeys: list.filter((k): k is string => typeof k === 'string').map((k) => k.trim()).filter(Boolean) };
+}
+
+/** What a seed volume holds: its user-data and what its meta-data says (NoCloud meta-data, OpenStack meta_data.json). */
+async function fromVolume(ctx: NodeContext, kind: string): Promise<Metadata | undefined> {
   for (const label of VOLUME_LABELS[kind] ?? []) {
     const found = await ctx.exec('blkid', ['-L', label], { timeoutMs: 10_000 });
     const dev = found.stdout.trim().split('\n')[0];
@@ -44,13 +51,26 @@ async function fromVolume(ctx: NodeContext, kind: string): Promise<string | unde
         continue;
       }
       try {
-        for (const f of VOLUME_FILES) {
+        const read = (f: string) => {
           try {
             return readFileSync(join(mnt, f), 'utf8');
           } catch {
-            // try the next name
+            return undefined;
+          }
+        };
+        let md: Omit<Metadata, 'userData'> = { sshKeys: [] };
+        const nocloud = read('meta-data');
+        const os = read('openstack/latest/meta_data.json');
+        if (nocloud !== undefined) md = nocloudMetadata(nocloud);
+        else if (os !== undefined) {
+          try {
+            md = openstackMetadata(JSON.parse(os) as Record<string, unknown>);
+          } catch (e) {
+            ctx.log.info(`data source ${kind}: ${label}'s openstack/latest/meta_data.json is not JSON (${(e as Error).message}); its user-data is read alone`);
           }
         }
+        const userData = VOLUME_FILES.map(read).find((d) => d !== undefined);
+        return { ...md, ...(userData !== undefined ? { userData } : {}) };
       } finally {
         await ctx.exec('umount', [mnt], { timeoutMs: 15_000 });
       }
@@ -93,13 +113,14 @@ export function planUserdata(saved: string[], sources: string[]): UserdataPlan {
   const placeOf = new Map<string, number>();
   for (const [i, s] of sources.entries()) if (!placeOf.has(sourceKey(s))) placeOf.set(sourceKey(s), i);
   for (const name of saved) {
-    const m = /^(\d+)-(.+)$/.exec(name);
+    const m = /^(\d+)-(.+?)(\.user-data)?$/.exec(name);
     let key = m?.[2];
     const legacy = key && /^url-(\d+)$/.exec(key);
     if (legacy && Number(legacy[1]) === Number(m![1]) && /^https?:\/\//.test(sources[Number(legacy[1])] ?? '')) key = sourceKey(sources[Number(legacy[1])]!);
     const place = key === undefined ? undefined : placeOf.get(key);
-    if (place === undefined) plan.remove.push(name);
-    else if (userdataName(place, sources[place]!) !== name) plan.rename.push([name, userdataName(place, sources[place]!)]);
+    const want = place === undefined ? undefined : `${userdataName(place, sources[place]!)}${m?.[3] ?? ''}`;
+    if (want === undefined) plan.remove.push(name);
+    else if (want !== name) plan.rename.push([name, want]);
   }
   return plan;
 }
@@ -136,32 +157,54 @@ export function pruneUserdata(ctx: NodeContext): string[] {
   return plan.remove;
 }
 
+/** The suffix of the saved user-data of a source that also gives metadata (read after it: user-data overrides). */
+export const USERDATA_SUFFIX = '.user-data';
+
 /**
- * Fetches user-data from the configured sources (`which`: the local ones,
- * the network ones, or all); returns the names of the sources that gave some.
+ * Fetches from the configured sources (`which`: the local ones, the
+ * network ones, or all) and saves what each gives: a URL its user-data as
+ * NN-<key>; a volume or a metadata service the config its metadata gives
+ * (hostname, SSH keys) as NN-<key> and its user-data as
+ * NN-<key>.user-data, read after it. Returns the sources that answered.
  */
 export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'network' | 'all' = 'all'): Promise<string[]> {
   const found: string[] = [];
   const sources = ctx.config.cairn?.data_sources ?? [];
   for (const [i, source] of sources.entries()) {
     if (which !== 'all' && isLocalSource(source) !== (which === 'local')) continue;
-    let data: string | undefined;
+    let got: Metadata | undefined;
+    let plain = false;
     try {
       if (/^https?:\/\//.test(source)) {
-        data = await ctx.fetch(source, { timeoutMs: 10_000 });
-      } else if (METADATA[source]) {
-        data = await ctx.fetch(METADATA[source].url, { timeoutMs: 3000, headers: METADATA[source].headers });
+        got = { sshKeys: [], userData: await ctx.fetch(source, { timeoutMs: 10_000 }) };
+        plain = true;
+      } else if (PROVIDERS[source]) {
+        got = await PROVIDERS[source](ctx.fetch);
       } else {
-        data = await fromVolume(ctx, source);
+        got = await fromVolume(ctx, source);
       }
     } catch (e) {
       ctx.log.debug(`data source ${urlForLog(source)}: ${withoutQuery((e as Error).message, source)}`);
     }
-    if (data !== undefined && data.trim()) {
-      // A `#!` script runs as the last run_cmd: executable, by root only.
-      writeFileAtomic(at(ctx, `${CONFIG_PATHS.userdata}/${userdataName(i, source)}`), data, { mode: data.startsWith('#!') ? 0o700 : 0o600 });
-      found.push(source);
+    if (!got) continue;
+    const dir = at(ctx, CONFIG_PATHS.userdata);
+    const base = `${dir}/${userdataName(i, source)}`;
+    const userData = got.userData !== undefined && got.userData.trim() ? got.userData : undefined;
+    // A `#!` script runs as the last run_cmd: executable, by root only.
+    const save = (file: string, data: string | undefined) => {
+      if (data === undefined) rmSync(file, { force: true });
+      else writeFileAtomic(file, data, { mode: data.startsWith('#!') ? 0o700 : 0o600 });
+    };
+    if (plain) {
+      if (!userData) continue;
+      save(base, userData);
+    } else {
+      const meta = metadataConfig(got);
+      if (!meta && !userData) continue;
+      save(base, meta);
+      save(`${base}${USERDATA_SUFFIX}`, userData);
     }
+    found.push(source);
   }
   return found;
 }

@@ -9,7 +9,7 @@ import { mkdirSync } from 'node:fs';
 import type { CairnConfig } from '../../config/types.js';
 import { at, type NodeContext } from '../context.js';
 import { keySource } from './users.js';
-import { METADATA } from './datasources.js';
+import { PROVIDER_URLS } from './metadata.js';
 import { applyNtp } from './system.js';
 
 /** How long the boot waits for the clock before it fetches over TLS anyway. */
@@ -18,7 +18,7 @@ export const CLOCK_WAIT_MS = 30_000;
 /** The https URLs the config fetches at boot (pure). */
 export function tlsFetches(config: CairnConfig): string[] {
   const urls: string[] = [];
-  for (const s of config.cairn?.data_sources ?? []) urls.push(METADATA[s]?.url ?? s);
+  for (const s of config.cairn?.data_sources ?? []) urls.push(PROVIDER_URLS[s] ?? s);
   for (const k of config.ssh_authorized_keys ?? []) {
     const src = keySource(k);
     if ('url' in src) urls.push(src.url);
