@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import { UserError } from '../src/errors.js';
 import { findQemu, hostAccel, prepareUefi } from './host.js';
 import { serveFolder, type FolderServer } from './http.js';
-import { defaultFirmware, machineArgv, serialConsole, checkFirmware, type Arch, type BootMedium, type Firmware, type MachineSpec } from './profiles.js';
+import { defaultFirmware, machineArgv, serialConsole, checkFirmware, type Arch, type BootMedium, type Firmware, type GuestForward, type MachineSpec } from './profiles.js';
 import { pvhKernel } from './pvh.js';
 import { makeSeed, makeSeedFromText } from './seed.js';
 
@@ -67,6 +67,14 @@ export interface MachineOptions {
   sshPort?: number | 'auto';
   /** More host → guest TCP forwards (guest port; host port free, chosen here). */
   forwardPorts?: number[];
+  /**
+   * The user network's subnet (QEMU's net=, default 10.0.2.0/24; the host
+   * is its .2). A cloud metadata service needs 169.254.169.0/24, so that a
+   * guestfwd can answer at 169.254.169.254.
+   */
+  network?: string;
+  /** Guest connections to an address of the user network, forwarded to a host port (a metadata service on the host). */
+  guestForwards?: GuestForward[];
   /** Virtual size of the throwaway disk overlay (e.g. '8G'): tests of a state partition that grows. */
   diskSize?: string;
   /**
@@ -191,7 +199,7 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
     const serve = async (folder: string): Promise<string> => {
       mustExist(folder, 'folder to serve');
       server = await serveFolder(path.resolve(folder));
-      http = { port: server.port, guestUrl: `http://10.0.2.2:${server.port}`, requests: server.requests };
+      http = { port: server.port, guestUrl: `http://${hostAddress(opts.network)}:${server.port}`, requests: server.requests };
       return http.guestUrl;
     };
     if (opts.serveDir && art.kind !== 'pxe') await serve(opts.serveDir);
@@ -292,6 +300,8 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
       disks,
       sshPort,
       hostForwards: Object.entries(forwards).map(([g, h]) => ({ guestPort: Number(g), hostPort: h })),
+      guestForwards: opts.guestForwards,
+      network: opts.network,
       console: opts.console,
       qmpSocket,
       noReboot: opts.noReboot,
@@ -336,4 +346,11 @@ export async function detectArtifact(file: string): Promise<Artifact> {
     await fh.close();
   }
   throw new UserError(`cannot tell what kind of image ${file} is`, 'cairn run boots .iso, .raw/.img and .qcow2 images and pxe folders');
+}
+
+/** The host's address on the user network (its .2), as the guest sees it. */
+export function hostAddress(network = '10.0.2.0/24'): string {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.\d+\/24$/.exec(network);
+  if (!m) throw new UserError(`the user network must be a /24 such as 10.0.2.0/24, not ${network}`);
+  return `${m[1]}.${m[2]}.${m[3]}.2`;
 }

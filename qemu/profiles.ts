@@ -60,6 +60,8 @@ export interface MachineSpec {
   /** More host forwards: host port → guest port. */
   hostForwards?: { hostPort: number; guestPort: number }[];
   guestForwards?: GuestForward[];
+  /** The user network's subnet (net=), when not QEMU's 10.0.2.0/24. */
+  network?: string;
   /**
    * 'terminal': serial and monitor multiplexed on stdio (Ctrl-A X quits, Ctrl-A C
    * toggles the monitor), as `cairn run` wants. 'serial': only the serial port
@@ -156,6 +158,7 @@ function diskFormat(file: string): string {
 
 function netArgs(spec: MachineSpec): string[] {
   const opts = ['user', 'id=net0'];
+  if (spec.network) opts.push(`net=${spec.network}`);
   if (spec.sshPort !== undefined) opts.push(`hostfwd=tcp:127.0.0.1:${spec.sshPort}-:22`);
   for (const f of spec.hostForwards ?? []) opts.push(`hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`);
   for (const g of spec.guestForwards ?? []) opts.push(`guestfwd=tcp:${g.guestAddr}:${g.guestPort}-tcp:127.0.0.1:${g.hostPort}`);

@@ -4,6 +4,8 @@
 // what the init did, over ssh and on the serial console.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { bootForTest, makeSshKey, overlay, type SshKey } from '../../qemu/harness.js';
 import { K3OS_SAMPLE } from '../support/shared.js';
@@ -170,14 +172,53 @@ t.test('a broken config: the node still comes up, reachable, the errors named', 
   tt.ok(await node.vm.waitExit(60_000), 'QEMU exits: the machine powered off');
 });
 
-t.test('k3s crashes: restarted with back-off; the boot still completes', async (tt) => {
-  const config = `hostname: crashy\nssh_authorized_keys: ["${key.publicKey.trim()}"]\nwrite_files:\n- path: /var/lib/rancher/k3s/double/crash-once\n  content: "crash on the first start"\n`;
-  const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'crash');
+/**
+ * An EC2-style metadata service (IMDSv2) on the host, for the guest at
+ * 169.254.169.254 (QEMU's user network on 169.254.169.0/24 and a guestfwd):
+ * a token from PUT /latest/api/token, then only requests that carry it.
+ */
+async function imdsV2(routes: Record<string, string>): Promise<{ port: number; log: string[]; close: () => Promise<void> }> {
+  const token = 'AQAEAtestTOKEN==';
+  const log: string[] = [];
+  const server = createServer((req, res) => {
+    const path = req.url ?? '';
+    const withToken = req.headers['x-aws-ec2-metadata-token'] === token;
+    log.push(`${req.method} ${path}${withToken ? ' (token)' : ''}`);
+    if (req.method === 'PUT' && path === '/latest/api/token' && req.headers['x-aws-ec2-metadata-token-ttl-seconds']) return res.end(token);
+    if (!withToken) return res.writeHead(401).end();
+    const body = routes[path];
+    if (body === undefined) return res.writeHead(404).end();
+    res.end(body);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { port: (server.address() as AddressInfo).port, log, close: () => new Promise((r) => server.close(() => r())) };
+}
+
+t.test('k3s crashes: restarted with back-off; the boot still completes (hostname, key and user-data from an IMDSv2 metadata service)', async (tt) => {
+  // The seed only names the data source and makes k3s crash once; the rest comes from the metadata service.
+  const config = `k3os:\n  data_sources: [aws]\nwrite_files:\n- path: /var/lib/rancher/k3s/double/crash-once\n  content: "crash on the first start"\n`;
+  const imds = await imdsV2({
+    '/latest/meta-data/local-hostname': 'crashy.eu-west-1.compute.internal',
+    '/latest/meta-data/public-keys/': '0=cairn-test',
+    '/latest/meta-data/public-keys/0/openssh-key': key.publicKey,
+    '/latest/user-data': '#cloud-config\nrun_cmd: ["touch /run/from-imds-user-data"]\n',
+  });
+  tt.teardown(imds.close);
+  const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'crash', {
+    network: '169.254.169.0/24',
+    guestForwards: [{ guestAddr: '169.254.169.254', guestPort: 80, hostPort: imds.port }],
+  });
   await node.vm.waitFor(L(/cairn: service k3s exited \(code 1\); restarting in 1\.0 s$/), BOOT_TIMEOUT);
   tt.pass('k3s exited and is restarted after 1 s');
   // The first crash comes 2 s after k3s starts, before or after the boot is marked good.
   await bootComplete(tt, node.vm, BOOT_TIMEOUT, [], { from: 'start' });
+  tt.match(node.vm.output, L(/cairn: data-sources ok \(\d+ ms\): user-data from aws$/), 'the metadata service answered');
   await node.waitSsh();
+  tt.pass("ssh with the key only the metadata service gave");
+  tt.equal((await node.sh('hostname')).trim(), 'crashy', "the metadata's local-hostname, its first label");
+  tt.equal((await node.sh('test -e /run/from-imds-user-data && echo yes')).trim(), 'yes', "the metadata service's user-data ran");
+  tt.equal(imds.log[0], 'PUT /latest/api/token', 'IMDSv2: the token first');
+  tt.ok(imds.log.slice(1).every((l) => l.endsWith(' (token)')), `and every request after it with the token (${imds.log.length} requests)`);
   // [/] keeps the pattern from matching sudo's own command line.
   await node.sh('sudo pkill -KILL -f "[/]usr/local/bin/k3s server"');
   await node.vm.waitFor(L(/cairn: service k3s exited \(signal SIGKILL\); restarting in [\d.]+ s$/), 60_000);

@@ -95,6 +95,13 @@ t.test('seed, extra disks, ssh and other forwards, QMP, -no-reboot, extra args',
   t.same(values(args, '-netdev'), ['user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:16443-:6443,guestfwd=tcp:10.0.2.100:80-tcp:127.0.0.1:8080']);
   t.same(values(args, '-qmp'), ['unix:/tmp/vm/qmp.sock,server=on,wait=off']);
   t.ok(args.includes('-no-reboot'));
+  // a metadata service's network: the subnet first, then the forward into it
+  const md = machineArgv({ arch: 'amd64', boot: { kind: 'disk', file: '/d.raw', format: 'raw' }, accel: 'tcg', firmware: 'bios', memMb: 512, cpus: 1, console: 'serial', network: '169.254.169.0/24', guestForwards: [{ guestAddr: '169.254.169.254', guestPort: 80, hostPort: 8081 }] }).args;
+  t.same(values(md, '-netdev'), ['user,id=net0,net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:8081']);
+  const { hostAddress } = await import('../../qemu/machine.js');
+  t.equal(hostAddress(), '10.0.2.2');
+  t.equal(hostAddress('169.254.169.0/24'), '169.254.169.2', 'the host, as the guest reaches it, in that network');
+  t.throws(() => hostAddress('10.0.0.0/8'), { message: 'the user network must be a /24 such as 10.0.2.0/24, not 10.0.0.0/8' });
   t.same(args.slice(-2), ['-d', 'guest_errors']);
 });
 
