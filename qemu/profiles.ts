@@ -37,6 +37,12 @@ export interface GuestForward {
   guestAddr: string;
   guestPort: number;
   hostPort: number;
+  /**
+   * A QEMU chardev behind a guestfwd connects once, when QEMU starts, and
+   * serves one connection. With this set each guest connection gets its own
+   * (a relay per connection, `cmd:`), as an HTTP service needs.
+   */
+  relay?: string;
 }
 
 export interface MachineSpec {
@@ -161,7 +167,7 @@ function netArgs(spec: MachineSpec): string[] {
   if (spec.network) opts.push(`net=${spec.network}`);
   if (spec.sshPort !== undefined) opts.push(`hostfwd=tcp:127.0.0.1:${spec.sshPort}-:22`);
   for (const f of spec.hostForwards ?? []) opts.push(`hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`);
-  for (const g of spec.guestForwards ?? []) opts.push(`guestfwd=tcp:${g.guestAddr}:${g.guestPort}-tcp:127.0.0.1:${g.hostPort}`);
+  for (const g of spec.guestForwards ?? []) opts.push(`guestfwd=tcp:${g.guestAddr}:${g.guestPort}-${g.relay ? `cmd:${optValue(g.relay)} ${g.hostPort}` : `tcp:127.0.0.1:${g.hostPort}`}`);
   if (spec.boot.kind === 'pxe') opts.push(`tftp=${optValue(spec.boot.tftpDir)}`, `bootfile=${optValue(spec.boot.bootfile)}`);
   const nic = ['virtio-net-pci', 'netdev=net0'];
   if (spec.boot.kind === 'pxe') nic.push('bootindex=0');

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { bootForTest, makeSshKey, overlay, type SshKey } from '../../qemu/harness.js';
 import { K3OS_SAMPLE } from '../support/shared.js';
-import { buildTestImage, type TestImage } from './image.js';
+import { REPO, buildTestImage, type TestImage } from './image.js';
 import { BOOT_TIMEOUT, Node, L, bootComplete, bootsThrough, type Check } from './node.js';
 
 t.setTimeout(90 * 60_000);
@@ -206,7 +206,7 @@ t.test('k3s crashes: restarted with back-off; the boot still completes (hostname
   tt.teardown(imds.close);
   const node = await bootNode(tt, { kind: 'iso', path: image.iso }, config, 'crash', {
     network: '169.254.169.0/24',
-    guestForwards: [{ guestAddr: '169.254.169.254', guestPort: 80, hostPort: imds.port }],
+    guestForwards: [{ guestAddr: '169.254.169.254', guestPort: 80, hostPort: imds.port, relay: `${process.execPath} ${join(REPO, 'qemu/tcp-relay.mjs')}` }],
   });
   await node.vm.waitFor(L(/cairn: service k3s exited \(code 1\); restarting in 1\.0 s$/), BOOT_TIMEOUT);
   tt.pass('k3s exited and is restarted after 1 s');

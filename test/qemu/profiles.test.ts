@@ -98,6 +98,8 @@ t.test('seed, extra disks, ssh and other forwards, QMP, -no-reboot, extra args',
   // a metadata service's network: the subnet first, then the forward into it
   const md = machineArgv({ arch: 'amd64', boot: { kind: 'disk', file: '/d.raw', format: 'raw' }, accel: 'tcg', firmware: 'bios', memMb: 512, cpus: 1, console: 'serial', network: '169.254.169.0/24', guestForwards: [{ guestAddr: '169.254.169.254', guestPort: 80, hostPort: 8081 }] }).args;
   t.same(values(md, '-netdev'), ['user,id=net0,net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:8081']);
+  const relayed = machineArgv({ arch: 'amd64', boot: { kind: 'disk', file: '/d.raw', format: 'raw' }, accel: 'tcg', firmware: 'bios', memMb: 512, cpus: 1, console: 'serial', guestForwards: [{ guestAddr: '10.0.2.100', guestPort: 80, hostPort: 8081, relay: '/usr/bin/node /r,elay.mjs' }] }).args;
+  t.same(values(relayed, '-netdev'), ['user,id=net0,guestfwd=tcp:10.0.2.100:80-cmd:/usr/bin/node /r,,elay.mjs 8081'], 'a relay per connection, its commas escaped');
   const { hostAddress } = await import('../../qemu/machine.js');
   t.equal(hostAddress(), '10.0.2.2');
   t.equal(hostAddress('169.254.169.0/24'), '169.254.169.2', 'the host, as the guest reaches it, in that network');
