@@ -339,7 +339,7 @@ start_by_kexec() {
   cmd=$(sed -n 's/^cairn_cmdline=//p' "$dir/bootenv" 2>/dev/null | head -n 1)
   [ -n "$cmd" ] || { KEXEC_WHY="cairn/system/$1/bootenv holds no kernel command line"; return 1; }
   case " $cmd " in *" cairn.version="*) ;; *) cmd="$cmd cairn.version=$1" ;; esac
-  command -v kexec >/dev/null 2>&1 || { KEXEC_WHY="this first stage has no kexec (arm64 and amd64 images have it)"; return 1; }
+  command -v kexec >/dev/null 2>&1 || { KEXEC_WHY="this first stage has no kexec (the arm64 image has it; the armv7 kernel cannot kexec)"; return 1; }
   log "starting $1 with kexec (the loader started $WANT_VERSION's kernel)"
   if ! out=$(kexec -s -l "$dir/kernel" --initrd="$dir/initrd" --command-line="$cmd" 2>&1); then
     dbg "kexec_file_load: $out"
@@ -351,7 +351,9 @@ start_by_kexec() {
   sync
   kexec -e
   KEXEC_WHY="kexec -e returned"
-  mount -t ext4 -o rw,noatime "$STATE_DEV_FOUND" /mnt/state 2>/dev/null
+  if [ -n "$STATE_RO" ]; then mount -t ext4 -o ro,noatime "$STATE_DEV_FOUND" /mnt/state 2>/dev/null
+  else mount -t ext4 -o rw,noatime "$STATE_DEV_FOUND" /mnt/state 2>/dev/null
+  fi
   return 1
 }
 
