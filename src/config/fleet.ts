@@ -20,7 +20,7 @@
  * messages: they may be tokens.
  */
 import { parse as parseCsv } from 'csv-parse/sync';
-import { LineCounter, isScalar, parseDocument, visit } from 'yaml';
+import { LineCounter, parseDocument, visit } from 'yaml';
 import type { Diagnostic } from './diagnostics.js';
 import { hasErrors } from './diagnostics.js';
 import { readConfig } from './read.js';
@@ -45,6 +45,8 @@ const COLUMN = /^[A-Za-z_][A-Za-z0-9_]*$/;
 interface Slot {
   /** Offset range of the scalar in the template. */
   range: [number, number];
+  /** The scalar's own value (its escapes read). */
+  value: string;
   columns: { name: string; offset: number }[];
 }
 
@@ -71,7 +73,7 @@ export function renderFleet(templateText: string, templateFile: string, csvText:
       if (typeof node.value !== 'string' || !node.range || !node.value.includes('{{')) return;
       const src = templateText.slice(node.range[0], node.range[1]);
       const columns = [...src.matchAll(PLACEHOLDER)].map((m) => ({ name: m[1]!, offset: node.range![0] + m.index }));
-      if (columns.length) slots.push({ range: [node.range[0], node.range[1]], columns });
+      if (columns.length) slots.push({ range: [node.range[0], node.range[1]], value: node.value, columns });
     },
   });
   const inSlot = (offset: number) => slots.some((s) => offset >= s.range[0] && offset < s.range[1]);
@@ -160,8 +162,7 @@ export function renderFleet(templateText: string, templateFile: string, csvText:
     // fill each scalar in place, from the end so earlier offsets hold
     let text = templateText;
     for (const s of [...slots].sort((a, b) => b.range[0] - a.range[0])) {
-      const node = findScalar(doc, s.range[0]);
-      const value = String(node?.value ?? '').replace(PLACEHOLDER, (_m, name: string) => record[name] ?? '');
+      const value = s.value.replace(PLACEHOLDER, (_m, name: string) => record[name] ?? '');
       text = text.slice(0, s.range[0]) + JSON.stringify(value) + text.slice(s.range[1]);
     }
     const checked = readConfig(text, `${templateFile} for ${label}`);
@@ -169,18 +170,4 @@ export function renderFleet(templateText: string, templateFile: string, csvText:
     if (!hasErrors(checked.diagnostics)) sites.push({ hostname, line, text });
   }
   return { sites: hasErrors(ds) ? [] : sites, diagnostics: ds };
-}
-
-function findScalar(doc: ReturnType<typeof parseDocument>, start: number) {
-  let found: { value: unknown } | undefined;
-  visit(doc, {
-    Scalar(_k, node) {
-      if (node.range?.[0] === start && isScalar(node)) {
-        found = node;
-        return visit.BREAK;
-      }
-      return undefined;
-    },
-  });
-  return found;
 }

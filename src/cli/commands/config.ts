@@ -13,10 +13,10 @@ import { EXIT_USER } from '../../errors.js';
 import { writeFileAtomic } from '../../init/apply/files.js';
 import { makeSeed } from '../../../qemu/seed.js';
 
-/** A file's text, or a located diagnostic saying why it cannot be read. */
-async function readText(file: string): Promise<{ text: string } | { diagnostic: Diagnostic }> {
+/** A file's bytes, or a located diagnostic saying why it cannot be read. */
+async function readOrDiagnose(file: string): Promise<{ data: Buffer } | { diagnostic: Diagnostic }> {
   try {
-    return { text: await readFile(file, 'utf8') };
+    return { data: await readFile(file) };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a folder, not a file' : `cannot be read (${code})`;
@@ -25,15 +25,8 @@ async function readText(file: string): Promise<{ text: string } | { diagnostic: 
 }
 
 async function validateFile(file: string): Promise<Diagnostic[]> {
-  let data: Buffer;
-  try {
-    data = await readFile(file);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a folder, not a file' : `cannot be read (${code})`;
-    return [{ severity: 'error', file, line: 1, col: 1, path: '', message: `${why}; check the path` }];
-  }
-  return readConfig(data, file).diagnostics;
+  const r = await readOrDiagnose(file);
+  return 'diagnostic' in r ? [r.diagnostic] : readConfig(r.data, file).diagnostics;
 }
 
 export function registerConfig(program: Command): void {
@@ -85,9 +78,9 @@ export function registerConfig(program: Command): void {
     .requiredOption('-o, --output <dir>', 'the folder to write <hostname>.yaml into (mode 0600: configs hold tokens)')
     .option('--seeds', 'also write <hostname>.iso, a NoCloud cidata seed of each config')
     .action(async (opts: { template: string; sites: string; output: string; seeds?: boolean }) => {
-      const [tpl, csv] = await Promise.all([readText(opts.template), readText(opts.sites)]);
+      const [tpl, csv] = await Promise.all([readOrDiagnose(opts.template), readOrDiagnose(opts.sites)]);
       const unreadable = [tpl, csv].flatMap((r) => ('diagnostic' in r ? [r.diagnostic] : []));
-      const r = 'text' in tpl && 'text' in csv ? renderFleet(tpl.text, opts.template, csv.text, opts.sites) : { sites: [], diagnostics: unreadable };
+      const r = 'data' in tpl && 'data' in csv ? renderFleet(tpl.data.toString('utf8'), opts.template, csv.data.toString('utf8'), opts.sites) : { sites: [], diagnostics: unreadable };
       for (const d of r.diagnostics) process.stderr.write(`${formatDiagnostic(d)}\n`);
       if (hasErrors(r.diagnostics)) {
         process.stderr.write(`cairn: no config written: fix the ${r.diagnostics.filter((d) => d.severity === 'error').length} problem(s) above\n`);
