@@ -14,7 +14,7 @@ import { BOARDS, boardProfile, checkBoard, parseBoard } from '../../src/builder/
 import { parseFormats } from '../../src/builder/formats.js';
 import { buildInitramfs } from '../../src/builder/initramfs/index.js';
 import { sha256File } from '../../src/builder/outputs/common.js';
-import { MIB, planDisk, sfdiskScript } from '../../src/builder/outputs/disk.js';
+import { MIB, planDisk, sfdiskScript } from '../../src/boot/disk.js';
 import { parseGrubEnv } from '../../src/builder/outputs/grub.js';
 import { raw } from '../../src/builder/outputs/raw.js';
 import type { Arch, SystemArtifacts } from '../../src/builder/types.js';

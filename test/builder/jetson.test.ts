@@ -14,7 +14,7 @@ import { boardProfile, checkBoard, checkBoardBsp } from '../../src/builder/board
 import { bspRelease, openBsp, parseBspVersion, sha256Of } from '../../src/builder/bsp.js';
 import { linkTree } from '../../src/builder/fsutil.js';
 import { buildInitramfs } from '../../src/builder/initramfs/index.js';
-import { MIB, planDisk, sfdiskScript } from '../../src/builder/outputs/disk.js';
+import { MIB, planDisk, sfdiskScript } from '../../src/boot/disk.js';
 import { parseGrubEnv } from '../../src/builder/outputs/grub.js';
 import { raw } from '../../src/builder/outputs/raw.js';
 import { build } from '../../src/builder/pipeline.js';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { buildInitramfs } from '../../src/builder/initramfs/index.js';
 import { artifactStem, sha256File, stableUuid } from '../../src/builder/outputs/common.js';
-import { GPT_TYPES, planDisk, sfdiskScript, stateFsBytes, MIB } from '../../src/builder/outputs/disk.js';
+import { GPT_TYPES, planDisk, sfdiskScript, stateFsBytes, MIB } from '../../src/boot/disk.js';
 import { biosBootSectors, grubModuleDir, parseGrubEnv, renderDiskGrubCfg, renderGrubEnv, renderLiveGrubCfg } from '../../src/builder/outputs/grub.js';
 import { renderIpxe } from '../../src/builder/outputs/pxe.js';
 import { COMPONENTS, openPayload } from '../../src/upgrade/payload.js';

@@ -87,13 +87,7 @@ export async function imageSeed(system: Pick<SystemArtifacts, 'name' | 'version'
 }
 
 /** A UUID derived from a seed: the same inputs give the same disk and file-system ids. */
-export function stableUuid(seed: string): string {
-  const h = createHash('sha256').update(seed).digest();
-  h[6] = (h[6]! & 0x0f) | 0x50; // version 5 style
-  h[8] = (h[8]! & 0x3f) | 0x80;
-  const x = h.subarray(0, 16).toString('hex');
-  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
-}
+export { stableUuid } from '../../boot/disk.js';
 
 /** The kernel console arguments for each arch: serial and screen. */
 export const consoleArgs: Record<Arch, string> = {

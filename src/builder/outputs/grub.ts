@@ -13,6 +13,7 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Arch, SystemArtifacts } from '../types.js';
+import { biosBootCode } from '../../boot/disk.js';
 import { renderStateGrubCfg } from '../../boot/grub.js';
 import { GRUB_DIR } from '../../boot/state.js';
 import { fetchDeb } from '../debfetch.js';
@@ -130,27 +131,7 @@ export function renderDiskGrubCfg(system: Pick<SystemArtifacts, 'arch' | 'cmdlin
 
 export { renderGrubEnv, parseGrubEnv } from '../../boot/grubenv.js';
 
-const SECTOR = 512;
-
-/**
- * Makes a disk image boot GRUB from BIOS, as grub-bios-setup would: boot.img's
- * code into the MBR (the partition table is kept), pointing at core.img
- * written whole into the BIOS boot partition at `coreSector`.
- */
+/** biosBootCode (src/boot/disk.ts) for boot.img and core.img files. */
 export async function biosBootSectors(bootImgFile: string, coreImgFile: string, coreSector: number): Promise<{ mbrCode: Buffer; core: Buffer }> {
-  const boot = Buffer.from(await readFile(bootImgFile));
-  const core = Buffer.from(await readFile(coreImgFile));
-  if (boot.length !== SECTOR) throw new Error(`${bootImgFile} is not one sector`);
-  // boot.img: the sector to load diskboot.img (core's first sector) from
-  boot.writeBigUInt64LE(BigInt(coreSector), 0x5c);
-  // hard disk: ignore a BIOS that passes a wrong boot drive (as grub-bios-setup does)
-  boot[0x66] = 0x90;
-  boot[0x67] = 0x90;
-  // diskboot.img: the rest of core.img follows it directly
-  const list = SECTOR - 12;
-  core.writeBigUInt64LE(BigInt(coreSector + 1), list);
-  const len = core.readUInt16LE(list + 8);
-  const needed = Math.ceil(core.length / SECTOR) - 1;
-  if (len !== needed) throw new Error(`core.img blocklist says ${len} sectors, the file has ${needed}`);
-  return { mbrCode: boot.subarray(0, 440), core };
+  return biosBootCode(await readFile(bootImgFile), await readFile(coreImgFile), coreSector);
 }

@@ -5,5 +5,5 @@
 export { buildRawImage } from './raw.js';
 export { buildOciArchive } from './oci.js';
 export { renderDiskGrubCfg, renderLiveGrubCfg, renderGrubEnv, parseGrubEnv } from './grub.js';
-export { planDisk, sfdiskScript } from './disk.js';
+export { planDisk, sfdiskScript } from '../../boot/disk.js';
 export { renderIpxe } from './pxe.js';

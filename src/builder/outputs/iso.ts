@@ -21,7 +21,7 @@ import path from 'node:path';
 import { UserError } from '../../errors.js';
 import type { Artifact, OutputWriter } from '../types.js';
 import { artifactStem, clampTimes, imageSeed, placeFile, run, stableUuid } from './common.js';
-import { MIB } from './disk.js';
+import { MIB } from '../../boot/disk.js';
 import { type GrubPlatform, efiBootFile, efiPlatform, grubMkimage, grubModuleDir, renderLiveGrubCfg } from './grub.js';
 import { copyIntoFat, fatSerial, makeFat } from './raw.js';
 

@@ -23,7 +23,7 @@ import type { Artifact, OutputWriter, SystemArtifacts } from '../types.js';
 import { REL, renderState, renderVersionEnv } from '../../boot/state.js';
 import { boardProfile } from '../boards.js';
 import { artifactStem, clampTimes, imageSeed, kernelArgs, placeFile, run, sha256File } from './common.js';
-import { type DiskPlan, MIB, SECTOR, planDisk, sfdiskScript, stateFsBytes } from './disk.js';
+import { type DiskPlan, MIB, SECTOR, planDisk, sfdiskScript, stateFsBytes } from '../../boot/disk.js';
 import {
   GRUB_DIR_ON_STATE,
   biosBootSectors,

@@ -1,13 +1,23 @@
 /**
- * The partition table of a cairn disk, as a pure plan: GPT with an optional
+ * The partition table of a cairn disk, as a pure plan, for the builder's
+ * disk images and for `cairn install` alike: GPT with an optional
  * BIOS boot partition (amd64), CAIRN_EFI (FAT32) and CAIRN_STATE (ext4,
  * last, so the init can grow it to fill the disk on first boot). A board
  * (boards/) may ask for MBR and its own boot partition instead of
  * CAIRN_EFI (the Raspberry Pi's firmware reads only the first FAT
  * partition of an MBR disk).
  */
-import type { Arch } from '../types.js';
-import { stableUuid } from './common.js';
+import { createHash } from 'node:crypto';
+import type { Arch } from '../builder/types.js';
+
+/** A uuid derived from a seed: the same seed, the same uuid. */
+export function stableUuid(seed: string): string {
+  const h = createHash('sha256').update(seed).digest();
+  h[6] = (h[6]! & 0x0f) | 0x50; // version 5 style
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString('hex');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
+}
 
 export const SECTOR = 512;
 export const MIB = 1024 * 1024;
@@ -107,4 +117,28 @@ export function stateFsBytes(contentBytes: number, files: number): number {
   const blocks = contentBytes + files * 4096;
   const withOverhead = blocks * 1.08 + 64 * MIB; // metadata, journal (up to 64 MiB for large file systems)
   return Math.max(256 * MIB, Math.ceil((withOverhead + 128 * MIB) / MIB) * MIB);
+}
+
+/**
+ * GRUB's BIOS boot code for a disk, as grub-bios-setup writes it: boot.img
+ * (one sector) pointed at core.img, which is written whole into the BIOS
+ * boot partition at `coreSector`. Returns the 440 bytes of MBR code (the
+ * partition table after them is kept) and core.img with its block list set.
+ */
+export function biosBootCode(bootImg: Buffer, coreImg: Buffer, coreSector: number): { mbrCode: Buffer; core: Buffer } {
+  const boot = Buffer.from(bootImg);
+  const core = Buffer.from(coreImg);
+  if (boot.length !== SECTOR) throw new Error(`GRUB's boot.img is ${boot.length} bytes, not one sector`);
+  // boot.img: the sector to load diskboot.img (core's first sector) from
+  boot.writeBigUInt64LE(BigInt(coreSector), 0x5c);
+  // hard disk: ignore a BIOS that passes a wrong boot drive (as grub-bios-setup does)
+  boot[0x66] = 0x90;
+  boot[0x67] = 0x90;
+  // diskboot.img: the rest of core.img follows it directly
+  const list = SECTOR - 12;
+  core.writeBigUInt64LE(BigInt(coreSector + 1), list);
+  const len = core.readUInt16LE(list + 8);
+  const needed = Math.ceil(core.length / SECTOR) - 1;
+  if (len !== needed) throw new Error(`core.img blocklist says ${len} sectors, the file has ${needed}`);
+  return { mbrCode: boot.subarray(0, 440), core };
 }
