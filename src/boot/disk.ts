@@ -20,6 +20,8 @@ export function stableUuid(seed: string): string {
 }
 
 export const SECTOR = 512;
+/** On the live medium: the disk's boot loader files and menu, which `cairn install` writes (src/install). */
+export const INSTALL_DIR = 'cairn/install';
 export const MIB = 1024 * 1024;
 const MIB_SECTORS = MIB / SECTOR;
 

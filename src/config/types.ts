@@ -35,6 +35,7 @@ export interface NetInterface {
 
 export interface Install {
   force_efi?: boolean;
+  force?: boolean;
   device?: string;
   config_url?: string;
   silent?: boolean;

@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { registerConfig } from '../cli/commands/config.js';
+import { registerInstall } from '../cli/commands/install.js';
 import { registerNode } from '../cli/commands/node.js';
 import { registerUpgrade } from '../cli/commands/upgrade.js';
 import { EXIT_INTERNAL, EXIT_USER, UserError, describeError } from '../errors.js';
@@ -11,6 +12,7 @@ import { VERSION } from '../version.js';
 
 const program = new Command('cairn').description('cairn on this node').version(VERSION, '-V, --version').exitOverride();
 registerConfig(program);
+registerInstall(program);
 registerNode(program);
 registerUpgrade(program);
 try {

@@ -50,6 +50,8 @@ export interface NodeContext {
   rollbackFrom?: string;
   /** Reboots the node the way `cairn reboot` does (set by the init). */
   reboot?: () => void;
+  /** Powers the node off the way `cairn poweroff` does (set by the init). */
+  poweroff?: () => void;
 }
 
 export function at(ctx: { root: string }, path: string): string {

@@ -66,6 +66,7 @@ export async function runInit(root = '/'): Promise<void> {
     void shutdown(ctx, req.action ?? action, { requester: req.requester });
   };
   ctx.reboot = () => stop('reboot');
+  ctx.poweroff = () => stop('poweroff');
   process.on('SIGTERM', () => stop('poweroff'));
   process.on('SIGINT', () => stop('reboot'));
   process.on('SIGUSR1', () => stop('reboot'));

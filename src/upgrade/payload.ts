@@ -781,10 +781,28 @@ async function openFolder(dir: string, opts: OpenOptions, arch: PayloadArch | un
 
 // ----- downloads -------------------------------------------------------------
 
-async function download(url: string, workDir: string, opts: OpenOptions): Promise<string> {
+/** What a download is for: its log lines' prefix, the file name's suffix, and the hint when it cannot be held. */
+export interface DownloadOptions {
+  log?: (line: string) => void;
+  signal?: AbortSignal;
+  /** Default `payload`. */
+  what?: string;
+  /** Default `.oci.tar`. */
+  suffix?: string;
+  /** What to do when the file does not fit where it goes. */
+  spaceHint?: string;
+}
+
+/**
+ * Downloads `url` into a new file in `workDir` (0600), refused before a byte
+ * is written when its announced size does not fit, and checked against that
+ * size after; a download that fails leaves no file. Returns the file.
+ */
+export async function download(url: string, workDir: string, opts: DownloadOptions): Promise<string> {
   const shown = displayUrl(url);
   const hint = "check the address, and the node's network and proxy settings";
-  opts.log?.(`payload: downloading ${shown}`);
+  const what = opts.what ?? 'payload';
+  opts.log?.(`${what}: downloading ${shown}`);
   let res: Response;
   try {
     res = await fetch(url, { signal: opts.signal, redirect: 'follow', headers: { 'accept-encoding': 'identity' } });
@@ -808,11 +826,11 @@ async function download(url: string, workDir: string, opts: OpenOptions): Promis
       await res.body.cancel().catch(() => undefined);
       throw new UserError(
         `not enough space to download ${shown}: it needs ${Math.ceil(expected / 1048576)} MiB in ${workDir}, ${Math.floor(free / 1048576)} MiB are free`,
-        'free space on the node (logs, container images in /var), or give a payload on another disk with --source',
+        opts.spaceHint ?? 'free space on the node (logs, container images in /var), or give a payload on another disk with --source',
       );
     }
   }
-  const file = path.join(workDir, `payload-${process.pid}-${randomBytes(4).toString('hex')}.oci.tar`);
+  const file = path.join(workDir, `${what}-${process.pid}-${randomBytes(4).toString('hex')}${opts.suffix ?? '.oci.tar'}`);
   let got = 0;
   const count = new Transform({
     transform(chunk: Buffer, _enc, cb) {
@@ -836,7 +854,7 @@ async function download(url: string, workDir: string, opts: OpenOptions): Promis
     await rm(file, { force: true });
     throw new UserError(`the download of ${shown} is truncated: ${got} bytes arrived, the server announced ${expected}`, hint);
   }
-  opts.log?.(`payload: downloaded ${(got / 1048576).toFixed(1)} MiB`);
+  opts.log?.(`${what}: downloaded ${(got / 1048576).toFixed(1)} MiB`);
   return file;
 }
 

@@ -135,3 +135,29 @@ export { renderGrubEnv, parseGrubEnv } from '../../boot/grubenv.js';
 export async function biosBootSectors(bootImgFile: string, coreImgFile: string, coreSector: number): Promise<{ mbrCode: Buffer; core: Buffer }> {
   return biosBootCode(await readFile(bootImgFile), await readFile(coreImgFile), coreSector);
 }
+
+/**
+ * The boot loader files of a cairn disk (raw images, and what `cairn
+ * install` writes onto a disk from the ISO's cairn/install/): the UEFI
+ * removable-media file, and on amd64 GRUB's BIOS boot.img and core.img;
+ * each core image finds CAIRN_STATE and reads cairn/grub/grub.cfg there.
+ */
+export interface DiskBootImages {
+  efi: { name: string; file: string };
+  bios?: { bootImg: string; coreImg: string };
+}
+
+export async function diskBootImages(system: Pick<SystemArtifacts, 'arch' | 'rootfs'>, workDir: string, log: (l: string) => void): Promise<DiskBootImages> {
+  const name = efiBootFile[system.arch];
+  const efiImage = path.join(workDir, name);
+  const efiModules = await grubModuleDir(efiPlatform[system.arch], system, { log });
+  await grubMkimage({ platform: efiPlatform[system.arch], moduleDir: efiModules, out: efiImage, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir });
+  const images: DiskBootImages = { efi: { name, file: efiImage } };
+  if (system.arch === 'amd64') {
+    const pcModules = await grubModuleDir('i386-pc', system, { log });
+    const coreImg = path.join(workDir, 'core.img');
+    await grubMkimage({ platform: 'i386-pc', moduleDir: pcModules, out: coreImg, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir });
+    images.bios = { bootImg: path.join(pcModules, 'boot.img'), coreImg };
+  }
+  return images;
+}

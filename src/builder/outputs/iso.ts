@@ -11,6 +11,9 @@
  *   boot/grub/i386-pc/eltorito.img   GRUB for BIOS (grub-mkimage -O i386-pc-eltorito)
  *   boot/grub/efi.img                a FAT image with EFI/BOOT/BOOT{X64,AA64}.EFI
  *   boot/grub/<platform>/            GRUB's modules, for insmod from the menu
+ *   cairn/install/                   what `cairn install` puts on a disk: the disk's
+ *                                    GRUB (BOOTX64.EFI or BOOTAA64.EFI; boot.img and
+ *                                    core.img for BIOS on amd64) and its grub.cfg
  * then xorriso with --modification-date at SOURCE_DATE_EPOCH (also the
  * medium's GRUB uuid, which the core images search for) and every file time
  * set to it.
@@ -22,7 +25,8 @@ import { UserError } from '../../errors.js';
 import type { Artifact, OutputWriter } from '../types.js';
 import { artifactStem, clampTimes, imageSeed, placeFile, run, stableUuid } from './common.js';
 import { MIB } from '../../boot/disk.js';
-import { type GrubPlatform, efiBootFile, efiPlatform, grubMkimage, grubModuleDir, renderLiveGrubCfg } from './grub.js';
+import { type GrubPlatform, diskBootImages, efiBootFile, efiPlatform, grubMkimage, grubModuleDir, renderDiskGrubCfg, renderLiveGrubCfg } from './grub.js';
+import { INSTALL_DIR } from '../../boot/disk.js';
 import { copyIntoFat, fatSerial, makeFat } from './raw.js';
 
 export const LIVE_LABEL = 'CAIRN_LIVE';
@@ -71,6 +75,18 @@ export const iso: OutputWriter = async (system, ctx) => {
   await placeFile(system.release, path.join(tree, 'cairn/release.json'));
   await writeFile(path.join(tree, 'cairn/version'), `${system.version}\n`);
   await writeFile(path.join(tree, 'boot/grub/grub.cfg'), renderLiveGrubCfg(system));
+  // what `cairn install` writes onto a disk besides the version's files: the disk's boot loader and its menu
+  const installDir = path.join(tree, INSTALL_DIR);
+  await mkdir(installDir, { recursive: true });
+  const diskWork = path.join(work, 'disk-boot');
+  await mkdir(diskWork, { recursive: true });
+  const boot = await diskBootImages(system, diskWork, ctx.log);
+  await copyFile(boot.efi.file, path.join(installDir, boot.efi.name));
+  if (boot.bios) {
+    await copyFile(boot.bios.bootImg, path.join(installDir, 'boot.img'));
+    await copyFile(boot.bios.coreImg, path.join(installDir, 'core.img'));
+  }
+  await writeFile(path.join(installDir, 'grub.cfg'), renderDiskGrubCfg(system));
 
   if (system.arch === 'amd64') {
     const missing = ['i386-pc', 'x86_64-efi'].filter((p) => !existsSync(`/usr/lib/grub/${p}/kernel.img`));

@@ -24,16 +24,7 @@ import { REL, renderState, renderVersionEnv } from '../../boot/state.js';
 import { boardProfile } from '../boards.js';
 import { artifactStem, clampTimes, imageSeed, kernelArgs, placeFile, run, sha256File } from './common.js';
 import { type DiskPlan, MIB, SECTOR, planDisk, sfdiskScript, stateFsBytes } from '../../boot/disk.js';
-import {
-  GRUB_DIR_ON_STATE,
-  biosBootSectors,
-  efiBootFile,
-  efiPlatform,
-  grubMkimage,
-  grubModuleDir,
-  renderDiskGrubCfg,
-  renderEmbeddedConfig,
-} from './grub.js';
+import { biosBootSectors, diskBootImages, renderDiskGrubCfg } from './grub.js';
 
 export const STATE_LABEL = 'CAIRN_STATE';
 /**
@@ -101,13 +92,11 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
       efiFiles.push({ src, dest: f.dest });
       efiContent += (await stat(src)).size;
     }
-  } else {
-    const efiName = efiBootFile[system.arch];
-    const efiImage = path.join(work, efiName);
-    const efiModules = await grubModuleDir(efiPlatform[system.arch], system, { log });
-    await grubMkimage({ platform: efiPlatform[system.arch], moduleDir: efiModules, out: efiImage, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir: work });
-    efiFiles.push({ src: efiImage, dest: `EFI/BOOT/${efiName}` });
-    efiContent += (await stat(efiImage)).size;
+  }
+  const bootImages = board ? undefined : await diskBootImages(system, work, log);
+  if (bootImages) {
+    efiFiles.push({ src: bootImages.efi.file, dest: `EFI/BOOT/${bootImages.efi.name}` });
+    efiContent += (await stat(bootImages.efi.file)).size;
   }
   if (system.arch === 'armv7' && !board) {
     const ext = path.join(work, 'extlinux.conf');
@@ -141,12 +130,9 @@ export async function buildRawImage(system: SystemArtifacts, workDir: string, ou
   await ddInto(efiImg, out, efi.start);
   await ddInto(stateImg, out, state.start);
 
-  if (system.arch === 'amd64' && !board) {
-    const pcModules = await grubModuleDir('i386-pc', system, { log });
-    const core = path.join(work, 'core.img');
-    await grubMkimage({ platform: 'i386-pc', moduleDir: pcModules, out: core, embeddedConfig: renderEmbeddedConfig(), prefix: GRUB_DIR_ON_STATE, workDir: work });
+  if (bootImages?.bios) {
     const bios = part('BIOS');
-    const { mbrCode, core: patched } = await biosBootSectors(path.join(pcModules, 'boot.img'), core, bios.start);
+    const { mbrCode, core: patched } = await biosBootSectors(bootImages.bios.bootImg, bootImages.bios.coreImg, bios.start);
     if (patched.length > bios.size * SECTOR) throw new Error(`GRUB core.img (${patched.length} bytes) does not fit the BIOS boot partition`);
     const fh = await open(out, 'r+');
     try {
