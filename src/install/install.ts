@@ -240,14 +240,15 @@ export function installSteps(opts: InstallOptions, env: InstallEnv): { name: str
         await mkdir(vdir, { recursive: true });
         const copies: [string, string][] = [[s.files.kernel, 'kernel'], [s.files.initrd, 'initrd'], [s.files.squashfs, 'rootfs.squashfs'], [s.files.release, 'release.json']];
         const sums: string[] = [];
-        for (const [from, name] of copies) {
+        // SHA256SUMS lists the files by name, as the builder writes it
+        for (const [from, name] of copies.sort((a, b) => a[1].localeCompare(b[1]))) {
           env.log(`install: writing ${name} (${Math.round((await stat(from)).size / 1048576)} MiB)`);
           await copyFile(from, path.join(vdir, name));
           const want = await sha256(from);
           if ((await sha256(path.join(vdir, name))) !== want) throw new Error(`${name} reads back different from what was written to ${w.parts!.state}: the disk may be failing`);
           sums.push(`${want}  ${name}\n`);
         }
-        await writeFile(path.join(vdir, 'SHA256SUMS'), sums.sort().join(''));
+        await writeFile(path.join(vdir, 'SHA256SUMS'), sums.join(''));
         const args = joinArgs(kernelArgs('state', s.arch, s.cmdline), opts.tty ? `console=${opts.tty}` : undefined);
         await writeFile(path.join(vdir, 'bootenv'), renderVersionEnv(args));
         await mkdir(at(path.join(mnt, REL.grub)), { recursive: true });
