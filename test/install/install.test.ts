@@ -10,7 +10,7 @@ import { parseGrubEnv } from '../../src/boot/grubenv.js';
 import { UserError } from '../../src/errors.js';
 import type { Exec } from '../../src/init/exec.js';
 import { install, type InstallOptions } from '../../src/install/install.js';
-import { checkTarget, contentsOf, installDiskPlan, parseLsblk, partitionPath, type BlockDevice } from '../../src/install/plan.js';
+import { checkTarget, contentsOf, installDiskPlan, parseLsblk, partitionPath } from '../../src/install/plan.js';
 import { configFromAnswers } from '../../src/install/prompt.js';
 import { optionsFromConfig } from '../../src/install/phase.js';
 import { readCmdline } from '../../src/config/cmdline.js';
@@ -145,8 +145,7 @@ function liveMedium(root: string): { boot: Buffer; core: Buffer } {
   return { boot, core };
 }
 
-function fakeNode(t: Parameters<Parameters<typeof tap.test>[1]>[0], lsblk = lsblkJson()) {
-  const root = t.testdir();
+function fakeNode(root: string, lsblk = lsblkJson()) {
   const medium = liveMedium(root);
   const disk = join(root, 'dev/vdb');
   put(disk, Buffer.alloc(2 * 1024 * 1024, 0xee));
@@ -173,13 +172,12 @@ function fakeNode(t: Parameters<Parameters<typeof tap.test>[1]>[0], lsblk = lsbl
   };
   return { root, disk, medium, calls, lines, fetched, env };
 }
-import type tap from 'tap';
 
 const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 const writes = ['wipefs', 'sfdisk', 'mkfs.vfat', 'mke2fs', 'mount'];
 
 t.test('an install: partitions, file systems, the version, GRUB for UEFI and BIOS, the config 0600', async (t) => {
-  const n = fakeNode(t);
+  const n = fakeNode(t.testdir());
   const opts: InstallOptions = { device: '/dev/vdb', configUrl: 'http://10.0.2.2/node.yaml', tty: 'ttyS1' };
   const done = await install(opts, n.env);
   t.same([done.version, done.device], ['0.1.0', '/dev/vdb']);
@@ -225,8 +223,8 @@ t.test('bad input: refused before anything is written, the disk unchanged', asyn
     { what: 'the CD drive', opts: { device: '/dev/sr0', force: true }, error: /^\/dev\/sr0 is a CD\/DVD drive/ },
     { what: 'an ISO file that is not there', opts: { device: '/dev/vdb', isoUrl: '/tmp/none.iso' }, error: /^iso_url \/tmp\/none\.iso: no such file$/ },
   ];
-  for (const c of cases) {
-    const n = fakeNode(t, c.lsblk);
+  for (const [i, c] of cases.entries()) {
+    const n = fakeNode(join(t.testdir(), String(i)), c.lsblk);
     const before = sha(readFileSync(n.disk));
     const err = await install(c.opts, n.env).then(() => undefined, (e: Error) => e);
     t.ok(err instanceof UserError, `${c.what}: a UserError`);
@@ -238,11 +236,11 @@ t.test('bad input: refused before anything is written, the disk unchanged', asyn
 });
 
 t.test('not booted from a medium: the installer asks for iso_url', async (t) => {
-  const n = fakeNode(t);
+  const n = fakeNode(t.testdir());
   writeFileSync(join(n.root, 'run/cairn/live/cairn/release.json'), '{');
   const err = await install({ device: '/dev/vdb' }, n.env).then(() => undefined, (e: Error) => e);
   t.match(err?.message, /^the live medium: cairn\/release\.json is not JSON/);
-  const bare = fakeNode(t);
+  const bare = fakeNode(join(t.testdir(), 'bare'));
   const { rmSync } = await import('node:fs');
   rmSync(join(bare.root, 'run/cairn/live'), { recursive: true });
   const err2 = await install({ device: '/dev/vdb' }, bare.env).then(() => undefined, (e: Error) => e);
