@@ -81,8 +81,10 @@ export interface MachineOptions {
    * More disks, virtio, after the boot disk and the seed: a size ('2G') is a
    * blank throwaway qcow2; a path is attached through a throwaway overlay, or
    * as it is with { path, writable: true } (it keeps what the VM wrote).
+   * `bootFirst`: the firmware tries this disk before the CD (a blank disk
+   * is passed over): an install from the ISO reboots into the installed disk.
    */
-  extraDisks?: (string | { path: string; writable?: boolean })[];
+  extraDisks?: (string | { path: string; writable?: boolean; bootFirst?: boolean })[];
   /** Stop the VM instead of rebooting (-no-reboot). Default false: upgrades reboot. */
   noReboot?: boolean;
   /** 'serial' for the harness (pty + QMP), 'terminal' for a person at `cairn run`. */
@@ -268,7 +270,7 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
     } else if (opts.configText !== undefined) {
       seed = (await makeSeedFromText(opts.configText, path.join(dir, 'seed.iso'))).out;
     }
-    const disks: { file: string; format: 'raw' | 'qcow2' }[] = [];
+    const disks: { file: string; format: 'raw' | 'qcow2'; bootFirst?: boolean }[] = [];
     for (const [i, d] of (opts.extraDisks ?? []).entries()) {
       const file = path.join(dir, `extra${i}.qcow2`);
       if (typeof d === 'string' && /^\d+[KMGT]?$/i.test(d)) await qemuImg(['create', '-q', '-f', 'qcow2', file, d]);
@@ -276,12 +278,12 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
         const src = typeof d === 'string' ? d : d.path;
         mustExist(src, 'disk image');
         if (typeof d !== 'string' && d.writable) {
-          disks.push({ file: path.resolve(src), format: await detectDiskFormat(src) });
+          disks.push({ file: path.resolve(src), format: await detectDiskFormat(src), ...(d.bootFirst ? { bootFirst: true } : {}) });
           continue;
         }
         await overlay(src, file);
       }
-      disks.push({ file, format: 'qcow2' });
+      disks.push({ file, format: 'qcow2', ...(typeof d !== 'string' && d.bootFirst ? { bootFirst: true } : {}) });
     }
     const sshPort = opts.sshPort === 'auto' ? await freePort() : opts.sshPort;
     const forwards: Record<number, number> = {};

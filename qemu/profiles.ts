@@ -60,7 +60,7 @@ export interface MachineSpec {
   /** A NoCloud seed (ISO9660 labelled cidata), attached read-only as a virtio disk. */
   seed?: string;
   /** More disks, virtio, after the boot disk and the seed (a bare path: qcow2 or raw by its extension). */
-  disks?: (string | { file: string; format: 'raw' | 'qcow2' })[];
+  disks?: (string | { file: string; format: 'raw' | 'qcow2'; bootFirst?: boolean })[];
   /** Host port forwarded (on 127.0.0.1) to the guest's port 22. */
   sshPort?: number;
   /** More host forwards: host port → guest port. */
@@ -186,8 +186,10 @@ function bootArgs(spec: MachineSpec): string[] {
     case 'iso': {
       const drive = ['-drive', `file=${optValue(b.file)},format=raw,media=cdrom,readonly=on,if=none,id=cd0`];
       // q35 and pc have an IDE/AHCI bus (a CD drive as on real PCs); virt has none, so virtio-scsi.
-      if (spec.arch === 'amd64') return [...drive, '-device', `ide-cd,drive=cd0,bootindex=0${spec.machine === 'pc' ? '' : ',bus=ide.0'}`];
-      return ['-device', 'virtio-scsi-pci,id=scsi0', ...drive, '-device', 'scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0'];
+      // after a disk that boots first (an installer's target: blank, the firmware goes on to the CD)
+      const index = (spec.disks ?? []).some((d) => typeof d !== 'string' && d.bootFirst) ? 1 : 0;
+      if (spec.arch === 'amd64') return [...drive, '-device', `ide-cd,drive=cd0,bootindex=${index}${spec.machine === 'pc' ? '' : ',bus=ide.0'}`];
+      return ['-device', 'virtio-scsi-pci,id=scsi0', ...drive, '-device', `scsi-cd,drive=cd0,bus=scsi0.0,bootindex=${index}`];
     }
     case 'disk':
       return ['-drive', `file=${optValue(b.file)},format=${b.format},if=none,id=disk0`, '-device', 'virtio-blk-pci,drive=disk0,bootindex=0'];
@@ -213,8 +215,8 @@ export function machineArgv(spec: MachineSpec): { binary: string; args: string[]
   ];
   if (spec.seed) args.push('-drive', `file=${optValue(spec.seed)},format=raw,if=none,id=seed0,readonly=on`, '-device', 'virtio-blk-pci,drive=seed0');
   (spec.disks ?? []).forEach((d, i) => {
-    const { file, format } = typeof d === 'string' ? { file: d, format: diskFormat(d) } : d;
-    args.push('-drive', `file=${optValue(file)},format=${format},if=none,id=data${i}`, '-device', `virtio-blk-pci,drive=data${i}`);
+    const { file, format, bootFirst } = typeof d === 'string' ? { file: d, format: diskFormat(d), bootFirst: false } : d;
+    args.push('-drive', `file=${optValue(file)},format=${format},if=none,id=data${i}`, '-device', `virtio-blk-pci,drive=data${i}${bootFirst ? ',bootindex=0' : ''}`);
   });
   args.push(...netArgs(spec));
   args.push('-device', 'virtio-rng-pci');

@@ -76,7 +76,7 @@ export async function promptInstall(devices: BlockDevice[], io: PromptIo, preset
       opts.configText = configFromAnswers({ password, sshKey });
     }
     const erase = contentsOf(disk);
-    say(`cairn will erase ${disk.path} (${describeDisk(disk)})${erase ? `, which holds ${erase}` : ''}, and install onto it.`);
+    say(`cairn will erase ${describeDisk(disk)}${erase ? `, which holds ${erase}` : ''}, and install onto it.`);
     const yes = (await rl.question('Continue? [y/N] ')).trim().toLowerCase();
     if (yes !== 'y' && yes !== 'yes') return undefined;
     opts.force = true;

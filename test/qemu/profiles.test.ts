@@ -54,6 +54,11 @@ t.test('amd64 ISO under SeaBIOS: a CD on the AHCI bus, first in the boot order',
   t.notOk(args.includes('-kernel'));
 });
 
+t.test('an installer target boots before the CD: bootindex 0 on the disk, 1 on the CD', async (t) => {
+  const { args } = machineArgv({ ...base, boot: { kind: 'iso', file: '/a.iso' }, disks: [{ file: '/tmp/small.qcow2', format: 'qcow2' }, { file: '/tmp/target.qcow2', format: 'qcow2', bootFirst: true }] });
+  t.same(values(args, '-device').filter((d) => /^(ide-cd|virtio-blk)/.test(d)), ['ide-cd,drive=cd0,bootindex=1,bus=ide.0', 'virtio-blk-pci,drive=data0', 'virtio-blk-pci,drive=data1,bootindex=0']);
+});
+
 t.test('amd64 UEFI: OVMF code read-only, the per-VM vars writable', async (t) => {
   const { args } = machineArgv({ ...base, firmware: 'uefi', firmwareFiles: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/tmp/vm/efivars.fd' }, boot: { kind: 'disk', file: '/tmp/vm/disk.qcow2', format: 'qcow2' } });
   t.same(values(args, '-drive').slice(0, 2), [

@@ -1,0 +1,166 @@
+// cairn install in QEMU: the live ISO installs onto a blank virtio disk and
+// the machine reboots into it (the disk is first in the boot order; blank,
+// the firmware passed it over for the CD). Under SeaBIOS unattended, from
+// the config's install keys (with iso_url and config_url served by this
+// test); under OVMF through the interactive installer on the console, after
+// the bad targets and a config URL that 404s were refused with the disks
+// left as they were.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { createReadStream, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { bootForTest, makeSshKey, type SshKey } from '../../qemu/harness.js';
+import { buildTestImage, type TestImage } from './image.js';
+import { BOOT_TIMEOUT, L, Node, bootComplete, bootsThrough } from './node.js';
+
+t.setTimeout(60 * 60_000);
+
+let image: TestImage;
+let key: SshKey;
+
+t.before(async () => {
+  image = buildTestImage();
+  key = await makeSshKey('cairn-install-test');
+});
+t.teardown(() => key?.remove());
+
+/** Serves configs and the ISO to the guest (http://10.0.2.2:PORT); every request is logged with its status. */
+async function files(routes: Record<string, string | { file: string }>) {
+  const log: { path: string; status: number }[] = [];
+  const server = createServer((req, res) => {
+    const route = routes[req.url ?? ''];
+    if (route === undefined) {
+      log.push({ path: req.url ?? '', status: 404 });
+      return res.writeHead(404).end('not found\n');
+    }
+    log.push({ path: req.url ?? '', status: 200 });
+    if (typeof route === 'string') return res.end(route);
+    res.writeHead(200, { 'content-length': statSync(route.file).size });
+    createReadStream(route.file).pipe(res);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return { url: `http://10.0.2.2:${port}`, log, close: () => new Promise<void>((r) => server.close(() => r())) };
+}
+
+function blankDisk(file: string, size: string): string {
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', file, size]);
+  return file;
+}
+
+t.test('BIOS: unattended from the install keys, the ISO from iso_url, the config from config_url; reboot into the disk', async (tt) => {
+  // the installed node's config: a slow init_cmd, during which the configured password logs in on the console
+  const nodeConfig = [
+    'hostname: installed-bios',
+    `ssh_authorized_keys: ["${key.publicKey.trim()}"]`,
+    'init_cmd: ["for i in $(seq 180); do test -e /tmp/init-cmd-may-end && exit 0; sleep 1; done"]',
+    'k3os: {password: bios-pass}',
+    '',
+  ].join('\n');
+  const srv = await files({ '/node.yaml': nodeConfig, '/cairn.iso': { file: image.iso } });
+  tt.teardown(srv.close);
+  const seed = `k3os:\n  install:\n    device: /dev/vdb\n    silent: true\n    iso_url: ${srv.url}/cairn.iso\n    config_url: ${srv.url}/node.yaml\n`;
+  const target = blankDisk(join(tt.testdir(), 'target.qcow2'), '4G');
+  const vm = await bootForTest(tt, { artifact: { kind: 'iso', path: image.iso }, configText: seed, extraDisks: [{ path: target, writable: true, bootFirst: true }], sshPort: 'auto', memMb: 2048, cpus: 2, name: 'install-bios', timeoutMs: BOOT_TIMEOUT });
+  const node = new Node(vm, key);
+  await vm.waitFor(L(/cairn: install: source: version 0\.1\.0 \(amd64\) from http:\/\/10\.0\.2\.2:\d+\/cairn\.iso$/), BOOT_TIMEOUT);
+  await vm.waitFor(L(/cairn: install: disk: \/dev\/vdb \(4\.0 GiB\)$/), 120_000);
+  await vm.waitFor(L(/cairn: install: bootloader: UEFI \(EFI\/BOOT\/BOOTX64\.EFI\), BIOS \(GRUB in the MBR and the BIOS boot partition\)$/), 600_000);
+  await vm.waitFor(L(/cairn: install: 0\.1\.0 is on \/dev\/vdb; rebooting into it$/), 120_000);
+  await vm.waitFor(L(/cairn: rebooting$/), 120_000);
+  tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/cairn.iso 200', '/node.yaml 200'], 'the ISO and the config, fetched once each');
+
+  // the disk's first boot: a console login while init_cmd still runs
+  await vm.waitFor(L(/cairn: mounts ok \(\d+ ms\): state boot of 0\.1\.0.*$/), BOOT_TIMEOUT);
+  await vm.waitFor(L(/cairn: console ok .*$/), BOOT_TIMEOUT);
+  await node.consoleLogin('cairn', 'bios-pass', 'installed-bios');
+  tt.equal((await node.consoleRun('echo early shell')).trim(), 'early shell', 'a console shell with the installed password during init_cmd');
+  tt.notMatch(vm.output.slice(vm.output.lastIndexOf('cairn: mounts ok')), /cairn: init-cmd ok/, 'init_cmd was still running');
+  await node.consoleRun('touch /tmp/init-cmd-may-end');
+  await bootComplete(tt, vm);
+  tt.match(vm.output, L(/cairn: grow ok \(\d+ ms\): CAIRN_STATE grown from [\d.]+ to 3\.9 GiB \(the end of \/dev\/vdb\)$/), 'CAIRN_STATE grew to the end of the disk');
+  tt.match(vm.output, L(/cairn: install ok \(\d+ ms\): install\.device \/dev\/vdb is set, but this system already runs from a disk: nothing to do$/), 'the installed system does not install again');
+  await node.waitSsh();
+  tt.equal((await node.sh('hostname')).trim(), 'installed-bios', "config_url's hostname");
+  const status = JSON.parse(await node.sh('cairn status --json')) as { version: string; bootMode: string };
+  tt.same([status.version, status.bootMode], ['0.1.0', 'state'], 'version 0.1.0 from the state partition');
+  tt.notOk((await node.sh('test -d /sys/firmware/efi && echo uefi || echo bios')).includes('uefi'), 'booted through BIOS');
+  tt.equal((await node.sh('findmnt -n -o SOURCE /run/cairn/state')).trim(), '/dev/vdb3', 'CAIRN_STATE is the third partition of the target');
+  tt.equal((await node.sh('sudo stat -c "%a %U" /cairn/system/config.yaml')).trim(), '600 root', 'the config is 0600, root');
+  tt.equal(await node.sh('sudo cat /cairn/system/config.yaml'), nodeConfig, "config_url's config, as served");
+  tt.equal((await node.sh('lsblk -n -o LABEL /dev/vdb | sed "/^$/d" | tr "\\n" " "')).trim(), 'CAIRN_EFI CAIRN_STATE', 'the labels');
+  tt.match(await node.sh('sudo sfdisk --dump /dev/vdb'), /^label: gpt$/m, 'a GPT');
+});
+
+t.test('UEFI: the interactive installer on the console, after bad targets were refused', async (tt) => {
+  const srv = await files({});
+  tt.teardown(srv.close);
+  const dir = tt.testdir();
+  const target = blankDisk(join(dir, 'target.qcow2'), '4G');
+  const small = blankDisk(join(dir, 'small.qcow2'), '512M');
+  // a disk with data: a GPT with one partition
+  const used = join(dir, 'used.raw');
+  writeFileSync(used, '');
+  execFileSync('truncate', ['-s', '2G', used]);
+  execFileSync('sfdisk', ['--quiet', used], { input: 'label: gpt\n,100M,L\n' });
+  // no key and no password in the seed: the live console logs in by itself
+  const vm = await bootForTest(tt, {
+    artifact: { kind: 'iso', path: image.iso },
+    configText: 'hostname: live-node\n',
+    firmware: 'uefi',
+    extraDisks: [{ path: target, writable: true, bootFirst: true }, small, used],
+    memMb: 2048,
+    cpus: 2,
+    name: 'install-uefi',
+    timeoutMs: BOOT_TIMEOUT,
+  });
+  const node = new Node(vm);
+  await bootsThrough(tt, vm);
+  tt.match(vm.output, L(/cairn: install ok \(\d+ ms\): no install\.device$/));
+  vm.sendLine('');
+  await vm.waitFor(/@live-node:[^\n]*\$ $/m, 60_000);
+  const heads = 'for d in vdb vdc vdd; do sudo head -c 1048576 /dev/$d | sha256sum | cut -c1-16; done | tr "\\n" " "';
+  const before = await node.consoleRun(heads);
+  const refused: [string, RegExp][] = [
+    ['--device /dev/vdc', /^cairn: \/dev\/vdc is too small: 512 MiB, and cairn needs at least [\d.]+ GiB\nchoose a larger disk\nexit=1$/],
+    ['--device /dev/sr0', /^cairn: \/dev\/sr0 is a CD\/DVD drive \(the disks here: .*\/dev\/vdb {2}4\.0 GiB.*\)\n.*\nexit=1$/],
+    ['--device /dev/vdd', /^cairn: \/dev\/vdd is not empty: it holds a GPT partition table with \/dev\/vdd1; nothing was written\nto erase it and install, set install\.force: true .*\nexit=1$/],
+    [`--device /dev/vdb --config ${srv.url}/missing.yaml`, /^cairn: config_url http:\/\/10\.0\.2\.2:\d+\/missing\.yaml cannot be fetched: http:\/\/10\.0\.2\.2:\d+\/missing\.yaml: HTTP 404; nothing was written\n.*\nexit=1$/],
+  ];
+  for (const [args, want] of refused) {
+    const out = (await node.consoleRun(`sudo cairn install --silent --no-reboot ${args} 2>&1 | grep -v "^cairn: install: "; echo "exit=\${PIPESTATUS[0]}"`)).trim();
+    tt.match(out, want, `cairn install ${args}: ${out.split('\n')[0]}`);
+  }
+  tt.equal(await node.consoleRun(heads), before, 'the first MiB of every disk is as it was');
+  tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/missing.yaml 404']);
+
+  // the installer's questions
+  vm.sendLine('sudo cairn install');
+  const list = await vm.waitFor(/Install to which disk\? \[1-(\d)\] /, 60_000);
+  const listing = vm.output.slice(vm.output.lastIndexOf('cairn installer: the disks you can install to'), list.index);
+  tt.match(listing, /^ {2}\d\) \/dev\/vdb {2}4\.0 GiB {2}\(empty\)\r?$/m, 'the blank target, its size');
+  tt.match(listing, /^ {2}\d\) \/dev\/vdd {2}2\.0 GiB {2}\(holds a GPT partition table with \/dev\/vdd1\)\r?$/m, 'the disk with data says so');
+  tt.notMatch(listing, /sr0/, 'the CD drive is not offered');
+  const choice = /^ {2}(\d)\) \/dev\/vdb /m.exec(listing)?.[1];
+  vm.sendLine(choice ?? '1');
+  await vm.waitFor('Config file or http(s) URL to install with (Enter for none): ', 30_000);
+  vm.sendLine('');
+  await vm.waitFor('Password for the cairn user (not shown; Enter for none): ', 30_000);
+  vm.sendLine('inst-Pass-42');
+  await vm.waitFor(/cairn will erase \/dev\/vdb {2}4\.0 GiB, and install onto it\.\r?\nContinue\? \[y\/N\] /, 30_000);
+  vm.sendLine('y');
+  await vm.waitFor(L(/cairn 0\.1\.0 is installed on \/dev\/vdb\r?$/), 900_000);
+  await vm.waitFor(L(/cairn: rebooting$/), 120_000);
+  tt.notOk(vm.output.includes('inst-Pass-42'), 'the password was not echoed or logged');
+
+  // the disk's first boot, through OVMF, with the password given to the installer
+  await vm.waitFor(L(/cairn: mounts ok \(\d+ ms\): state boot of 0\.1\.0.*$/), BOOT_TIMEOUT);
+  await bootComplete(tt, vm);
+  await node.consoleLogin('cairn', 'inst-Pass-42', 'live-node');
+  tt.equal((await node.consoleRun('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');
+  tt.equal((await node.consoleRun('cairn status --json | grep -o \'"bootMode":"[a-z]*"\'')).trim(), '"bootMode":"state"', 'from the state partition');
+  tt.match(await node.consoleRun('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
+  tt.equal((await node.consoleRun('sudo stat -c "%a %U" /cairn/system/config.yaml')).trim(), '600 root', 'the answers were stored 0600');
+});
