@@ -269,7 +269,8 @@ export function installSteps(opts: InstallOptions, env: InstallEnv): { name: str
         const s = w.source!;
         const mnt = `${INSTALL_WORK}/efi`;
         await run('modprobe', ['-q', 'vfat']).catch(() => undefined);
-        await mount(w, w.parts!.efi, mnt, ['-t', 'vfat']);
+        // iso8859-1: the image keeps that character set's module (not the kernel's default, ascii)
+        await mount(w, w.parts!.efi, mnt, ['-t', 'vfat', '-o', 'iocharset=iso8859-1']);
         await mkdir(at(path.join(mnt, 'EFI/BOOT')), { recursive: true });
         await copyFile(s.efi, at(path.join(mnt, 'EFI/BOOT', EFI_FILE[s.arch])));
         const done = [`UEFI (EFI/BOOT/${EFI_FILE[s.arch]})`];

@@ -67,7 +67,8 @@ t.test('BIOS: unattended from the install keys, the ISO from iso_url, the config
   const node = new Node(vm, key);
   await vm.waitFor(L(/cairn: install: source: version 0\.1\.0 \(amd64\) from http:\/\/10\.0\.2\.2:\d+\/cairn\.iso$/), BOOT_TIMEOUT);
   await vm.waitFor(L(/cairn: install: disk: \/dev\/vdb \(4\.0 GiB\)$/), 120_000);
-  await vm.waitFor(L(/cairn: install: bootloader: UEFI \(EFI\/BOOT\/BOOTX64\.EFI\), BIOS \(GRUB in the MBR and the BIOS boot partition\)$/), 600_000);
+  const installed = await vm.waitForAny([L(/cairn: install: bootloader: UEFI \(EFI\/BOOT\/BOOTX64\.EFI\), BIOS \(GRUB in the MBR and the BIOS boot partition\)$/), L(/cairn: install FAILED: .*$/)], 600_000);
+  tt.equal(installed.which, 0, `the boot loader installed: ${installed.match}`);
   await vm.waitFor(L(/cairn: install: 0\.1\.0 is on \/dev\/vdb; rebooting into it$/), 120_000);
   await vm.waitFor(L(/cairn: rebooting$/), 120_000);
   tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/cairn.iso 200', '/node.yaml 200'], 'the ISO and the config, fetched once each');
@@ -137,7 +138,7 @@ t.test('UEFI: the interactive installer on the console, after bad targets were r
   tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/missing.yaml 404']);
 
   // the installer's questions
-  vm.sendLine('sudo cairn install');
+  vm.sendLine('sudo cairn install; echo "install-exit=$?"');
   const list = await vm.waitFor(/Install to which disk\? \[1-(\d)\] /, 60_000);
   const listing = vm.output.slice(vm.output.lastIndexOf('cairn installer: the disks you can install to'), list.index);
   tt.match(listing, /^ {2}\d\) \/dev\/vdb {2}4\.0 GiB {2}\(empty\)\r?$/m, 'the blank target, its size');
@@ -151,7 +152,9 @@ t.test('UEFI: the interactive installer on the console, after bad targets were r
   vm.sendLine('inst-Pass-42');
   await vm.waitFor(/cairn will erase \/dev\/vdb {2}4\.0 GiB, and install onto it\.\r?\nContinue\? \[y\/N\] /, 30_000);
   vm.sendLine('y');
-  await vm.waitFor(L(/cairn 0\.1\.0 is installed on \/dev\/vdb\r?$/), 900_000);
+  const exit = await vm.waitFor(/install-exit=(\d+)/, 900_000);
+  tt.equal(exit.groups[0], '0', 'cairn install exited 0');
+  tt.match(vm.output, L(/cairn 0\.1\.0 is installed on \/dev\/vdb\r?$/));
   await vm.waitFor(L(/cairn: rebooting$/), 120_000);
   tt.notOk(vm.output.includes('inst-Pass-42'), 'the password was not echoed or logged');
 

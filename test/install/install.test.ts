@@ -188,7 +188,7 @@ t.test('an install: partitions, file systems, the version, GRUB for UEFI and BIO
   t.same([...(sfdisk.input ?? '').matchAll(/name="(\w+)"/g)].map((m) => m[1]), ['BIOS', 'CAIRN_EFI', 'CAIRN_STATE'], 'GPT: BIOS boot, CAIRN_EFI, CAIRN_STATE');
   t.same(n.calls.find((c) => c.file === 'mkfs.vfat')!.args, ['-F', '32', '-n', 'CAIRN_EFI', '/dev/vdb2']);
   t.match(n.calls.find((c) => c.file === 'mke2fs')!.args.join(' '), /^-q -F -t ext4 -L CAIRN_STATE -U [0-9a-f-]{36} \/dev\/vdb3$/);
-  t.same(n.calls.filter((c) => c.file === 'mount').map((c) => c.args), [['-t', 'ext4', '/dev/vdb3', '/run/cairn/install/state'], ['-t', 'vfat', '/dev/vdb2', '/run/cairn/install/efi']]);
+  t.same(n.calls.filter((c) => c.file === 'mount').map((c) => c.args), [['-t', 'ext4', '/dev/vdb3', '/run/cairn/install/state'], ['-t', 'vfat', '-o', 'iocharset=iso8859-1', '/dev/vdb2', '/run/cairn/install/efi']]);
   t.same(n.calls.filter((c) => c.file === 'umount').map((c) => c.args[0]), ['/run/cairn/install/efi', '/run/cairn/install/state'], 'unmounted, the last mount first');
   const state = join(n.root, 'run/cairn/install/state/cairn');
   const v = join(state, 'system/0.1.0');
@@ -246,4 +246,23 @@ t.test('not booted from a medium: the installer asks for iso_url', async (t) => 
   const err2 = await install({ device: '/dev/vdb' }, bare.env).then(() => undefined, (e: Error) => e);
   t.match(err2?.message, /^this system was not booted from a cairn ISO/);
   t.match((err2 as UserError).hint, /install\.iso_url/);
+});
+
+t.test('a config URL that does not answer: refused after the timeout, nothing written', async (t) => {
+  const { createServer } = await import('node:http');
+  const { httpFetch } = await import('../../src/init/context.js');
+  const held: import('node:http').ServerResponse[] = [];
+  const server = createServer((_req, res) => void held.push(res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const res of held) res.destroy();
+    server.close(() => r());
+  }));
+  const port = (server.address() as import('node:net').AddressInfo).port;
+  const n = fakeNode(t.testdir());
+  const started = Date.now();
+  const err = await install({ device: '/dev/vdb', configUrl: `http://127.0.0.1:${port}/slow.yaml` }, { ...n.env, fetchText: (url) => httpFetch(url, { timeoutMs: 300 }) }).then(() => undefined, (e: Error) => e);
+  t.match(err?.message, /^config_url http:\/\/127\.0\.0\.1:\d+\/slow\.yaml cannot be fetched: .*timeout.*; nothing was written$/i);
+  t.ok(Date.now() - started >= 300, 'it waited for the timeout');
+  t.same(n.calls.map((c) => c.file), [], 'not even lsblk ran: the config is checked first');
 });
