@@ -324,7 +324,9 @@ export class Vm {
 
   /** Waits for any of several markers; resolves with the index of the one that came first. */
   async waitForAny(markers: (string | RegExp)[], timeoutMs = this.defaultTimeout): Promise<WaitResult & { which: number }> {
-    const re = new RegExp(markers.map((m) => (typeof m === 'string' ? m.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') : `(?:${m.source})`)).join('|'));
+    // the markers' own flags (a line marker's m) hold for the union too
+    const flags = [...new Set(markers.flatMap((m) => (typeof m === 'string' ? [] : [...m.flags.replace('g', '')])))].join('');
+    const re = new RegExp(markers.map((m) => (typeof m === 'string' ? m.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') : `(?:${m.source})`)).join('|'), flags);
     const r = await this.waitFor(re, timeoutMs);
     const which = markers.findIndex((m) => (typeof m === 'string' ? r.match.includes(m) : new RegExp(m.source, m.flags.replace('g', '')).test(r.match)));
     return { ...r, which };

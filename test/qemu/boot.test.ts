@@ -82,6 +82,10 @@ t.test('direct PVH kernel: marker, the seed, ssh forward, a shell on the console
   vm.sendLine('echo $((6*7)) > /dev/console; echo "sum=$((40+2))"');
   const sum = await vm.waitFor(/sum=(\d+)/, 10_000);
   t.same(sum.groups, ['42'], 'typed into the console, answered on it');
+  // a line marker (m flag) keeps its meaning among others: ^ and $ at each line, not only at the end of the console
+  vm.sendLine("printf 'any-%s\\nafter\\n' line");
+  const anyLine = await vm.waitForAny([/^no such line$/m, /^any-line\r?$/m], 10_000);
+  t.same([anyLine.which, anyLine.match.trim()], [1, 'any-line'], 'waitForAny with line markers');
 
   const clean = await vm.shutdown(30_000);
   t.ok(clean, 'the guest powered off on the ACPI power button');
