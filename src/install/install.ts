@@ -23,7 +23,7 @@ import { UserError } from '../errors.js';
 import type { Exec } from '../init/exec.js';
 import { urlForLog } from '../init/context.js';
 import { download } from '../upgrade/payload.js';
-import { checkTarget, installDiskPlan, LSBLK_COLUMNS, parseLsblk, partitionPath, type BlockDevice, type Target } from './plan.js';
+import { checkTarget, installDiskPlan, LSBLK_COLUMNS, parseBlkidExport, parseLsblk, partitionPath, withProbe, type BlockDevice, type Target } from './plan.js';
 
 /** Where the installer works on the node: downloads, mount points (the root is read-only). */
 export const INSTALL_WORK = '/run/cairn/install';
@@ -107,6 +107,24 @@ async function readSource(dir: string, what: string): Promise<Source> {
   const bios = arch === 'amd64' ? { bootImg: path.join(inst, 'boot.img'), coreImg: path.join(inst, 'core.img') } : undefined;
   if (bios && (!existsSync(bios.bootImg) || !existsSync(bios.coreImg))) throw new UserError(`${what} has no GRUB for BIOS in ${INSTALL_DIR}/`, 'the medium is damaged: write it again');
   return { dir, version: rec.version, arch, cmdline: typeof rec.inputs?.cmdline === 'string' ? rec.inputs.cmdline : undefined, files, efi, ...(bios ? { bios } : {}), grubCfg };
+}
+
+/**
+ * The block devices with their content: lsblk for the tree, sizes and
+ * mounts, `blkid -p` for each disk's and partition's table, file system
+ * and label (read from the device: no udev database needed).
+ */
+export async function listDevices(exec: Exec): Promise<BlockDevice[]> {
+  const r = await exec('lsblk', ['-J', '-b', '-o', LSBLK_COLUMNS], { timeoutMs: 30_000 });
+  if (r.code !== 0) throw new Error(`lsblk failed: ${(r.stderr || `exit ${r.code}`).trim()}`);
+  const probe = async (d: BlockDevice): Promise<BlockDevice> => {
+    const children = await Promise.all(d.children.map(probe));
+    if (d.type !== 'disk' && d.type !== 'part' && d.type !== 'rom') return { ...d, children };
+    // exit 2: nothing found (a blank disk)
+    const b = await exec('blkid', ['-p', '-o', 'export', d.path], { timeoutMs: 30_000 });
+    return { ...withProbe(d, b.code === 0 ? parseBlkidExport(b.stdout) : {}), children };
+  };
+  return Promise.all(parseLsblk(r.stdout).map(probe));
 }
 
 async function sha256(file: string): Promise<string> {
@@ -196,7 +214,7 @@ export function installSteps(opts: InstallOptions, env: InstallEnv): { name: str
         let versionBytes = 0;
         for (const f of Object.values(s.files)) versionBytes += (await stat(f)).size;
         w.plan = installDiskPlan({ arch: s.arch, versionBytes, efiBytes: (await stat(s.efi)).size }, randomBytes(16).toString('hex'));
-        w.devices = parseLsblk(await run('lsblk', ['-J', '-b', '-o', LSBLK_COLUMNS]));
+        w.devices = await listDevices(env.exec);
         w.target = checkTarget(w.devices, { device: opts.device, force: opts.force, noFormat: opts.noFormat }, w.plan);
         return `${w.target.disk.path} (${(w.target.disk.size / 1024 ** 3).toFixed(1)} GiB${w.target.disk.model ? `, ${w.target.disk.model}` : ''})`;
       },

@@ -8,8 +8,8 @@
  */
 import type { Install } from '../config/types.js';
 import type { NodeContext } from '../init/context.js';
-import { install, type InstallEnv, type InstallOptions } from './install.js';
-import { LSBLK_COLUMNS, flatten, parseLsblk } from './plan.js';
+import { install, listDevices, type InstallEnv, type InstallOptions } from './install.js';
+import { flatten } from './plan.js';
 
 /** InstallOptions from the config's `install:` keys. */
 export function optionsFromConfig(inst: Install & { device: string }): InstallOptions {
@@ -39,8 +39,7 @@ export async function installPhase(ctx: NodeContext): Promise<string> {
     ctx.log.info(`install: install.device is ${inst.device}; install.silent is not set, so nothing is installed until you run: sudo cairn install --device ${inst.device}`);
     return 'waiting for sudo cairn install (install.silent is not set)';
   }
-  const r = await ctx.exec('lsblk', ['-J', '-b', '-o', LSBLK_COLUMNS], { timeoutMs: 30_000 });
-  const disk = r.code === 0 ? parseLsblk(r.stdout).find((d) => d.path === inst.device) : undefined;
+  const disk = (await listDevices(ctx.exec).catch(() => [])).find((d) => d.path === inst.device);
   if (disk && flatten(disk).some((p) => p.label === 'CAIRN_STATE')) {
     return `${inst.device} already holds a cairn system (CAIRN_STATE): not installed again; boot from that disk, or run sudo cairn install --device ${inst.device} --force to install over it`;
   }

@@ -70,6 +70,31 @@ export function parseLsblk(json: string): BlockDevice[] {
   return list.map((d) => one(d as Record<string, unknown>));
 }
 
+/** `blkid -p -o export` output as a map (TYPE, LABEL, PTTYPE, PART_ENTRY_TYPE...). */
+export function parseBlkidExport(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^([A-Z_]+)=(.*)$/.exec(line.trim());
+    if (m) out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+/**
+ * A device with what a probe of its content found. lsblk takes file
+ * systems, labels and partition tables from udev's database, which a node
+ * without udevd does not have: the installer probes each device itself.
+ */
+export function withProbe(d: BlockDevice, p: Record<string, string>): BlockDevice {
+  return {
+    ...d,
+    ...(p.TYPE ? { fstype: p.TYPE } : {}),
+    ...(p.LABEL ? { label: p.LABEL } : {}),
+    ...(p.PTTYPE ? { pttype: p.PTTYPE } : {}),
+    ...(p.PART_ENTRY_TYPE ? { parttype: p.PART_ENTRY_TYPE.toUpperCase() } : {}),
+  };
+}
+
 /** Every device of a tree, the disk first. */
 export function flatten(d: BlockDevice): BlockDevice[] {
   return [d, ...d.children.flatMap(flatten)];
@@ -101,10 +126,11 @@ export function runningSystemOn(d: BlockDevice): string | undefined {
 
 /** What is on a disk, for the "holds data" message: its table and its partitions' labels or file systems. */
 export function contentsOf(d: BlockDevice): string | undefined {
+  const table = d.pttype ? (d.pttype === 'dos' ? 'an MBR partition table' : `a ${d.pttype.toUpperCase()} partition table`) : undefined;
   const parts = d.children.map((c) => `${c.path}${c.label ? ` "${c.label}"` : ''}${c.fstype ? ` (${c.fstype})` : ''}`);
-  if (parts.length) return `${d.pttype ? `a ${d.pttype === 'dos' ? 'MBR' : d.pttype.toUpperCase()} partition table with ` : ''}${parts.join(', ')}`;
-  if (d.pttype) return `a ${d.pttype === 'dos' ? 'MBR' : d.pttype.toUpperCase()} partition table`;
-  if (d.fstype) return `a ${d.fstype} file system${d.label ? ` "${d.label}"` : ''}`;
+  if (parts.length) return `${table ? `${table} with ` : ''}${parts.join(', ')}`;
+  if (table) return table;
+  if (d.fstype) return `a${/^[aeiou]/i.test(d.fstype) ? 'n' : ''} ${d.fstype} file system${d.label ? ` "${d.label}"` : ''}`;
   return undefined;
 }
 

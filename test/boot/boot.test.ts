@@ -27,18 +27,7 @@ async function bootNode(tt: Parameters<typeof bootForTest>[0], artifact: Paramet
   return new Node(vm, key);
 }
 
-t.test("ISO: k3OS' README sample config", async (tt) => {
-  const node = await bootNode(tt, { kind: 'iso', path: image.iso }, sampleConfig(key), 'iso-sample');
-  await bootsThrough(tt, node.vm);
-  await checkSampleApplied(tt, node);
-  // The sample's password is cairn's on the console (no autologin once a password is set).
-  await node.consoleLogin('cairn', 'rancher', 'myhost');
-  tt.equal((await node.consoleRun('id -un')).trim(), 'cairn', "logged in on the console with the sample's password");
-  tt.ok(await node.vm.shutdown(90_000), 'clean poweroff on the ACPI power button');
-  tt.match(node.vm.output, L(/cairn: power button pressed$/));
-  tt.match(node.vm.output, L(/cairn: shutting down \(poweroff\): stopping services$/));
-  tt.match(node.vm.output, L(/cairn: powering off$/), 'the init stopped the services and powered off');
-});
+// k3OS' sample config through the ISO: test/boot/install.test.ts installs with it and checks it on the installed disk.
 
 t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) => {
   const disk = join(tt.testdir(), 'node.qcow2');

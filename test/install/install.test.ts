@@ -145,7 +145,7 @@ function liveMedium(root: string): { boot: Buffer; core: Buffer } {
   return { boot, core };
 }
 
-function fakeNode(root: string, lsblk = lsblkJson()) {
+function fakeNode(root: string, lsblk = lsblkJson(), probes: Record<string, string> = {}) {
   const medium = liveMedium(root);
   const disk = join(root, 'dev/vdb');
   put(disk, Buffer.alloc(2 * 1024 * 1024, 0xee));
@@ -153,6 +153,7 @@ function fakeNode(root: string, lsblk = lsblkJson()) {
   const exec: Exec = async (file, args, o = {}) => {
     calls.push({ file, args, input: o.input });
     if (file === 'lsblk') return { code: 0, stdout: lsblk, stderr: '', timedOut: false };
+    if (file === 'blkid') return probes[args.at(-1)!] === undefined ? { code: 2, stdout: '', stderr: '', timedOut: false } : { code: 0, stdout: probes[args.at(-1)!]!, stderr: '', timedOut: false };
     if (file === 'sfdisk') for (const n of [1, 2, 3]) put(join(root, `dev/vdb${n}`), '');
     return { code: 0, stdout: '', stderr: '', timedOut: false };
   };
@@ -181,7 +182,8 @@ t.test('an install: partitions, file systems, the version, GRUB for UEFI and BIO
   const opts: InstallOptions = { device: '/dev/vdb', configUrl: 'http://10.0.2.2/node.yaml', tty: 'ttyS1' };
   const done = await install(opts, n.env);
   t.same([done.version, done.device], ['0.1.0', '/dev/vdb']);
-  t.same(n.calls.map((c) => c.file), ['lsblk', 'wipefs', 'sfdisk', 'partx', 'mkfs.vfat', 'mke2fs', 'mount', 'modprobe', 'mount', 'sync', 'umount', 'umount'], 'the commands, in order: lsblk first, nothing written before the checks');
+  t.same(n.calls.filter((c) => c.file === 'blkid').map((c) => c.args.at(-1)), ['/dev/sr0', '/dev/vda', '/dev/vdb', '/dev/vdc'], 'each disk and CD probed (not the loop device)');
+  t.same(n.calls.map((c) => c.file).filter((f) => f !== 'blkid'), ['lsblk', 'wipefs', 'sfdisk', 'partx', 'mkfs.vfat', 'mke2fs', 'mount', 'modprobe', 'mount', 'sync', 'umount', 'umount'], 'the commands, in order: lsblk first, nothing written before the checks');
   const sfdisk = n.calls.find((c) => c.file === 'sfdisk')!;
   t.same(sfdisk.args, ['--quiet', '--wipe', 'always', '--wipe-partitions', 'always', '/dev/vdb']);
   t.match(sfdisk.input ?? '', /^label: gpt\n/);
@@ -214,17 +216,20 @@ t.test('an install: partitions, file systems, the version, GRUB for UEFI and BIO
 });
 
 t.test('bad input: refused before anything is written, the disk unchanged', async (t) => {
-  const cases: { what: string; opts: InstallOptions; lsblk?: string; error: RegExp }[] = [
+  const cases: { what: string; opts: InstallOptions; lsblk?: string; probes?: Record<string, string>; error: RegExp }[] = [
     { what: 'config_url 404', opts: { device: '/dev/vdb', configUrl: 'http://10.0.2.2/missing.yaml?token=s3cret' }, error: /^config_url http:\/\/10\.0\.2\.2\/missing\.yaml\?\.\.\. cannot be fetched: http:\/\/10\.0\.2\.2\/missing\.yaml\?\.\.\.: HTTP 404; nothing was written$/ },
     { what: 'an invalid config', opts: { device: '/dev/vdb', configUrl: 'http://10.0.2.2/bad.yaml' }, error: /^the config from http:\/\/10\.0\.2\.2\/bad\.yaml is not valid; nothing was written:\n {2}http:\/\/10\.0\.2\.2\/bad\.yaml:1:11: error: hostname/ },
     { what: 'a config file that is not there', opts: { device: '/dev/vdb', configUrl: '/home/cairn/none.yaml' }, error: /^config_url \/home\/cairn\/none\.yaml cannot be read: ENOENT; nothing was written$/ },
     { what: 'a disk with data', opts: { device: '/dev/vdb' }, lsblk: lsblkJson({ vdb: used }), error: /^\/dev\/vdb is not empty/ },
+    // lsblk without udev's database knows no tables or file systems: blkid's probe tells
+    { what: 'a disk with a table only blkid sees', opts: { device: '/dev/vdb' }, probes: { '/dev/vdb': 'DEVNAME=/dev/vdb\nPTUUID=0b4c\nPTTYPE=dos\n' }, error: /^\/dev\/vdb is not empty: it holds an MBR partition table; nothing was written/ },
+    { what: 'a live USB stick only blkid sees', opts: { device: '/dev/vdb', force: true }, probes: { '/dev/vdb': 'LABEL=CAIRN_LIVE\nTYPE=iso9660\nPTTYPE=dos\n' }, error: /^\/dev\/vdb holds the running system: \/dev\/vdb is the live medium \(CAIRN_LIVE\)/ },
     { what: 'a disk too small', opts: { device: '/dev/vdb' }, lsblk: lsblkJson({ vdbSize: 100 * 1024 * 1024 }), error: /^\/dev\/vdb is too small: 100 MiB/ },
     { what: 'the CD drive', opts: { device: '/dev/sr0', force: true }, error: /^\/dev\/sr0 is a CD\/DVD drive/ },
     { what: 'an ISO file that is not there', opts: { device: '/dev/vdb', isoUrl: '/tmp/none.iso' }, error: /^iso_url \/tmp\/none\.iso: no such file$/ },
   ];
   for (const [i, c] of cases.entries()) {
-    const n = fakeNode(join(t.testdir(), String(i)), c.lsblk);
+    const n = fakeNode(join(t.testdir(), String(i)), c.lsblk, c.probes);
     const before = sha(readFileSync(n.disk));
     const err = await install(c.opts, n.env).then(() => undefined, (e: Error) => e);
     t.ok(err instanceof UserError, `${c.what}: a UserError`);

@@ -9,8 +9,8 @@ import { createInterface } from 'node:readline/promises';
 import { UserError } from '../../errors.js';
 import { execCommand } from '../../init/exec.js';
 import { httpFetch } from '../../init/context.js';
-import { install, type InstallOptions } from '../../install/install.js';
-import { LSBLK_COLUMNS, contentsOf, describeDisk, flatten, parseLsblk } from '../../install/plan.js';
+import { install, listDevices, type InstallOptions } from '../../install/install.js';
+import { contentsOf, describeDisk, flatten, type BlockDevice } from '../../install/plan.js';
 import { promptInstall } from '../../install/prompt.js';
 import { runShutdownCommand, SHUTDOWN_ACK_MS } from './node.js';
 
@@ -29,10 +29,12 @@ interface Flags {
   root: string;
 }
 
-async function devices(): Promise<ReturnType<typeof parseLsblk>> {
-  const r = await execCommand('lsblk', ['-J', '-b', '-o', LSBLK_COLUMNS], { timeoutMs: 30_000 });
-  if (r.code !== 0) throw new UserError(`lsblk failed: ${r.stderr.trim()}`, 'run cairn install on a cairn node, as root (sudo cairn install)');
-  return parseLsblk(r.stdout);
+async function devices(): Promise<BlockDevice[]> {
+  try {
+    return await listDevices(execCommand);
+  } catch (e) {
+    throw new UserError((e as Error).message, 'run cairn install on a cairn node, as root (sudo cairn install)');
+  }
 }
 
 export function registerInstall(program: Command): void {
