@@ -4,7 +4,7 @@
 // complete version, old or new: the boot completes, and every version the
 // boot state names passes its own SHA256SUMS. The node flips between 0.1.0
 // and 0.2.0, so each round is an upgrade.
-//   CAIRN_FAULT_CUTS   number of cuts (default 5; npm run test:faults runs 30)
+//   CAIRN_FAULT_CUTS   number of cuts (default 3; npm run test:faults runs 30)
 //   CAIRN_FAULT_SEED   the random moments' seed (printed, to replay a run)
 import t from 'tap';
 import { copyFileSync, mkdirSync } from 'node:fs';
@@ -13,7 +13,7 @@ import { bootForTest, makeSshKey, type SshKey } from '../../qemu/harness.js';
 import { REPO, buildTestImage, buildUpgradeVersion } from './image.js';
 import { BOOT_TIMEOUT, Node } from './node.js';
 
-const CUTS = Number(process.env.CAIRN_FAULT_CUTS ?? 5);
+const CUTS = Number(process.env.CAIRN_FAULT_CUTS ?? 3);
 const SEED = Number(process.env.CAIRN_FAULT_SEED ?? Date.now() % 100_000);
 
 /** A small deterministic generator (mulberry32), so a seed replays the same moments. */
