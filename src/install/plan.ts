@@ -102,7 +102,8 @@ export function flatten(d: BlockDevice): BlockDevice[] {
 
 export function humanSize(bytes: number): string {
   if (bytes >= 1024 ** 3) return `${(bytes / 1024 ** 3).toFixed(1)} GiB`;
-  return `${Math.round(bytes / MIB)} MiB`;
+  if (bytes >= MIB) return `${Math.round(bytes / MIB)} MiB`;
+  return `${Math.ceil(bytes / 1024)} KiB`;
 }
 
 /** A disk as the installer lists it: `/dev/vdb  8.0 GiB  QEMU HARDDISK`. */

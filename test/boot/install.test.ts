@@ -91,8 +91,9 @@ t.test("BIOS: unattended from the install keys, the ISO from iso_url, k3OS' samp
   tt.match(vm.output, L(/cairn: powering off$/), 'the init stopped the services and powered off');
 });
 
-t.test('UEFI: the interactive installer on the console, after bad targets were refused', async (tt) => {
-  const srv = await files({});
+t.test('UEFI: the interactive installer on the console with a config URL, after bad targets were refused', async (tt) => {
+  const nodeConfig = `hostname: installed-uefi\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
+  const srv = await files({ '/uefi.yaml': nodeConfig });
   tt.teardown(srv.close);
   const dir = tt.testdir();
   const target = blankDisk(join(dir, 'target.qcow2'), '4G');
@@ -102,10 +103,11 @@ t.test('UEFI: the interactive installer on the console, after bad targets were r
   writeFileSync(used, '');
   execFileSync('truncate', ['-s', '2G', used]);
   execFileSync('sfdisk', ['--quiet', used], { input: 'label: gpt\n,100M,L\n' });
-  // no key and no password in the seed: the live console logs in by itself
+  // no key and no password in the seed: the live console logs in by itself (the seed stays attached: no hostname in it)
   const vm = await bootForTest(tt, {
     artifact: { kind: 'iso', path: image.iso },
-    configText: 'hostname: live-node\n',
+    configText: 'k3os:\n  labels: {cairn.io/test: install}\n',
+    sshPort: 'auto',
     firmware: 'uefi',
     extraDisks: [{ path: target, writable: true, bootFirst: true }, small, used],
     memMb: 2048,
@@ -113,11 +115,11 @@ t.test('UEFI: the interactive installer on the console, after bad targets were r
     name: 'install-uefi',
     timeoutMs: BOOT_TIMEOUT,
   });
-  const node = new Node(vm);
+  const node = new Node(vm, key);
   await bootsThrough(tt, vm);
   tt.match(vm.output, L(/cairn: install ok \(\d+ ms\): no install\.device$/));
   vm.sendLine('');
-  await vm.waitFor(/@live-node:[^\n]*\$ $/m, 60_000);
+  await vm.waitFor(/@cairn-[0-9a-f]+:[^\n]*\$ $/m, 60_000);
   const heads = 'for d in vdb vdc vdd; do sudo head -c 1048576 /dev/$d | sha256sum | cut -c1-16; done | tr "\\n" " "; echo';
   const before = await node.consoleRun(heads);
   const refused: [string, RegExp][] = [
@@ -143,23 +145,25 @@ t.test('UEFI: the interactive installer on the console, after bad targets were r
   const choice = /^ {2}(\d)\) \/dev\/vdb /m.exec(listing)?.[1];
   vm.sendLine(choice ?? '1');
   await vm.waitFor('Config file or http(s) URL to install with (Enter for none): ', 30_000);
-  vm.sendLine('');
-  await vm.waitFor('Password for the cairn user (not shown; Enter for none): ', 30_000);
-  vm.sendLine('inst-Pass-42');
+  vm.sendLine(`${srv.url}/uefi.yaml`);
   await vm.waitFor(/cairn will erase \/dev\/vdb {2}4\.0 GiB, and install onto it\.\r?\nContinue\? \[y\/N\] /, 30_000);
+  tt.notMatch(vm.output.slice(vm.output.lastIndexOf('cairn installer:')), /Password for/, 'no password asked when a config is given');
   vm.sendLine('y');
   const exit = await vm.waitFor(/install-exit=(\d+)/, 900_000);
   tt.equal(exit.groups[0], '0', 'cairn install exited 0');
   tt.match(vm.output, L(/cairn 0\.1\.0 is installed on \/dev\/vdb\r?$/));
   await vm.waitFor(L(/cairn: rebooting$/), 120_000);
-  tt.notOk(vm.output.includes('inst-Pass-42'), 'the password was not echoed or logged');
+  tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/missing.yaml 404', '/uefi.yaml 200'], 'the config fetched once');
 
-  // the disk's first boot, through OVMF, with the password given to the installer
+  // the disk's first boot, through OVMF, with the config from the URL
   await vm.waitFor(L(/cairn: mounts ok \(\d+ ms\): state boot of 0\.1\.0.*$/), BOOT_TIMEOUT);
   await bootComplete(tt, vm);
-  await node.consoleLogin('cairn', 'inst-Pass-42', 'live-node');
-  tt.equal((await node.consoleRun('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');
-  tt.equal((await node.consoleRun('findmnt -n -o SOURCE /run/cairn/state')).trim(), '/dev/vdb3', 'from the state partition on the target');
-  tt.match(await node.consoleRun('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
-  tt.equal((await node.consoleRun('sudo stat -c "%a %U" /cairn/system/config.yaml')).trim(), '600 root', 'the answers were stored 0600');
+  await node.waitSsh();
+  tt.pass("ssh with the key from the installer's config URL");
+  tt.equal((await node.sh('hostname')).trim(), 'installed-uefi', "the config's hostname");
+  tt.equal((await node.sh('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');
+  tt.equal((await node.sh('findmnt -n -o SOURCE /run/cairn/state')).trim(), '/dev/vdb3', 'from the state partition on the target');
+  tt.match(await node.sh('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
+  tt.equal((await node.sh('sudo stat -c "%a %U" /cairn/system/config.yaml')).trim(), '600 root', 'the config was stored 0600');
+  tt.match(await node.sh('sudo cat /var/log/cairn/k3s.log'), /--node-label cairn\.io\/test=install/, "the seed's label still applies beside it");
 });

@@ -25,7 +25,7 @@ function lsblkJson(opts: { vdb?: object; vdbSize?: number; vdcSize?: number } = 
   return JSON.stringify({
     blockdevices: [
       { ...dev('sr0', 300 * 1024 * 1024, { type: 'rom', ro: true, rm: true, model: 'QEMU DVD-ROM', fstype: 'iso9660', label: 'CAIRN_LIVE', mountpoints: ['/run/cairn/live'] }) },
-      dev('vda', 1024 * 1024, { fstype: 'iso9660', label: 'cidata' }),
+      dev('vda', 366 * 1024, { fstype: 'iso9660', label: 'cidata' }),
       { ...dev('vdb', opts.vdbSize ?? 8 * GIB), ...(opts.vdb ?? {}) },
       dev('vdc', opts.vdcSize ?? 256 * 1024 * 1024),
       dev('loop0', 200 * 1024 * 1024, { type: 'loop', mountpoints: ['/usr'] }),
@@ -56,7 +56,7 @@ function refusal(fn: () => unknown): string {
 
 t.test('lsblk: parsed as util-linux prints it, old string flags too', async (t) => {
   const devs = parseLsblk(lsblkJson({ vdb: used }));
-  t.same(devs.map((d) => [d.path, d.type, d.size]), [['/dev/sr0', 'rom', 300 * 1024 * 1024], ['/dev/vda', 'disk', 1048576], ['/dev/vdb', 'disk', 8 * GIB], ['/dev/vdc', 'disk', 256 * 1024 * 1024], ['/dev/loop0', 'loop', 200 * 1024 * 1024]]);
+  t.same(devs.map((d) => [d.path, d.type, d.size]), [['/dev/sr0', 'rom', 300 * 1024 * 1024], ['/dev/vda', 'disk', 366 * 1024], ['/dev/vdb', 'disk', 8 * GIB], ['/dev/vdc', 'disk', 256 * 1024 * 1024], ['/dev/loop0', 'loop', 200 * 1024 * 1024]]);
   t.same(devs[0]!.mountpoints, ['/run/cairn/live']);
   t.same(devs[2]!.mountpoints, [], 'a null mount point is none');
   t.equal(devs[2]!.children[1]!.parttype, GPT_TYPES.linux, 'partition types compare in upper case');
@@ -71,7 +71,7 @@ t.test('lsblk: parsed as util-linux prints it, old string flags too', async (t) 
 
 t.test('target checks: each bad target refused with what to do', async (t) => {
   const devs = parseLsblk(lsblkJson({ vdb: used }));
-  t.match(refusal(() => checkTarget(devs, { device: '/dev/sdz' }, plan)), /^there is no disk \/dev\/sdz \(the disks here: \/dev\/vda {2}1 MiB; \/dev\/vdb {2}8\.0 GiB; \/dev\/vdc {2}256 MiB\) \| give one of the disks above/);
+  t.match(refusal(() => checkTarget(devs, { device: '/dev/sdz' }, plan)), /^there is no disk \/dev\/sdz \(the disks here: \/dev\/vda {2}366 KiB; \/dev\/vdb {2}8\.0 GiB; \/dev\/vdc {2}256 MiB\) \| give one of the disks above/);
   t.match(refusal(() => checkTarget(devs, { device: '/dev/sr0' }, plan)), /^\/dev\/sr0 is a CD\/DVD drive/);
   t.match(refusal(() => checkTarget(devs, { device: '/dev/vdb2', force: true }, plan)), /^\/dev\/vdb2 is a partition, not a whole disk \| install to the disk itself, \/dev\/vdb:/);
   t.match(refusal(() => checkTarget(devs, { device: '/dev/loop0' }, plan)), /^\/dev\/loop0 is a loop, not a disk/);
