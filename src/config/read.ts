@@ -118,6 +118,19 @@ function measure(value: unknown, raw: RawPath, depth: number, ctx: Context): voi
   else if (isObject(value)) for (const [k, v] of Object.entries(value)) measure(v, [...raw, k], depth + 1, ctx);
 }
 
+/** A shell word as sh reads it: quoted unless it is plain. */
+function shellWord(w: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`;
+}
+
+/** One list item in cloud-init's shapes made cairn's: a command as a word list, a user as its name. */
+function cloudInitItem(item: unknown, schema: SchemaNode): unknown {
+  if (schema['x-argv-items'] && Array.isArray(item) && item.every((w) => typeof w === 'string')) return item.map(shellWord).join(' ');
+  const nameKey = schema['x-name-items'];
+  if (nameKey && typeof item === 'string') return { [nameKey]: item };
+  return item;
+}
+
 /** Walks a value against its schema, renaming keys to their canonical spelling and coercing lenient values. */
 function walk(value: unknown, schemaIn: SchemaNode | undefined, pointer: string, raw: RawPath, depth: number, ctx: Context): Walked {
   enter(raw, depth, ctx);
@@ -126,16 +139,20 @@ function walk(value: unknown, schemaIn: SchemaNode | undefined, pointer: string,
   const schema = schemaIn ? resolveSchema(schemaIn) : undefined;
   switch (schema?.type) {
     case 'array': {
+      if (typeof value === 'string' && schema['x-false-empty'] && FALSE.test(value)) return [];
+      if (typeof value === 'string' && schema['x-split'] !== undefined) {
+        value = value.split(schema['x-split']).map((p) => p.trim()).filter((p) => p !== '');
+      }
       if (Array.isArray(value)) {
         const out: unknown[] = [];
         value.forEach((item, i) => {
-          const v = walk(item, schema.items, `${pointer}/${out.length}`, [...raw, i], depth + 1, ctx);
+          const v = walk(cloudInitItem(item, schema), schema.items, `${pointer}/${out.length}`, [...raw, i], depth + 1, ctx);
           if (v !== UNSET) out.push(v);
         });
         return out;
       }
       // A single value where a list is expected is a one-item list.
-      const v = walk(value, schema.items, `${pointer}/0`, raw, depth + 1, ctx);
+      const v = walk(cloudInitItem(value, schema), schema.items, `${pointer}/0`, raw, depth + 1, ctx);
       return v === UNSET ? UNSET : [v];
     }
     case 'object':
@@ -176,6 +193,11 @@ function walkMap(value: JsonObject, schema: SchemaNode, pointer: string, raw: Ra
         key = canonical;
         valueSchema = props[canonical];
       } else if (!extra) {
+        const notApplied = Object.entries(schema['x-not-applied'] ?? {}).find(([k]) => looseKey(k) === looseKey(written));
+        if (notApplied) {
+          report(ctx, 'warning', at, 'key', path ? `${path}.${written}` : written, `not applied: ${notApplied[1]}`);
+          continue;
+        }
         const hint = suggestKey(written, Object.keys(props));
         const where = path ? ` in ${path}` : '';
         report(ctx, 'warning', at, 'key', path ? `${path}.${written}` : written, `unknown key "${written}"${where}, ignored${hint ? `; did you mean "${hint}"?` : ''}`);

@@ -31,6 +31,17 @@ export interface SchemaNode {
   /** One line of text: no newlines or other control characters (`$defs/line`). */
   'x-single-line'?: boolean;
   propertyNames?: SchemaNode;
+  /** cloud-init's shapes, read as cloud-init reads them (src/config/read.ts): */
+  /** a string is split at this separator into the list (`groups: "a, b"`, `chpasswd.list`'s lines). */
+  'x-split'?: string;
+  /** `false` (or `no`) is the empty list (`sudo: false`). */
+  'x-false-empty'?: boolean;
+  /** an item that is a list of words is one shell command (`runcmd: [[sh, -c, "..."]]`). */
+  'x-argv-items'?: boolean;
+  /** an item that is a string is a map with this key (`users: [default, ops]`). */
+  'x-name-items'?: string;
+  /** keys that cannot apply on cairn, with why and what to do instead (warned about, not "unknown"). */
+  'x-not-applied'?: Record<string, string>;
 }
 
 export const configSchema = schemaJson as unknown as SchemaNode & { $defs: Record<string, SchemaNode> };
@@ -107,6 +118,12 @@ export function makeAjv(code?: CodeOptions): Ajv2020 {
   const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true, ...(code ? { code } : {}) });
   ajv.addKeyword({ keyword: 'x-expected', schemaType: 'string' });
   ajv.addKeyword({ keyword: 'x-secret', schemaType: 'boolean' });
+  // cloud-init's shapes: read by the normaliser, no meaning to validation
+  ajv.addKeyword({ keyword: 'x-split', schemaType: 'string' });
+  ajv.addKeyword({ keyword: 'x-false-empty', schemaType: 'boolean' });
+  ajv.addKeyword({ keyword: 'x-argv-items', schemaType: 'boolean' });
+  ajv.addKeyword({ keyword: 'x-name-items', schemaType: 'string' });
+  ajv.addKeyword({ keyword: 'x-not-applied', schemaType: 'object' });
   ajv.addKeyword({ keyword: 'x-single-line', schemaType: 'boolean' });
   for (const [name, format] of Object.entries(CONFIG_FORMATS)) ajv.addFormat(name, format);
   return ajv;

@@ -10,6 +10,40 @@ export interface WriteFile {
   encoding?: Encoding;
   owner?: string;
   permissions?: string;
+  append?: boolean;
+  defer?: boolean;
+}
+
+/** cloud-init's `users` entry (name `default`: cairn's own user). */
+export interface CloudUser {
+  name: string;
+  gecos?: string;
+  groups?: string[];
+  primary_group?: string;
+  sudo?: string[];
+  shell?: string;
+  homedir?: string;
+  uid?: number;
+  system?: boolean;
+  no_create_home?: boolean;
+  ssh_authorized_keys?: string[];
+  hashed_passwd?: string;
+  passwd?: string;
+  plain_text_passwd?: string;
+  lock_passwd?: boolean;
+}
+
+export interface Chpasswd {
+  expire?: boolean;
+  users?: { name: string; password: string; type?: 'text' | 'hash' }[];
+  list?: string[];
+}
+
+export interface CloudNtp {
+  enabled?: boolean;
+  servers?: string[];
+  pools?: string[];
+  ntp_client?: string;
 }
 
 export interface Wifi {
@@ -71,6 +105,13 @@ export interface CairnConfig {
   init_cmd?: string[];
   boot_cmd?: string[];
   run_cmd?: string[];
+  users?: CloudUser[];
+  chpasswd?: Chpasswd;
+  ssh_pwauth?: boolean;
+  timezone?: string;
+  ntp?: CloudNtp;
+  manage_etc_hosts?: 'true' | 'false' | 'template' | 'localhost';
+  growpart?: { mode?: 'auto' | 'growpart' | 'off' | 'false'; devices?: string[]; ignore_growroot_disabled?: boolean };
   cairn?: SystemConfig;
 }
 

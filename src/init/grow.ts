@@ -56,6 +56,8 @@ export function growPlan(root: string, device: string): GrowPlan | undefined {
 export async function growState(ctx: NodeContext, readOnly: boolean): Promise<string | undefined> {
   const dev = ctx.boot.stateDevice;
   if (ctx.boot.mode !== 'state' || !dev || readOnly) return undefined;
+  const mode = ctx.config.growpart?.mode;
+  if (mode === 'off' || mode === 'false') return `not grown: growpart's mode is ${mode}`;
   const plan = growPlan(at(ctx, '/'), dev);
   if (!plan) return undefined;
   const disk = `/dev/${plan.disk}`;

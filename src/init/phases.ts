@@ -14,6 +14,7 @@ import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImag
 import { applyNetwork } from './apply/network.js';
 import { fetchDataSources, isLocalSource, pruneUserdata } from './apply/datasources.js';
 import { applyPassword, applyUsers, ensureUser, USER } from './apply/users.js';
+import { applyChpasswd, applyCloudUsers, applySshPwauth, applyTimezone } from './apply/cloudinit.js';
 import { keepNodeEtc } from './apply/persist.js';
 import { syncTime, tlsFetches, waitForClock } from './apply/time.js';
 import { runCommands } from './apply/commands.js';
@@ -77,7 +78,9 @@ export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
     const p = applyWriteFiles(ctx.root, ctx.config.write_files ?? []);
     if (p.length) throw new Error(p.join('; '));
   });
+  await attempt('ssh_pwauth', () => applySshPwauth(ctx));
   await attempt('hostname', () => applyHostname(ctx));
+  await attempt('timezone', () => applyTimezone(ctx));
   await attempt('environment', () => applyEnvironment(ctx));
   await attempt('image modules', () => applyImageModules(ctx));
   await attempt('modules', () => applyModules(ctx));
@@ -111,11 +114,32 @@ export async function dataSources(ctx: NodeContext): Promise<string> {
  */
 export async function usersPhase(ctx: NodeContext): Promise<string> {
   if (tlsFetches(ctx.config).length) await waitForClock(ctx);
+  const done: string[] = [];
+  const problems: string[] = [];
+  const attempt = async (what: string, fn: () => Promise<string | undefined> | string | undefined) => {
+    try {
+      const r = await fn();
+      if (r) done.push(r);
+    } catch (e) {
+      problems.push(`${what}: ${(e as Error).message}`);
+    }
+  };
   try {
-    return await applyUsers(ctx);
+    await attempt(USER, () => applyUsers(ctx));
+    // cloud-init's users and passwords, then the files deferred until they exist
+    await attempt('users', () => applyCloudUsers(ctx));
+    await attempt('chpasswd', () => applyChpasswd(ctx));
+    await attempt('write_files (defer)', () => {
+      const deferred = (ctx.config.write_files ?? []).filter((f) => f.defer);
+      const p = applyWriteFiles(ctx.root, deferred, { deferred: true });
+      if (p.length) throw new Error(p.join('; '));
+      return deferred.length ? `${deferred.length} deferred file${deferred.length === 1 ? '' : 's'}` : undefined;
+    });
   } finally {
     updateConsoleLogin(ctx, { keysApplied: true });
   }
+  if (problems.length) throw new Error([...problems, ...done].join('; '));
+  return done.join('; ');
 }
 
 /** The unified cgroup hierarchy at /sys/fs/cgroup, which k3s (and any container runtime) needs. */
@@ -186,9 +210,9 @@ export const boot: Phase<NodeContext>[] = [
     return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}${line ? `; ${line}` : ''}`;
   }),
   phase('etc', 15_000, keepNodeEtc),
-  // its own phase with a long limit: resize2fs on a large, slow SD card takes minutes
-  phase('grow', 600_000, (ctx) => growState(ctx, ctx.boot.stateReadOnly === true)),
   phase('config', 60_000, configPhase),
+  // its own phase with a long limit: resize2fs on a large, slow SD card takes minutes (after the config: growpart may say no)
+  phase('grow', 600_000, (ctx) => growState(ctx, ctx.boot.stateReadOnly === true)),
   phase('initrd-keys', 30_000, applyEarlyKeys),
   phase('console', 5_000, async (ctx) => {
     const started = startGettys(ctx);

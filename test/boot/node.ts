@@ -36,7 +36,7 @@ export async function bootComplete(tt: Check, vm: Vm, timeoutMs = BOOT_TIMEOUT, 
   tt.equal(r.match.slice(r.match.indexOf('cairn: ')), want, 'the boot completed as expected');
 }
 
-export const PHASES = ['mounts', 'etc', 'grow', 'config', 'initrd-keys', 'console', 'init-cmd', 'network', 'time', 'data-sources', 'install', 'users', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
+export const PHASES = ['mounts', 'etc', 'config', 'grow', 'initrd-keys', 'console', 'init-cmd', 'network', 'time', 'data-sources', 'install', 'users', 'boot-cmd', 'services', 'runtime', 'run-cmd', 'mark-good'];
 
 /** Every phase printed its line, in order, and the boot completed. */
 export async function bootsThrough(tt: Check, vm: Vm, failing: string[] = [], opts: { from?: 'start' } = {}): Promise<void> {

@@ -75,14 +75,33 @@ export function writeFileAtomic(path: string, data: string | Buffer, opts: { mod
   }
 }
 
-/** Applies write_files; returns the problems (one per file that could not be written). */
-export function applyWriteFiles(root: string, files: WriteFile[]): string[] {
+/**
+ * Applies write_files; returns the problems (one per file that could not be
+ * written). The files with cloud-init's `defer` are left for a second call
+ * with `deferred` (after users are made). `append` adds the content to the
+ * end of the file, once: a file that already ends with it is left as it is
+ * (the config applies at every boot, cloud-init's once per instance).
+ */
+export function applyWriteFiles(root: string, files: WriteFile[], opts: { deferred?: boolean } = {}): string[] {
   const problems: string[] = [];
   for (const f of files) {
+    if (Boolean(f.defer) !== Boolean(opts.deferred)) continue;
     try {
-      const data = decodeContent(f.content ?? '', f.encoding);
+      let data = decodeContent(f.content ?? '', f.encoding);
       const { uid, gid } = resolveOwner(root, f.owner);
       const mode = parseInt(f.permissions ?? '0644', 8);
+      if (f.append) {
+        let existing: Buffer | undefined;
+        try {
+          existing = readFileSync(join(root, f.path));
+        } catch {
+          existing = undefined;
+        }
+        if (existing) {
+          if (existing.subarray(existing.length - data.length).equals(data) && data.length > 0) continue;
+          data = Buffer.concat([existing, data]);
+        }
+      }
       writeFileAtomic(join(root, f.path), data, { mode, uid, gid });
     } catch (e) {
       problems.push(`${f.path}: ${(e as Error).message}`);

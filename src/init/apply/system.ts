@@ -23,12 +23,29 @@ export function chooseHostname(configured: string | undefined, remembered: strin
   return configured ?? remembered ?? `cairn-${random()}`;
 }
 
+/**
+ * /etc/hosts for cloud-init's manage_etc_hosts: unset, `true` or `template`:
+ * written whole (localhost and the hostname on 127.0.1.1); `localhost`: the
+ * 127.0.1.1 line of the file as it is, set to the hostname; `false`: left
+ * alone (undefined).
+ */
+export function renderHosts(mode: 'true' | 'false' | 'template' | 'localhost' | undefined, name: string, existing: string | undefined): string | undefined {
+  if (mode === 'false') return undefined;
+  if (mode === 'localhost' && existing !== undefined) {
+    const lines = existing.split('\n').filter((l) => !/^127\.0\.1\.1\s/.test(l));
+    const i = lines.findIndex((l) => /^127\.0\.0\.1\s/.test(l));
+    lines.splice(i + 1, 0, `127.0.1.1\t${name}`);
+    return `${lines.join('\n').replace(/\n*$/, '')}\n`;
+  }
+  return `127.0.0.1\tlocalhost\n127.0.1.1\t${name}\n::1\tlocalhost ip6-localhost ip6-loopback\n`;
+}
+
 export async function applyHostname(ctx: NodeContext): Promise<string> {
   const name = chooseHostname(ctx.config.hostname, readTrimmed(at(ctx, HOSTNAME_STATE)));
   writeFileAtomic(at(ctx, HOSTNAME_STATE), `${name}\n`);
   writeFileAtomic(at(ctx, '/etc/hostname'), `${name}\n`);
-  const hosts = `127.0.0.1\tlocalhost\n127.0.1.1\t${name}\n::1\tlocalhost ip6-localhost ip6-loopback\n`;
-  writeFileAtomic(at(ctx, '/etc/hosts'), hosts);
+  const hosts = renderHosts(ctx.config.manage_etc_hosts, name, readTrimmed(at(ctx, '/etc/hosts')));
+  if (hosts !== undefined) writeFileAtomic(at(ctx, '/etc/hosts'), hosts);
   try {
     writeFileSync(at(ctx, '/proc/sys/kernel/hostname'), name);
   } catch (e) {
@@ -106,10 +123,12 @@ export async function applyDns(ctx: NodeContext): Promise<string | void> {
   }
 }
 
-export function renderChronyConf(servers: string[]): string {
-  const sources = servers.length ? servers.map((s) => `server ${s} iburst`) : ['pool 2.debian.pool.ntp.org iburst'];
+/** chrony's config: `servers` (cairn.ntp_servers, then cloud-init's ntp.servers) and cloud-init's ntp.pools; Debian's pool without either. */
+export function renderChronyConf(servers: string[], pools: string[] = []): string {
+  const sources = [...new Set(servers)].map((s) => `server ${s} iburst`).concat([...new Set(pools)].map((p) => `pool ${p} iburst`));
+  if (!sources.length) sources.push('pool 2.debian.pool.ntp.org iburst');
   return [
-    '# written by cairn from ntp_servers',
+    '# written by cairn from ntp_servers (and ntp)',
     ...sources,
     'driftfile /var/lib/chrony/chrony.drift',
     // Edge boards often have no RTC: step the clock on the first updates, whatever the offset.
@@ -120,7 +139,8 @@ export function renderChronyConf(servers: string[]): string {
 }
 
 export async function applyNtp(ctx: NodeContext): Promise<void> {
-  writeFileAtomic(at(ctx, '/etc/chrony/chrony.conf'), renderChronyConf(ctx.config.cairn?.ntp_servers ?? []));
+  const ntp = ctx.config.ntp?.enabled === false ? {} : (ctx.config.ntp ?? {});
+  writeFileAtomic(at(ctx, '/etc/chrony/chrony.conf'), renderChronyConf([...(ctx.config.cairn?.ntp_servers ?? []), ...(ntp.servers ?? [])], ntp.pools ?? []));
 }
 
 /** `*.conf` files of a folder, in name order, without comments and blank lines. */

@@ -175,14 +175,25 @@ export async function applyPassword(ctx: NodeContext): Promise<string | undefine
   return r.code === 0 ? undefined : `cannot set the password of ${USER}: ${(r.stderr || `exit ${r.code}`).trim().split('\n')[0]}`;
 }
 
+/** cloud-init's `default` user (and a user named cairn) is cairn's own. */
+export function isDefaultUser(name: string): boolean {
+  return name === 'default' || name === USER;
+}
+
+/** cairn's keys: the top-level ssh_authorized_keys and those of cloud-init's `users: [default]`. */
+export function cairnKeyEntries(config: NodeContext['config']): string[] {
+  return [...(config.ssh_authorized_keys ?? []), ...(config.users ?? []).filter((u) => isDefaultUser(u.name)).flatMap((u) => u.ssh_authorized_keys ?? [])];
+}
+
 /** Whether the config asks for a way in (a password or SSH keys), whether or not it is installed yet. */
 export function loginConfigured(config: NodeContext['config']): boolean {
-  return Boolean(config.cairn?.password) || (config.ssh_authorized_keys ?? []).length > 0;
+  const chpasswd = [...(config.chpasswd?.users ?? []).map((u) => u.name), ...(config.chpasswd?.list ?? []).map((l) => l.split(':')[0]!)];
+  return Boolean(config.cairn?.password) || cairnKeyEntries(config).length > 0 || chpasswd.some(isDefaultUser);
 }
 
 export async function applyUsers(ctx: NodeContext): Promise<string> {
   ensureUser(ctx.root);
-  const { keys, notes } = await resolveKeys(ctx, ctx.config.ssh_authorized_keys ?? []);
+  const { keys, notes } = await resolveKeys(ctx, cairnKeyEntries(ctx.config));
   const sshDir = at(ctx, `${HOME}/.ssh`);
   mkdirSync(sshDir, { recursive: true, mode: 0o700 });
   writeFileAtomic(join(sshDir, 'authorized_keys'), keys.length ? `${keys.join('\n')}\n` : '', { mode: 0o600, uid: UID, gid: UID });
