@@ -11,6 +11,7 @@ HOST_PACKAGES=(
   xorriso grub-common grub-pc-bin grub-efi-amd64-bin mtools dosfstools e2fsprogs fdisk  # iso and disk images
   qemu-utils skopeo                             # qcow2, OCI checks
   openssh-client sqlite3 wpasupplicant          # tests: ssh into booted nodes, datastore checks, Wi-Fi config parsing
+  cloud-image-utils                             # tests: cloud-init's own seeds (cloud-localds)
   qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-efi-arm ovmf ipxe-qemu  # boots (qemu-efi-arm: AAVMF32 for armv7 UEFI)
   qemu-user-static binfmt-support busybox-static # foreign arches, first stage
 )
