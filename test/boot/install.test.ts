@@ -13,7 +13,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { bootForTest, makeSshKey, type SshKey } from '../../qemu/harness.js';
-import { buildTestImage, type TestImage } from './image.js';
+import { REPO, buildTestImage, type TestImage } from './image.js';
 import { BOOT_TIMEOUT, L, Node, bootComplete, bootsThrough } from './node.js';
 import { checkSampleApplied, sampleConfig } from './sample.js';
 
@@ -91,7 +91,7 @@ t.test("BIOS: unattended from the install keys, the ISO from iso_url, k3OS' samp
   tt.match(vm.output, L(/cairn: powering off$/), 'the init stopped the services and powered off');
 });
 
-t.test('UEFI: the interactive installer on the console with a config URL, after bad targets were refused', async (tt) => {
+t.test("UEFI: the interactive installer on the console with a config URL, after bad targets were refused; cloud-init's modules from a cloud-localds seed", async (tt) => {
   const nodeConfig = `hostname: installed-uefi\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
   const srv = await files({ '/uefi.yaml': nodeConfig });
   tt.teardown(srv.close);
@@ -103,10 +103,13 @@ t.test('UEFI: the interactive installer on the console with a config URL, after 
   writeFileSync(used, '');
   execFileSync('truncate', ['-s', '2G', used]);
   execFileSync('sfdisk', ['--quiet', used], { input: 'label: gpt\n,100M,L\n' });
-  // no key and no password in the seed: the live console logs in by itself (the seed stays attached: no hostname in it)
+  // cloud-init's own seed of a typical user-data (no key and no password for cairn: the live console logs in by itself);
+  // it stays attached, so the installed node reads it too, over the installed config
+  const seed = join(dir, 'seed.iso');
+  execFileSync('cloud-localds', [seed, join(REPO, 'test/fixtures/cloud-init/user-data')]);
   const vm = await bootForTest(tt, {
     artifact: { kind: 'iso', path: image.iso },
-    configText: 'k3os:\n  labels: {cairn.io/test: install}\n',
+    seed,
     sshPort: 'auto',
     firmware: 'uefi',
     extraDisks: [{ path: target, writable: true, bootFirst: true }, small, used],
@@ -160,10 +163,29 @@ t.test('UEFI: the interactive installer on the console with a config URL, after 
   await bootComplete(tt, vm);
   await node.waitSsh();
   tt.pass("ssh with the key from the installer's config URL");
-  tt.equal((await node.sh('hostname')).trim(), 'installed-uefi', "the config's hostname");
+  tt.equal((await node.sh('hostname')).trim(), 'edge-ci', "the seed's hostname over the installed config's");
   tt.equal((await node.sh('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');
   tt.equal((await node.sh('findmnt -n -o SOURCE /run/cairn/state')).trim(), '/dev/vdb3', 'from the state partition on the target');
   tt.match(await node.sh('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
   tt.equal((await node.sh('sudo stat -c "%a %U" /cairn/system/config.yaml')).trim(), '600 root', 'the config was stored 0600');
-  tt.match(await node.sh('sudo cat /var/log/cairn/k3s.log'), /--node-label cairn\.io\/test=install/, "the seed's label still applies beside it");
+  tt.equal((await node.sh('sudo sha256sum /cairn/system/config.yaml | cut -c1-64')).trim(), createHash('sha256').update(nodeConfig).digest('hex'), "the config URL's config, byte for byte");
+
+  // cloud-init's modules, from the cloud-localds seed
+  tt.equal((await node.sh('getent passwd ops | cut -d: -f5-7')).trim(), 'Site Operations:/home/ops:/bin/sh', 'users: ops with its gecos, home and shell');
+  tt.same((await node.sh('id -nG ops')).trim().split(' ').sort(), ['adm', 'ops', 'ops-extra', 'systemd-journal'], "users: ops' groups (ops-extra made)");
+  tt.match(await node.sh('sudo -l -U ops'), /\(ALL\) NOPASSWD: ALL/, "users: ops' sudo rule");
+  tt.equal((await node.sh('sudo stat -c "%U %a" /home/ops/.ssh/authorized_keys')).trim(), 'ops 600');
+  tt.match(await node.sh('sudo cat /home/ops/.ssh/authorized_keys'), / ops@hq$/m, "users: ops' key");
+  tt.match(await node.sh('sudo grep ^ops: /etc/shadow'), /^ops:\$6\$cairnsalt\$/, 'users: the hashed password, unlocked (lock_passwd: false)');
+  tt.match(await node.sh('sudo grep ^backup: /etc/shadow'), /^backup:\$[^!*]/, "chpasswd: backup's password set (hashed), unlocked");
+  tt.equal((await node.sh('test -e /home/backup && echo home || echo none')).trim(), 'none', 'no_create_home');
+  tt.equal((await node.sh('readlink /etc/localtime; date +%Z')).trim(), '/usr/share/zoneinfo/Europe/Berlin\nCET', 'timezone');
+  tt.same((await node.sh('grep -E "^(server|pool) " /etc/chrony/chrony.conf')).trim().split('\n'), ['server 0.debian.pool.ntp.org iburst', 'server 1.debian.pool.ntp.org iburst', 'server ntp1.example.net iburst', 'pool 0.europe.pool.ntp.org iburst', 'pool 1.europe.pool.ntp.org iburst'], "ntp: the image's servers, then ntp's servers and pools");
+  tt.match(await node.sh('cat /etc/hosts'), /^127\.0\.1\.1\tedge-ci$/m, 'manage_etc_hosts: localhost');
+  tt.match(await node.sh('sudo sshd -T | grep -i "^passwordauthentication"'), /^passwordauthentication yes$/m, 'ssh_pwauth: true');
+  tt.equal((await node.sh('cat /run/cloud-init-bootcmd /run/cloud-init-runcmd; test -e /run/cloud-init-runcmd-2 && echo ran-2')).trim(), 'bootcmd ran\nruncmd ran\nran-2', 'bootcmd and runcmd (a word list and a string)');
+  tt.equal((await node.sh('grep -c "managed by cloud-init user-data" /etc/motd')).trim(), '1', 'write_files append: once');
+  tt.equal((await node.sh('sudo stat -c "%U %a" /home/ops/notes.txt')).trim(), 'ops 600', 'write_files defer: owned by the user made before it');
+  tt.match(vm.output, L(/cairn: grow ok \(\d+ ms\): not grown: growpart's mode is off$/), 'growpart off: CAIRN_STATE kept its size');
+  tt.match(vm.output, /packages: not applied: cairn's root is an image, read-only, without a package manager/, 'packages: warned about, with what to do');
 });
