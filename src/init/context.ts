@@ -52,6 +52,8 @@ export interface NodeContext {
   reboot?: () => void;
   /** Powers the node off the way `cairn poweroff` does (set by the init). */
   poweroff?: () => void;
+  /** false: a source that does not answer at boot is not asked again in the background (tests of the phase alone). */
+  retryDataSources?: boolean;
 }
 
 export function at(ctx: { root: string }, path: string): string {

@@ -7,7 +7,7 @@ import { growState } from './grow.js';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { loadConfig } from '../config/loader.js';
 import { formatDiagnostic } from '../config/diagnostics.js';
-import { at, type NodeContext } from './context.js';
+import { at, urlForLog, type NodeContext } from './context.js';
 import { phase, type Phase } from './phase.js';
 import { applyWriteFiles } from './apply/files.js';
 import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applySysctls } from './apply/system.js';
@@ -98,13 +98,54 @@ export async function applyEarlyKeys(ctx: NodeContext): Promise<string> {
  */
 export async function dataSources(ctx: NodeContext): Promise<string> {
   if (!(ctx.config.cairn?.data_sources ?? []).some((s) => !isLocalSource(s))) return 'no network sources configured';
-  const found = await fetchDataSources(ctx, 'network');
-  if (!found.length) return 'no user-data found';
+  const missed: string[] = [];
+  const found = await fetchDataSources(ctx, 'network', { missed });
+  // a source that does not answer never holds the boot: it is asked again in the background
+  if (missed.length && ctx.retryDataSources !== false) void retryDataSources(ctx, missed);
+  const later = missed.length ? `; ${missed.map(urlForLog).join(', ')} did not answer: asked again in the background` : '';
+  if (!found.length) return `no user-data found${later}`;
+  await applyNewUserdata(ctx);
+  return `user-data from ${found.join(', ')}${later}`;
+}
+
+/** What user-data that arrived changes: the config loaded again, the early keys and a new init_cmd applied. */
+async function applyNewUserdata(ctx: NodeContext): Promise<void> {
   const ranInit = JSON.stringify(ctx.config.init_cmd ?? []);
   await loadNodeConfig(ctx).catch((e: Error) => ctx.log.info(`config: ${e.message}`));
   await applyEarlyKeys(ctx).catch((e: Error) => ctx.log.info(`initrd-keys: ${e.message}`));
   if (JSON.stringify(ctx.config.init_cmd ?? []) !== ranInit) await runCommands(ctx, 'init_cmd').catch((e: Error) => ctx.log.info(`init-cmd: ${e.message}`));
-  return `user-data from ${found.join(', ')}`;
+}
+
+/** Between the background tries of a source that did not answer at boot: then every 5 minutes. */
+export const RETRY_DELAYS_MS = [15_000, 30_000, 60_000, 120_000, 300_000];
+
+/**
+ * Asks the sources that did not answer at boot again, after each delay in
+ * turn (the last one repeating, `tries` in all), until each answers or
+ * leaves data_sources. What one brings is applied as the boot applies
+ * user-data (the config, the early keys, users and keys); keys that k3s
+ * reads at its start (labels, arguments) apply at its next start.
+ * Resolves with the sources that answered.
+ */
+export async function retryDataSources(ctx: NodeContext, sources: string[], opts: { delays?: number[]; tries?: number } = {}): Promise<string[]> {
+  const delays = opts.delays ?? RETRY_DELAYS_MS;
+  const tries = opts.tries ?? Infinity;
+  let waiting = [...sources];
+  const answered: string[] = [];
+  for (let n = 0; n < tries && waiting.length; n++) {
+    await new Promise((r) => setTimeout(r, delays[Math.min(n, delays.length - 1)]));
+    waiting = waiting.filter((s) => (ctx.config.cairn?.data_sources ?? []).includes(s));
+    if (!waiting.length) break;
+    const missed: string[] = [];
+    const found = await fetchDataSources(ctx, 'network', { only: waiting, missed }).catch(() => [] as string[]);
+    waiting = missed;
+    if (!found.length) continue;
+    answered.push(...found);
+    await applyNewUserdata(ctx);
+    await usersPhase(ctx).catch((e: Error) => ctx.log.info(`users: ${e.message}`));
+    ctx.log.info(`data-sources: ${found.map(urlForLog).join(', ')} answered after the boot; its user-data is applied${waiting.length ? ` (${waiting.map(urlForLog).join(', ')} still asked)` : ''}`);
+  }
+  return answered;
 }
 
 /**

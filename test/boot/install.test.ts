@@ -122,7 +122,7 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
   await bootsThrough(tt, vm);
   tt.match(vm.output, L(/cairn: install ok \(\d+ ms\): no install\.device$/));
   vm.sendLine('');
-  await vm.waitFor(/@cairn-[0-9a-f]+:[^\n]*\$ $/m, 60_000);
+  await vm.waitFor(/@edge-ci:[^\n]*\$ $/m, 60_000);
   const heads = 'for d in vdb vdc vdd; do sudo head -c 1048576 /dev/$d | sha256sum | cut -c1-16; done | tr "\\n" " "; echo';
   const before = await node.consoleRun(heads);
   const refused: [string, RegExp][] = [
@@ -177,8 +177,8 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
   tt.equal((await node.sh('sudo stat -c "%U %a" /home/ops/.ssh/authorized_keys')).trim(), 'ops 600');
   tt.match(await node.sh('sudo cat /home/ops/.ssh/authorized_keys'), / ops@hq$/m, "users: ops' key");
   tt.match(await node.sh('sudo grep ^ops: /etc/shadow'), /^ops:\$6\$cairnsalt\$/, 'users: the hashed password, unlocked (lock_passwd: false)');
-  tt.match(await node.sh('sudo grep ^backup: /etc/shadow'), /^backup:\$[^!*]/, "chpasswd: backup's password set (hashed), unlocked");
-  tt.equal((await node.sh('test -e /home/backup && echo home || echo none')).trim(), 'none', 'no_create_home');
+  tt.match(await node.sh('sudo grep ^relay: /etc/shadow'), /^relay:\$[^!*]/, "chpasswd: relay's password set (hashed), unlocked");
+  tt.equal((await node.sh('test -e /home/relay && echo home || echo none')).trim(), 'none', 'no_create_home');
   tt.equal((await node.sh('readlink /etc/localtime; date +%Z')).trim(), '/usr/share/zoneinfo/Europe/Berlin\nCET', 'timezone');
   tt.same((await node.sh('grep -E "^(server|pool) " /etc/chrony/chrony.conf')).trim().split('\n'), ['server 0.debian.pool.ntp.org iburst', 'server 1.debian.pool.ntp.org iburst', 'server ntp1.example.net iburst', 'pool 0.europe.pool.ntp.org iburst', 'pool 1.europe.pool.ntp.org iburst'], "ntp: the image's servers, then ntp's servers and pools");
   tt.match(await node.sh('cat /etc/hosts'), /^127\.0\.1\.1\tedge-ci$/m, 'manage_etc_hosts: localhost');

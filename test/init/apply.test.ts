@@ -6,7 +6,8 @@ import { applyWriteFiles, resolveOwner } from '../../src/init/apply/files.js';
 import { applyDns, applyEnvironment, applyHostname, applyModules, applySysctls, chooseHostname, renderChronyConf, sysctlPath } from '../../src/init/apply/system.js';
 import { applyUsers, consoleAutologin, isCryptHash, keySource } from '../../src/init/apply/users.js';
 import { runCommands } from '../../src/init/apply/commands.js';
-import { fetchDataSources, userdataName } from '../../src/init/apply/datasources.js';
+import { fetchDataSources, userdataName, worthRetrying } from '../../src/init/apply/datasources.js';
+import { MetadataFormatError } from '../../src/init/apply/metadata.js';
 import { chpasswdWrites, nodeRoot, put, sshKey, testContext } from './support.js';
 
 t.test('write_files: every encoding, owner and mode, atomically', async (t) => {
@@ -216,5 +217,45 @@ t.test('the config phase reads a NoCloud seed before the network is up, so its c
   t.match(await configPhase(ctx), /user-data from cdrom/);
   t.equal(ctx.config.hostname, 'seeded');
   t.same(ctx.config.init_cmd, ['echo early']);
-  t.equal(await dataSources(ctx), 'no user-data found', 'the URL source is tried later, after the network');
+  t.equal(await dataSources(ctx), 'no user-data found; https://cfg.example/x did not answer: asked again in the background', 'the URL source is tried later, after the network, and again in the background');
+});
+
+t.test('a source that does not answer at boot: asked again in the background, applied when it answers', async (t) => {
+  const { configPhase, dataSources, retryDataSources } = await import('../../src/init/phases.js');
+  const root = nodeRoot(t.testdir());
+  put(root, 'usr/lib/cairn/config.yaml', 'k3os:\n  data_sources: [https://cfg.example/slow.yaml, https://cfg.example/gone.yaml, aws]\n');
+  let asked = 0;
+  const { ctx, lines } = testContext(root, {}, {
+    fetch: (url) => {
+      if (url.includes('gone.yaml')) throw new Error(`${url}: HTTP 404`);
+      if (url.includes('169.254.169.254')) throw new Error('fetch failed (connect ECONNREFUSED)');
+      if (++asked < 3) throw new Error('fetch failed (connect EHOSTUNREACH)');
+      return '#cloud-config\nhostname: late-node\nssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ4Yl6kVvKUqvWGcd1FzIeHcgGx4bS1a6xXoQn9dW0cP late"]\n';
+    },
+  });
+  await configPhase(ctx);
+  t.equal(await dataSources(ctx), 'no user-data found; https://cfg.example/slow.yaml, aws did not answer: asked again in the background', 'the 404 is an answer: not asked again');
+  t.equal(asked, 1);
+  const answered = await retryDataSources(ctx, ['https://cfg.example/slow.yaml', 'aws'], { delays: [5], tries: 4 });
+  t.same(answered, ['https://cfg.example/slow.yaml'], 'the URL answered on its third try; aws never did');
+  t.equal(asked, 3);
+  t.equal(ctx.config.hostname, 'late-node', 'its config applies');
+  t.equal(readFileSync(join(root, 'proc/sys/kernel/hostname'), 'utf8'), 'late-node', 'the hostname set');
+  t.match(readFileSync(join(root, 'home/cairn/.ssh/authorized_keys'), 'utf8'), / late$/m, 'its key installed');
+  t.match(lines.join('\n'), /data-sources: https:\/\/cfg\.example\/slow\.yaml answered after the boot; its user-data is applied \(aws still asked\)/);
+
+  // a source taken out of data_sources is no longer asked
+  put(root, 'usr/lib/cairn/config.yaml', 'k3os:\n  data_sources: []\n');
+  await configPhase(ctx);
+  const before = asked;
+  t.same(await retryDataSources(ctx, ['https://cfg.example/slow.yaml'], { delays: [5], tries: 3 }), []);
+  t.equal(asked, before, 'not fetched');
+});
+
+t.test('which failures are asked again', async (t) => {
+  t.ok(worthRetrying(new Error('fetch failed')), 'no answer');
+  t.ok(worthRetrying(new Error('The operation was aborted due to timeout')), 'a timeout');
+  t.ok(worthRetrying(new Error('http://x/y: HTTP 503')), 'a server error');
+  t.notOk(worthRetrying(new Error('http://x/y: HTTP 404')), 'not there');
+  t.notOk(worthRetrying(new MetadataFormatError('digitalocean metadata is not JSON')), 'an answer in another format');
 });

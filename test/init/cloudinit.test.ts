@@ -24,12 +24,12 @@ t.test("a cloud-init seed's user-data: read as cloud-init reads it, what cannot 
     "user-data:48:1: warning: package_upgrade: not applied: cairn's root is an image without a package manager: build a new image (cairn build) and upgrade the node to it (cairn upgrade)",
   ]);
   const c = r.config;
-  t.same(c.users?.map((u) => u.name), ['default', 'ops', 'backup'], 'a bare name is a user');
+  t.same(c.users?.map((u) => u.name), ['default', 'ops', 'relay'], 'a bare name is a user');
   t.same(c.users?.[1]?.groups, ['adm', 'systemd-journal', 'ops-extra'], "groups' comma-separated string split");
   t.same(c.users?.[1]?.sudo, ['ALL=(ALL) NOPASSWD:ALL'], 'one sudo rule as a list');
   t.same(c.users?.[2]?.sudo, [], 'sudo: false is no rule');
   t.equal(c.users?.[1]?.lock_passwd, false);
-  t.same(c.chpasswd?.list, ['backup:Backup-Pass-1'], "chpasswd.list's lines");
+  t.same(c.chpasswd?.list, ['relay:Relay-Pass-1'], "chpasswd.list's lines");
   t.same(c.boot_cmd, ['echo bootcmd ran > /run/cloud-init-bootcmd'], 'bootcmd is boot_cmd');
   t.same(c.run_cmd, [`sh -c 'echo runcmd '\\''ran'\\'' > /run/cloud-init-runcmd'`, 'touch /run/cloud-init-runcmd-2'], 'a runcmd word list is one shell command, quoted');
   t.same([c.timezone, c.ssh_pwauth, c.manage_etc_hosts, c.growpart?.mode], ['Europe/Berlin', true, 'localhost', 'off']);
@@ -64,18 +64,18 @@ t.test('users: groups made, accounts made with their options, keys, sudo rules, 
     },
   });
   const summary = await applyCloudUsers(ctx);
-  t.equal(summary, 'users ops, backup (made ops, backup)');
+  t.equal(summary, 'users ops, relay (made ops, relay)');
   const cmds = calls.map((c) => [c.file, ...c.args].join(' '));
   t.same(cmds.filter((c) => c.startsWith('groupadd')), ['groupadd ops-extra'], 'only the missing group made (adm and systemd-journal exist)');
   t.notOk(cmds.some((c) => c.startsWith('usermod') && c.endsWith(' cairn')), "the default entry has no groups or shell: cairn's account is left as it is");
   t.ok(cmds.includes('useradd --shell /bin/sh --comment Site Operations --user-group --groups adm,systemd-journal,ops-extra --create-home ops'), cmds.join('\n'));
-  t.ok(cmds.includes('useradd --shell /bin/bash --user-group --no-create-home backup'), 'no_create_home');
+  t.ok(cmds.includes('useradd --shell /bin/bash --user-group --no-create-home relay'), 'no_create_home');
   const chpasswd = calls.find((c) => c.file === 'chpasswd')!;
   t.same(chpasswd.args, ['-e'], 'a hash through chpasswd -e');
   t.match(chpasswd.input ?? '', /^ops:\$6\$cairnsalt\$/, 'the hash on standard input');
   t.notOk(calls.some((c) => c.args.some((a) => a.includes('$6$'))), 'never in the arguments');
   t.ok(cmds.includes('usermod --unlock ops'), 'lock_passwd: false with a password unlocks it');
-  t.ok(cmds.includes('usermod --lock backup'), 'lock_passwd is true by default');
+  t.ok(cmds.includes('usermod --lock relay'), 'lock_passwd is true by default');
   const keys = join(root, 'home/ops/.ssh/authorized_keys');
   t.match(readFileSync(keys, 'utf8'), /^ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFjH5xQ9.* ops@hq\n$/);
   t.equal(statSync(keys).mode & 0o777, 0o600);
@@ -103,11 +103,11 @@ t.test('a failing useradd is reported with the rest still applied', async (t) =>
 
 t.test("chpasswd: plain and hashed passwords, the default user is cairn's", async (t) => {
   const root = nodeRoot(t.testdir());
-  const { ctx, calls, lines } = testContext(root, { chpasswd: { expire: true, users: [{ name: 'default', password: 'Plain-1' }, { name: 'ops', password: '$6$s$h', type: 'hash' }], list: ['backup:Plain-2'] } });
-  t.equal(await applyChpasswd(ctx), 'passwords of cairn, ops, backup');
+  const { ctx, calls, lines } = testContext(root, { chpasswd: { expire: true, users: [{ name: 'default', password: 'Plain-1' }, { name: 'ops', password: '$6$s$h', type: 'hash' }], list: ['relay:Plain-2'] } });
+  t.equal(await applyChpasswd(ctx), 'passwords of cairn, ops, relay');
   const ch = calls.filter((c) => c.file === 'chpasswd');
-  t.same(ch.map((c) => [c.args, c.input]), [[[], 'cairn:Plain-1\nbackup:Plain-2\n'], [['-e'], 'ops:$6$s$h\n']]);
-  t.same(calls.filter((c) => c.file === 'usermod').map((c) => c.args), [['--unlock', 'ops'], ['--unlock', 'backup']]);
+  t.same(ch.map((c) => [c.args, c.input]), [[[], 'cairn:Plain-1\nrelay:Plain-2\n'], [['-e'], 'ops:$6$s$h\n']]);
+  t.same(calls.filter((c) => c.file === 'usermod').map((c) => c.args), [['--unlock', 'ops'], ['--unlock', 'relay']]);
   t.match(lines.join('\n'), /chpasswd: expire is not applied/);
   t.notMatch(lines.join('\n'), /Plain-1|Plain-2/, 'no password in the log');
   t.ok(loginConfigured({ chpasswd: { users: [{ name: 'default', password: 'x' }] } }), "a password for the default user is a way in (no console autologin)");

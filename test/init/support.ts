@@ -83,5 +83,6 @@ export function testContext(
     services,
     status,
   };
+  ctx.retryDataSources = false;
   return { ctx, calls, lines };
 }

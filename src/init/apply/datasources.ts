@@ -15,7 +15,7 @@ import { at, urlForLog, withoutQuery, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
 import { CONFIG_PATHS } from '../../config/loader.js';
 import { parse as parseYaml } from 'yaml';
-import { PROVIDERS, metadataConfig, openstackMetadata, shortHostname, type Metadata } from './metadata.js';
+import { MetadataFormatError, PROVIDERS, metadataConfig, openstackMetadata, shortHostname, type Metadata } from './metadata.js';
 
 /** Volume labels a NoCloud seed or a config CD may carry. */
 const VOLUME_LABELS: Record<string, string[]> = { nocloud: ['cidata', 'CIDATA'], cdrom: ['cidata', 'CIDATA', 'config-2', 'CONFIG-2'] };
@@ -167,11 +167,28 @@ export const USERDATA_SUFFIX = '.user-data';
  * (hostname, SSH keys) as NN-<key> and its user-data as
  * NN-<key>.user-data, read after it. Returns the sources that answered.
  */
-export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'network' | 'all' = 'all'): Promise<string[]> {
+/**
+ * Whether a failed source may answer later: it did not answer (no route, a
+ * timeout, a refused connection) or answered a server error. Not when it
+ * answered in another format, or said the item is not there (4xx).
+ */
+export function worthRetrying(e: unknown): boolean {
+  if (e instanceof MetadataFormatError) return false;
+  const status = /: HTTP (\d{3})\b/.exec((e as Error).message ?? '');
+  return !status || Number(status[1]) >= 500;
+}
+
+/**
+ * Reads the data sources (`which`: the local volumes, the network ones, or
+ * all; `only`: just these). A network source that could not be reached is
+ * added to `missed` (see worthRetrying), to be asked again in the background.
+ */
+export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'network' | 'all' = 'all', opts: { only?: string[]; missed?: string[] } = {}): Promise<string[]> {
   const found: string[] = [];
   const sources = ctx.config.cairn?.data_sources ?? [];
   for (const [i, source] of sources.entries()) {
     if (which !== 'all' && isLocalSource(source) !== (which === 'local')) continue;
+    if (opts.only && !opts.only.includes(source)) continue;
     let got: Metadata | undefined;
     let plain = false;
     try {
@@ -185,6 +202,7 @@ export async function fetchDataSources(ctx: NodeContext, which: 'local' | 'netwo
       }
     } catch (e) {
       ctx.log.debug(`data source ${urlForLog(source)}: ${withoutQuery((e as Error).message, source)}`);
+      if (!isLocalSource(source) && worthRetrying(e)) opts.missed?.push(source);
     }
     if (!got) continue;
     const dir = at(ctx, CONFIG_PATHS.userdata);

@@ -52,6 +52,9 @@ export const PROVIDER_URLS: Record<string, string> = {
 const TIMEOUT_MS = 3000;
 
 /** The item, or undefined when the service says it has none (404). */
+/** A provider answered, but not in its format: asking again will not help (unlike a service that does not answer yet). */
+export class MetadataFormatError extends Error {}
+
 async function optional(p: Promise<string>): Promise<string | undefined> {
   try {
     return await p;
@@ -66,9 +69,9 @@ function json(text: string, what: string): Record<string, unknown> {
   try {
     v = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${what} is not JSON: ${(e as Error).message}`);
+    throw new MetadataFormatError(`${what} is not JSON: ${(e as Error).message}`);
   }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error(`${what} is not a JSON object`);
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new MetadataFormatError(`${what} is not a JSON object`);
   return v as Record<string, unknown>;
 }
 
@@ -140,9 +143,9 @@ export const PROVIDERS: Record<string, Provider> = {
     try {
       md = parseYaml(text);
     } catch (e) {
-      throw new Error(`hetzner metadata is not YAML: ${(e as Error).message.split('\n')[0]}`);
+      throw new MetadataFormatError(`hetzner metadata is not YAML: ${(e as Error).message.split('\n')[0]}`);
     }
-    if (!md || typeof md !== 'object') throw new Error('hetzner metadata is not a YAML map');
+    if (!md || typeof md !== 'object') throw new MetadataFormatError('hetzner metadata is not a YAML map');
     const m = md as Record<string, unknown>;
     return { hostname: shortHostname(m.hostname), sshKeys: keys(Array.isArray(m['public-keys']) ? m['public-keys'] : []), userData: textOrUndefined(await optional(get(`${AWS_BASE}/hetzner/v1/userdata`, { timeoutMs: TIMEOUT_MS }))) };
   },
