@@ -193,6 +193,25 @@ t.test('the k3s double: argv and environment recorded, datastore, kubeconfig 060
   t.notOk(await waitServerReady(kubeconfig, 300, 100), 'nothing answers once it stopped');
 });
 
+t.test("the k3s double as an agent asks its server's /readyz until it answers", async (t) => {
+  const root = t.testdir();
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  // K3S_DOUBLE_ROOT prefixes its paths: each double finds /run/token under its own root
+  put(root, 'agent/run/token', 'T0KEN\n');
+  put(root, 'server/run/token', 'T0KEN\n');
+  const agent = spawn(DOUBLE, ['agent', '--server', `https://127.0.0.1:${port}`, '--token-file', '/run/token'], { env: { ...process.env, K3S_DOUBLE_ROOT: join(root, 'agent') } });
+  let out = '';
+  agent.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  t.teardown(() => agent.kill('SIGKILL'));
+  await new Promise((r) => setTimeout(r, 2500));
+  t.notMatch(out, /agent reached/, 'no server yet: not reached');
+  const server = spawn(DOUBLE, ['server', '--token-file', '/run/token'], { env: { ...process.env, K3S_DOUBLE_ROOT: join(root, 'server'), K3S_DOUBLE_PORT: String(port) } });
+  t.teardown(() => server.kill('SIGKILL'));
+  for (let i = 0; i < 100 && !/agent reached/.test(out); i++) await new Promise((r) => setTimeout(r, 100));
+  t.match(out, new RegExp(`k3s-double: agent reached https://127\\.0\\.0\\.1:${port}: readyz ok`), 'reached once the server listens');
+  t.notMatch(out, /T0KEN/, 'the token is not logged');
+});
+
 t.test('the k3s double crashes or hangs on request', async (t) => {
   const root = t.testdir();
   put(root, 'var/lib/rancher/k3s/double/crash-once', '');
