@@ -85,6 +85,8 @@ export interface MachineOptions {
    * is passed over): an install from the ISO reboots into the installed disk.
    */
   extraDisks?: (string | { path: string; writable?: boolean; bootFirst?: boolean })[];
+  /** A second NIC on a network between VMs (see MachineSpec.privateNet). */
+  privateNet?: { mcast: string; mac: string };
   /** Stop the VM instead of rebooting (-no-reboot). Default false: upgrades reboot. */
   noReboot?: boolean;
   /** 'serial' for the harness (pty + QMP), 'terminal' for a person at `cairn run`. */
@@ -304,6 +306,7 @@ export async function prepareMachine(opts: MachineOptions): Promise<PreparedMach
       hostForwards: Object.entries(forwards).map(([g, h]) => ({ guestPort: Number(g), hostPort: h })),
       guestForwards: opts.guestForwards,
       network: opts.network,
+      privateNet: opts.privateNet,
       console: opts.console,
       qmpSocket,
       noReboot: opts.noReboot,

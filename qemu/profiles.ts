@@ -69,6 +69,12 @@ export interface MachineSpec {
   /** The user network's subnet (net=), when not QEMU's 10.0.2.0/24. */
   network?: string;
   /**
+   * A second NIC on a network shared by several VMs on this host (a cluster):
+   * a UDP multicast group on the loopback interface (QEMU's socket netdev),
+   * which every VM given the same group joins. No root needed.
+   */
+  privateNet?: { mcast: string; mac: string };
+  /**
    * 'terminal': serial and monitor multiplexed on stdio (Ctrl-A X quits, Ctrl-A C
    * toggles the monitor), as `cairn run` wants. 'serial': only the serial port
    * on stdio, for the harness (driven through a pty, controlled over QMP).
@@ -171,7 +177,8 @@ function netArgs(spec: MachineSpec): string[] {
   if (spec.boot.kind === 'pxe') opts.push(`tftp=${optValue(spec.boot.tftpDir)}`, `bootfile=${optValue(spec.boot.bootfile)}`);
   const nic = ['virtio-net-pci', 'netdev=net0'];
   if (spec.boot.kind === 'pxe') nic.push('bootindex=0');
-  return ['-netdev', opts.join(','), '-device', nic.join(',')];
+  const priv = spec.privateNet ? ['-netdev', `socket,id=net1,mcast=${spec.privateNet.mcast},localaddr=127.0.0.1`, '-device', `virtio-net-pci,netdev=net1,mac=${spec.privateNet.mac}`] : [];
+  return ['-netdev', opts.join(','), '-device', nic.join(','), ...priv];
 }
 
 function bootArgs(spec: MachineSpec): string[] {

@@ -13,6 +13,9 @@ import { ARCHES, type Arch } from '../../builder/types.js';
 import { UserError } from '../../errors.js';
 import { detectArtifact, prepareMachine } from '../../../qemu/machine.js';
 import { commandLine, type Firmware } from '../../../qemu/profiles.js';
+import { MAX_CLUSTER, planCluster } from '../../cluster/plan.js';
+import { runCluster } from '../../cluster/run.js';
+import type { JsonObject } from '../../config/types.js';
 
 interface RunFlags {
   arch?: string;
@@ -24,6 +27,8 @@ interface RunFlags {
   accel?: string;
   diskSize?: string;
   dryRun?: boolean;
+  cluster?: string;
+  ha?: boolean;
 }
 
 function positiveInt(value: string, flag: string, max: number): number {
@@ -66,6 +71,8 @@ export function registerRun(program: Command): void {
     .option('--accel <kvm|tcg>', 'accelerator (default: kvm only where kvm_intel/kvm_amd is loaded)')
     .option('--disk-size <size>', 'grow the throwaway disk overlay to this size, e.g. 16G')
     .option('--dry-run', 'print the QEMU command and exit')
+    .option('--cluster <n>', 'start a k3s cluster of n nodes (a server and n-1 agents) on a private network between them; consoles go to log files')
+    .option('--ha', 'with --cluster: three servers with k3s\' embedded etcd (--cluster-init on the first), the rest agents')
     .action(async (image: string, flags: RunFlags) => {
       let arch: Arch;
       if (flags.arch !== undefined) {
@@ -80,6 +87,16 @@ export function registerRun(program: Command): void {
       if (flags.diskSize !== undefined && !/^\d+[KMGT]?$/i.test(flags.diskSize)) throw new UserError(`--disk-size must be a size such as 16G, not "${flags.diskSize}"`);
       const artifact = await detectArtifact(image);
       if (flags.config) await checkConfig(flags.config);
+      if (flags.ha && flags.cluster === undefined) throw new UserError('--ha is for clusters', 'give --cluster 3 (or more) with --ha');
+      if (flags.cluster !== undefined) {
+        if (sshPort !== undefined) throw new UserError('--ssh-port is for one node: a cluster gives each node a free port (printed at the start)');
+        const size = positiveInt(flags.cluster, '--cluster', MAX_CLUSTER);
+        const base = flags.config ? (readConfig(await readFile(flags.config), flags.config).config as JsonObject) : {};
+        const plan = planCluster({ size, ha: flags.ha, base });
+        const log = (line: string) => (flags.dryRun ? process.stdout : process.stderr).write(`${flags.dryRun ? '' : 'cairn: '}${line}\n`);
+        process.exitCode = await runCluster(plan, { artifact, arch, firmware: flags.firmware as Firmware | undefined, accel: flags.accel as 'kvm' | 'tcg' | undefined, memMb, cpus, diskSize: flags.diskSize, dryRun: flags.dryRun, log });
+        return;
+      }
       const vm = await prepareMachine({
         artifact,
         arch,
