@@ -37,6 +37,13 @@ function session(file: string) {
       cursor = out.indexOf(text, cursor) + text.length;
     },
     line: (s: string) => p.write(`${s}\r`),
+    /** Each question in turn, answered. */
+    async answer(steps: [question: string, reply: string][]): Promise<void> {
+      for (const [q, reply] of steps) {
+        await this.expect(q);
+        this.line(reply);
+      }
+    },
     async result(): Promise<unknown> {
       await exited;
       const m = /RESULT (.*)\r?\n/.exec(out);
@@ -56,12 +63,11 @@ t.test('a password, typed without echo, after a wrong disk number', async (t) =>
   t.notMatch(s.output, /sr0|sdc/, 'neither the CD drive nor a disk in use is offered');
   s.line('9');
   await s.expect('"9" is not one of 1-2');
-  await s.expect('Install to which disk? [1-2] ');
-  s.line('1');
-  await s.expect('Config file or http(s) URL to install with (Enter for none): ');
-  s.line('');
-  await s.expect('Password for the cairn user (not shown; Enter for none): ');
-  s.line('Hidden-Pw-77');
+  await s.answer([
+    ['Install to which disk? [1-2] ', '1'],
+    ['Config file or http(s) URL to install with (Enter for none): ', ''],
+    ['Password for the cairn user (not shown; Enter for none): ', 'Hidden-Pw-77'],
+  ]);
   await s.expect('Continue? [y/N] ');
   t.match(s.output, /cairn will erase \/dev\/sda {2}240\.0 GiB {2}Samsung SSD 860, which holds a GPT partition table with \/dev\/sda1 "data" \(ext4\), and install onto it\./, 'the confirmation names what is erased');
   s.line('y');
@@ -74,25 +80,22 @@ t.test('a config URL; then an SSH key, and no at the confirmation', async (t) =>
   const file = join(t.testdir(), 'lsblk.json');
   writeFileSync(file, lsblk);
   const a = session(file);
-  await a.expect('Install to which disk? [1-2] ');
-  a.line('/dev/sdb');
-  await a.expect('(Enter for none): ');
-  a.line('https://config.example/node.yaml');
+  await a.answer([
+    ['Install to which disk? [1-2] ', '/dev/sdb'],
+    ['(Enter for none): ', 'https://config.example/node.yaml'],
+  ]);
   await a.expect('Continue? [y/N] ');
   t.notMatch(a.output, /Password/, 'no password asked when a config is given');
   a.line('y');
   t.same(await a.result(), { device: '/dev/sdb', configUrl: 'https://config.example/node.yaml', force: true });
 
   const b = session(file);
-  await b.expect('Install to which disk? [1-2] ');
-  b.line('2');
-  await b.expect('(Enter for none): ');
-  b.line('');
-  await b.expect('(not shown; Enter for none): ');
-  b.line('');
-  await b.expect('SSH public key for cairn (ssh-ed25519 ..., github:USER; Enter for none): ');
-  b.line('github:someone');
-  await b.expect('Continue? [y/N] ');
-  b.line('');
+  await b.answer([
+    ['Install to which disk? [1-2] ', '2'],
+    ['(Enter for none): ', ''],
+    ['(not shown; Enter for none): ', ''],
+    ['SSH public key for cairn (ssh-ed25519 ..., github:USER; Enter for none): ', 'github:someone'],
+    ['Continue? [y/N] ', ''],
+  ]);
   t.equal(await b.result(), undefined, 'not confirmed: nothing to install');
 });
