@@ -271,3 +271,59 @@ t.test('a config URL that does not answer: refused after the timeout, nothing wr
   t.ok(Date.now() - started >= 300, 'it waited for the timeout');
   t.same(n.calls.map((c) => c.file), [], 'not even lsblk ran: the config is checked first');
 });
+
+t.test('no_format: the existing partitions are written into, nothing partitioned or formatted', async (t) => {
+  const cairnDisk = { pttype: 'gpt', children: [
+    { name: 'vdb1', path: '/dev/vdb1', size: 1048576, type: 'part', parttype: GPT_TYPES.bios.toLowerCase(), mountpoints: [null] },
+    { name: 'vdb2', path: '/dev/vdb2', size: 64 * 1048576, type: 'part', fstype: 'vfat', label: 'CAIRN_EFI', mountpoints: [null] },
+    { name: 'vdb3', path: '/dev/vdb3', size: 2 * GIB, type: 'part', fstype: 'ext4', label: 'CAIRN_STATE', mountpoints: [null] },
+  ] };
+  const n = fakeNode(t.testdir(), lsblkJson({ vdb: cairnDisk }));
+  put(join(n.root, 'sys/class/block/vdb1/start'), '4096\n');
+  // what the node kept on it
+  put(join(n.root, 'run/cairn/install/state/cairn/data/var/lib/kept'), 'node data');
+  const done = await install({ device: '/dev/vdb', noFormat: true }, n.env);
+  t.equal(done.device, '/dev/vdb');
+  t.same(n.calls.filter((c) => ['wipefs', 'sfdisk', 'mkfs.vfat', 'mke2fs'].includes(c.file)), [], 'no table written, nothing formatted');
+  t.same(n.calls.filter((c) => c.file === 'mount').map((c) => c.args.at(-2)), ['/dev/vdb3', '/dev/vdb2'], 'the existing CAIRN_STATE and CAIRN_EFI');
+  t.equal(readFileSync(join(n.root, 'run/cairn/install/state/cairn/data/var/lib/kept'), 'utf8'), 'node data', 'cairn/data kept');
+  t.ok(existsSync(join(n.root, 'run/cairn/install/state/cairn/system/0.1.0/rootfs.squashfs')));
+  t.equal(readFileSync(n.disk).readBigUInt64LE(0x5c), 4096n, "the MBR code points at the existing BIOS boot partition's start");
+  t.equal(readFileSync(n.disk)[4096 * SECTOR + 2 * SECTOR], 0xc0, 'core.img there');
+});
+
+t.test('the boot phase: only a live boot with install.device and install.silent installs; a disk holding cairn is left alone', async (t) => {
+  const { installPhase } = await import('../../src/install/phase.js');
+  const phaseCtx = (n: ReturnType<typeof fakeNode>, install: object | undefined, mode: 'live' | 'state' = 'live') => {
+    const actions: string[] = [];
+    const infos: string[] = [];
+    const ctx = {
+      root: n.root,
+      exec: n.env.exec,
+      fetch: n.env.fetchText,
+      boot: { mode, version: '0.1.0' },
+      config: install ? { cairn: { install } } : {},
+      log: { info: (l: string) => infos.push(l), debug: () => undefined },
+      reboot: () => actions.push('reboot'),
+      poweroff: () => actions.push('poweroff'),
+    } as unknown as Parameters<typeof installPhase>[0];
+    return { ctx, actions, infos };
+  };
+  const a = phaseCtx(fakeNode(join(t.testdir(), 'a')), undefined);
+  t.equal(await installPhase(a.ctx), 'no install.device');
+  const b = phaseCtx(fakeNode(join(t.testdir(), 'b')), { device: '/dev/vdb', silent: true }, 'state');
+  t.match(await installPhase(b.ctx), /already runs from a disk: nothing to do$/);
+  const c = phaseCtx(fakeNode(join(t.testdir(), 'c')), { device: '/dev/vdb' });
+  t.equal(await installPhase(c.ctx), 'waiting for sudo cairn install (install.silent is not set)');
+  t.match(c.infos.join('\n'), /run: sudo cairn install --device \/dev\/vdb$/m, 'it says what to run');
+  const installed = { pttype: 'gpt', children: [{ name: 'vdb3', path: '/dev/vdb3', size: GIB, type: 'part', fstype: 'ext4', label: 'CAIRN_STATE', mountpoints: [null] }] };
+  const dn = fakeNode(join(t.testdir(), 'd'), lsblkJson({ vdb: installed }));
+  const d = phaseCtx(dn, { device: '/dev/vdb', silent: true, force: true });
+  t.match(await installPhase(d.ctx), /^\/dev\/vdb already holds a cairn system \(CAIRN_STATE\): not installed again; /, 'a medium left in the drive does not install again, even with force');
+  t.same(dn.calls.filter((x) => writes.includes(x.file)), [], 'nothing written');
+  const en = fakeNode(join(t.testdir(), 'e'));
+  const e = phaseCtx(en, { device: '/dev/vdb', silent: true, power_off: true, config_url: 'http://10.0.2.2/node.yaml' });
+  t.equal(await installPhase(e.ctx), 'installed 0.1.0 on /dev/vdb');
+  t.same([...a.actions, ...b.actions, ...c.actions, ...d.actions, ...e.actions], ['poweroff'], 'power_off: powered off, and only after an install');
+  t.match(e.infos.join('\n'), /install: 0\.1\.0 is on \/dev\/vdb; powering off$/m);
+});
