@@ -58,6 +58,8 @@ export interface InstallResult {
   version: string;
   device: string;
   plan?: DiskPlan;
+  /** From the first check to the disk unmounted. */
+  ms: number;
 }
 
 const EFI_FILE: Record<Arch, string> = { amd64: 'BOOTX64.EFI', arm64: 'BOOTAA64.EFI', armv7: 'BOOTARM.EFI' };
@@ -337,6 +339,7 @@ async function partitionStart(at: (p: string) => string, part: BlockDevice): Pro
  */
 export async function install(opts: InstallOptions, env: InstallEnv): Promise<InstallResult> {
   const w: Work = { mounts: [] };
+  const started = Date.now();
   try {
     for (const step of installSteps(opts, env)) {
       const what = await step.run(w);
@@ -349,5 +352,5 @@ export async function install(opts: InstallOptions, env: InstallEnv): Promise<In
     for (const f of await readdir(work).catch(() => [] as string[])) if (/^iso-.*\.iso$/.test(f)) await rm(path.join(work, f), { force: true });
     throw e;
   }
-  return { version: w.source!.version, device: w.target!.disk.path, plan: w.plan };
+  return { version: w.source!.version, device: w.target!.disk.path, plan: w.plan, ms: Date.now() - started };
 }

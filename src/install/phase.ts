@@ -45,7 +45,7 @@ export async function installPhase(ctx: NodeContext): Promise<string> {
   }
   const done = await install(optionsFromConfig({ ...inst, device: inst.device }), installEnv(ctx));
   const action = inst.power_off ? 'poweroff' : 'reboot';
-  ctx.log.info(`install: ${done.version} is on ${done.device}; ${action === 'reboot' ? 'rebooting into it' : 'powering off'}`);
+  ctx.log.info(`install: ${done.version} is on ${done.device} (in ${Math.round(done.ms / 1000)} s); ${action === 'reboot' ? 'rebooting into it' : 'powering off'}`);
   if (action === 'reboot') ctx.reboot?.();
   else ctx.poweroff?.();
   // the shutdown runs beside the boot: hold the next phases until the machine is down

@@ -64,7 +64,8 @@ t.test("BIOS: unattended from the install keys, the ISO from iso_url, k3OS' samp
   await vm.waitFor(L(/cairn: install: disk: \/dev\/vdb \(4\.0 GiB\)$/), 120_000);
   const installed = await vm.waitForAny([L(/cairn: install: bootloader: UEFI \(EFI\/BOOT\/BOOTX64\.EFI\), BIOS \(GRUB in the MBR and the BIOS boot partition\)$/), L(/cairn: install FAILED: .*$/)], 600_000);
   tt.equal(installed.which, 0, `the boot loader installed: ${installed.match}`);
-  await vm.waitFor(L(/cairn: install: 0\.1\.0 is on \/dev\/vdb; rebooting into it$/), 120_000);
+  const took = await vm.waitFor(L(/cairn: install: 0\.1\.0 is on \/dev\/vdb \(in (\d+) s\); rebooting into it$/), 120_000);
+  tt.comment(`the unattended install (the ISO downloaded and loop-mounted, then the disk written) took ${took.groups[0]} s under TCG`);
   await vm.waitFor(L(/cairn: rebooting$/), 120_000);
   tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/cairn.iso 200', '/node.yaml 200'], 'the ISO and the config, fetched once each');
 
@@ -154,7 +155,9 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
   vm.sendLine('y');
   const exit = await vm.waitFor(/install-exit=(\d+)/, 900_000);
   tt.equal(exit.groups[0], '0', 'cairn install exited 0');
-  tt.match(vm.output, L(/cairn 0\.1\.0 is installed on \/dev\/vdb\r?$/));
+  const took = /cairn 0\.1\.0 is installed on \/dev\/vdb \(in (\d+) s\)\r?$/m.exec(vm.output);
+  tt.ok(took, 'cairn install said so');
+  tt.comment(`the interactive install (from the live medium, after the answers) took ${took?.[1]} s under TCG`);
   await vm.waitFor(L(/cairn: rebooting$/), 120_000);
   tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/missing.yaml 404', '/uefi.yaml 200'], 'the config fetched once');
 

@@ -325,5 +325,5 @@ t.test('the boot phase: only a live boot with install.device and install.silent 
   const e = phaseCtx(en, { device: '/dev/vdb', silent: true, power_off: true, config_url: 'http://10.0.2.2/node.yaml' });
   t.equal(await installPhase(e.ctx), 'installed 0.1.0 on /dev/vdb');
   t.same([...a.actions, ...b.actions, ...c.actions, ...d.actions, ...e.actions], ['poweroff'], 'power_off: powered off, and only after an install');
-  t.match(e.infos.join('\n'), /install: 0\.1\.0 is on \/dev\/vdb; powering off$/m);
+  t.match(e.infos.join('\n'), /install: 0\.1\.0 is on \/dev\/vdb \(in \d+ s\); powering off$/m);
 });

@@ -89,7 +89,7 @@ export function registerInstall(program: Command): void {
         }
       }
       const done = await install(opts, { root: f.root, exec: execCommand, log, fetchText: (url) => httpFetch(url, { timeoutMs: 30_000 }) });
-      process.stdout.write(`cairn ${done.version} is installed on ${done.device}\n`);
+      process.stdout.write(`cairn ${done.version} is installed on ${done.device} (in ${Math.round(done.ms / 1000)} s)\n`);
       if (!f.reboot) return;
       process.stdout.write(await runShutdownCommand(f.root, f.powerOff ? 'poweroff' : 'reboot', SHUTDOWN_ACK_MS));
     });
