@@ -93,12 +93,15 @@ t.test("BIOS: unattended from the install keys, the ISO from iso_url, k3OS' samp
 });
 
 t.test("UEFI: the interactive installer on the console with a config URL, after bad targets were refused; cloud-init's modules from a cloud-localds seed", async (tt) => {
-  const nodeConfig = `hostname: installed-uefi\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
-  const srv = await files({ '/uefi.yaml': nodeConfig });
+  // the interactive install's config, and the unattended one's (the disk that boots)
+  const answered = `hostname: answered\nssh_authorized_keys: ["${key.publicKey.trim()}"]\n`;
+  const nodeConfig = `hostname: installed-uefi\nssh_authorized_keys: ["${key.publicKey.trim()}"]\nk3os: {labels: {installed: unattended}}\n`;
+  const srv = await files({ '/uefi.yaml': answered, '/unattended.yaml': nodeConfig });
   tt.teardown(srv.close);
   const dir = tt.testdir();
   const target = blankDisk(join(dir, 'target.qcow2'), '4G');
   const small = blankDisk(join(dir, 'small.qcow2'), '512M');
+  const second = blankDisk(join(dir, 'second.qcow2'), '4G');
   // a disk with data: a GPT with one partition
   const used = join(dir, 'used.raw');
   writeFileSync(used, '');
@@ -113,7 +116,8 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
     seed,
     sshPort: 'auto',
     firmware: 'uefi',
-    extraDisks: [{ path: target, writable: true, bootFirst: true }, small, used],
+    // vdb: the interactive install's, vdc: too small, vdd: holds data, vde: the unattended install's, which boots first
+    extraDisks: [{ path: target, writable: true }, small, used, { path: second, writable: true, bootFirst: true }],
     memMb: 2048,
     cpus: 2,
     name: 'install-uefi',
@@ -124,7 +128,7 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
   tt.match(vm.output, L(/cairn: install ok \(\d+ ms\): no install\.device$/));
   vm.sendLine('');
   await vm.waitFor(/@edge-ci:[^\n]*\$ $/m, 60_000);
-  const heads = 'for d in vdb vdc vdd; do sudo head -c 1048576 /dev/$d | sha256sum | cut -c1-16; done | tr "\\n" " "; echo';
+  const heads = 'for d in vdb vdc vdd vde; do sudo head -c 1048576 /dev/$d | sha256sum | cut -c1-16; done | tr "\\n" " "; echo';
   const before = await node.consoleRun(heads);
   const refused: [string, RegExp][] = [
     ['--device /dev/vdc', /^cairn: \/dev\/vdc is too small: 512 MiB, and cairn needs at least [\d.]+ [MG]iB\nchoose a larger disk\nexit=1$/],
@@ -139,8 +143,8 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
   tt.equal(await node.consoleRun(heads), before, 'the first MiB of every disk is as it was');
   tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/missing.yaml 404']);
 
-  // the installer's questions
-  vm.sendLine('sudo cairn install; echo "install-exit=$?"');
+  // the installer's questions (no reboot: an unattended install follows)
+  vm.sendLine('sudo cairn install --no-reboot; echo "install-exit=$?"');
   const list = await vm.waitFor(/Install to which disk\? \[1-(\d)\] /, 60_000);
   const listing = vm.output.slice(vm.output.lastIndexOf('cairn installer: the disks you can install to'), list.index);
   tt.match(listing, /^ {2}\d\) \/dev\/vdb {2}4\.0 GiB {2}\(empty\)\r?$/m, 'the blank target, its size');
@@ -154,21 +158,30 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
   tt.notMatch(vm.output.slice(vm.output.lastIndexOf('cairn installer:')), /Password for/, 'no password asked when a config is given');
   vm.sendLine('y');
   const exit = await vm.waitFor(/install-exit=(\d+)/, 900_000);
-  tt.equal(exit.groups[0], '0', 'cairn install exited 0');
+  tt.equal(exit.groups[0], '0', 'the interactive cairn install exited 0');
   const took = /cairn 0\.1\.0 is installed on \/dev\/vdb \(in (\d+) s\)\r?$/m.exec(vm.output);
   tt.ok(took, 'cairn install said so');
   tt.comment(`the interactive install (from the live medium, after the answers) took ${took?.[1]} s under TCG`);
-  await vm.waitFor(L(/cairn: rebooting$/), 120_000);
-  tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/missing.yaml 404', '/uefi.yaml 200'], 'the config fetched once');
+  const check = 'sudo mkdir -p /run/check && sudo mount -o ro /dev/vdb3 /run/check && sudo sha256sum /run/check/cairn/system/config.yaml | cut -c1-64 && sudo ls /run/check/cairn/system/0.1.0 | LC_ALL=C sort | tr "\\n" " " && echo && sudo umount /run/check';
+  tt.equal((await node.consoleRun(check)).trim(), `${createHash('sha256').update(answered).digest('hex')}\nSHA256SUMS bootenv initrd kernel release.json rootfs.squashfs`, "vdb: the answered URL's config and the version");
 
-  // the disk's first boot, through OVMF, with the config from the URL
+  // then unattended onto the second disk, which the machine boots from
+  vm.sendLine(`sudo cairn install --device /dev/vde --config ${srv.url}/unattended.yaml --silent; echo "unattended-exit=$?"`);
+  const exit2 = await vm.waitFor(/unattended-exit=(\d+)/, 900_000);
+  tt.equal(exit2.groups[0], '0', 'the unattended cairn install exited 0');
+  tt.match(vm.output, L(/cairn 0\.1\.0 is installed on \/dev\/vde \(in \d+ s\)\r?$/));
+  await vm.waitFor(L(/cairn: rebooting$/), 120_000);
+  tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/missing.yaml 404', '/uefi.yaml 200', '/unattended.yaml 200'], 'each config fetched once');
+
+  // the second disk's first boot, through OVMF, with the unattended install's config
   await vm.waitFor(L(/cairn: mounts ok \(\d+ ms\): state boot of 0\.1\.0.*$/), BOOT_TIMEOUT);
   await bootComplete(tt, vm);
   await node.waitSsh();
-  tt.pass("ssh with the key from the installer's config URL");
+  tt.pass("ssh with the key from the config URL");
   tt.equal((await node.sh('hostname')).trim(), 'edge-ci', "the seed's hostname over the installed config's");
   tt.equal((await node.sh('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');
-  tt.equal((await node.sh('findmnt -n -o SOURCE /run/cairn/state')).trim(), '/dev/vdb3', 'from the state partition on the target');
+  tt.equal((await node.sh('findmnt -n -o SOURCE /run/cairn/state')).trim(), '/dev/vde3', 'from the state partition of the unattended install');
+  tt.match(await node.sh('sudo cat /var/log/cairn/k3s.log'), /--node-label installed=unattended/, "its config's label");
   tt.match(await node.sh('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
   tt.equal((await node.sh('sudo stat -c "%a %U" /cairn/system/config.yaml')).trim(), '600 root', 'the config was stored 0600');
   tt.equal((await node.sh('sudo sha256sum /cairn/system/config.yaml | cut -c1-64')).trim(), createHash('sha256').update(nodeConfig).digest('hex'), "the config URL's config, byte for byte");
