@@ -4,7 +4,8 @@
 // the config's install keys (with iso_url and config_url served by this
 // test); under OVMF through the interactive installer on the console, after
 // the bad targets and a config URL that 404s were refused with the disks
-// left as they were.
+// left as they were, then `cairn install --silent` onto a second disk,
+// which the machine reboots into.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
