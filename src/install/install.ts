@@ -10,7 +10,7 @@
  * first boot from the disk grows CAIRN_STATE to its end (src/init/grow.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream, existsSync, realpathSync } from 'node:fs';
 import { chmod, copyFile, mkdir, open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { biosBootCode, INSTALL_DIR, SECTOR, sfdiskScript, type DiskPlan } from '../boot/disk.js';
@@ -217,7 +217,9 @@ export function installSteps(opts: InstallOptions, env: InstallEnv): { name: str
         for (const f of Object.values(s.files)) versionBytes += (await stat(f)).size;
         w.plan = installDiskPlan({ arch: s.arch, versionBytes, efiBytes: (await stat(s.efi)).size }, randomBytes(16).toString('hex'));
         w.devices = await listDevices(env.exec);
-        w.target = checkTarget(w.devices, { device: opts.device, force: opts.force, noFormat: opts.noFormat }, w.plan);
+        // a stable name (/dev/disk/by-id/...) is the disk it points at
+        const device = existsSync(at(opts.device)) ? `/${path.relative(env.root, realpathSync(at(opts.device)))}` : opts.device;
+        w.target = checkTarget(w.devices, { device, force: opts.force, noFormat: opts.noFormat }, w.plan);
         return `${w.target.disk.path} (${(w.target.disk.size / 1024 ** 3).toFixed(1)} GiB${w.target.disk.model ? `, ${w.target.disk.model}` : ''})`;
       },
     },

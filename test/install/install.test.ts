@@ -327,3 +327,13 @@ t.test('the boot phase: only a live boot with install.device and install.silent 
   t.same([...a.actions, ...b.actions, ...c.actions, ...d.actions, ...e.actions], ['poweroff'], 'power_off: powered off, and only after an install');
   t.match(e.infos.join('\n'), /install: 0\.1\.0 is on \/dev\/vdb \(in \d+ s\); powering off$/m);
 });
+
+t.test('a stable device name (/dev/disk/by-id/...) is the disk it points at', async (t) => {
+  const { mkdirSync: mk, symlinkSync } = await import('node:fs');
+  const n = fakeNode(t.testdir());
+  mk(join(n.root, 'dev/disk/by-id'), { recursive: true });
+  symlinkSync('../../vdb', join(n.root, 'dev/disk/by-id/virtio-target'));
+  const done = await install({ device: '/dev/disk/by-id/virtio-target' }, n.env);
+  t.equal(done.device, '/dev/vdb');
+  t.same(n.calls.find((c) => c.file === 'sfdisk')?.args.at(-1), '/dev/vdb', 'partitioned as /dev/vdb');
+});
