@@ -180,7 +180,7 @@ t.test("UEFI: the interactive installer on the console with a config URL, after 
   await vm.waitFor(L(/cairn: mounts ok \(\d+ ms\): state boot of 0\.1\.0.*$/), BOOT_TIMEOUT);
   await bootComplete(tt, vm);
   await node.waitSsh();
-  tt.pass("ssh with the key from the config URL");
+  tt.same((await node.sh('cat ~/.ssh/authorized_keys')).trim().split('\n'), [key.publicKey.trim()], "cairn's only key is the config URL's (the seed gives none)");
   tt.equal((await node.sh('hostname')).trim(), 'edge-ci', "the seed's hostname over the installed config's");
   tt.equal((await node.sh('test -d /sys/firmware/efi && echo uefi')).trim(), 'uefi', 'booted through UEFI');
   tt.equal((await node.sh('findmnt -n -o SOURCE /run/cairn/state')).trim(), '/dev/vde3', 'from the state partition of the unattended install');

@@ -337,3 +337,44 @@ t.test('a stable device name (/dev/disk/by-id/...) is the disk it points at', as
   t.equal(done.device, '/dev/vdb');
   t.same(n.calls.find((c) => c.file === 'sfdisk')?.args.at(-1), '/dev/vdb', 'partitioned as /dev/vdb');
 });
+
+t.test('iso_url: an ISO that does not mount, is not cairn\'s, lacks the installer, or does not download: refused, nothing written', async (t) => {
+  const { createServer } = await import('node:http');
+  const server = createServer((_req, res) => res.writeHead(404).end());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  const port = (server.address() as import('node:net').AddressInfo).port;
+  const cases: { what: string; iso: string; onMount: (root: string) => number; error: RegExp }[] = [
+    { what: 'a file that is no ISO', iso: '/tmp/broken.iso', onMount: () => 32, error: /^the ISO from \/tmp\/broken\.iso cannot be mounted \(mount .*failed: .*\)$/ },
+    { what: 'an ISO without cairn', iso: '/tmp/other.iso', onMount: (root) => (put(join(root, 'run/cairn/install/iso/README'), 'other'), 0), error: /^the ISO from \/tmp\/other\.iso is not a cairn medium: it has no cairn\/vmlinuz, cairn\/initrd, cairn\/rootfs\.squashfs, cairn\/release\.json$/ },
+    {
+      what: 'a cairn ISO without the installer',
+      iso: '/tmp/old.iso',
+      onMount: (root) => {
+        for (const f of ['vmlinuz', 'initrd', 'rootfs.squashfs']) put(join(root, 'run/cairn/install/iso/cairn', f), 'x');
+        put(join(root, 'run/cairn/install/iso/cairn/release.json'), '{"version":"0.0.9","arch":"amd64"}');
+        return 0;
+      },
+      error: /^the ISO from \/tmp\/old\.iso has no cairn\/install\/ \(the disk's boot loader\)/,
+    },
+    { what: 'a download that 404s', iso: `http://127.0.0.1:${port}/cairn.iso`, onMount: () => 0, error: /^cannot download http:\/\/127\.0\.0\.1:\d+\/cairn\.iso: the server answered HTTP 404/ },
+  ];
+  for (const [i, c] of cases.entries()) {
+    const n = fakeNode(join(t.testdir(), String(i)));
+    if (c.iso.startsWith('/')) put(join(n.root, c.iso), 'iso bytes');
+    const before = sha(readFileSync(n.disk));
+    const exec: Exec = async (file, args, o) => {
+      if (file === 'mount' && args.includes('loop,ro')) {
+        const code = c.onMount(n.root);
+        n.calls.push({ file, args });
+        return { code, stdout: '', stderr: code ? 'mount: wrong fs type, bad option, bad superblock' : '', timedOut: false };
+      }
+      return n.env.exec(file, args, o);
+    };
+    const err = await install({ device: '/dev/vdb', isoUrl: c.iso }, { ...n.env, exec }).then(() => undefined, (e: Error) => e);
+    t.ok(err instanceof UserError, `${c.what}: a UserError`);
+    t.match(err?.message ?? '', c.error, `${c.what}: ${err?.message}`);
+    t.same(n.calls.filter((x) => ['wipefs', 'sfdisk', 'mkfs.vfat', 'mke2fs', 'lsblk'].includes(x.file)).map((x) => x.file), [], `${c.what}: the disk not even looked at`);
+    t.equal(sha(readFileSync(n.disk)), before, `${c.what}: the disk unchanged`);
+  }
+});
