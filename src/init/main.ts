@@ -6,7 +6,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { bootParams } from '../config/cmdline.js';
-import { readBootInfo } from './bootinfo.js';
+import { parseBootEnv } from './bootinfo.js';
 import { at, httpFetch, type NodeContext } from './context.js';
 import { execCommand } from './exec.js';
 import { consoleWriter, createLogger } from './log.js';
@@ -16,6 +16,7 @@ import { k3sHealthy, markGood } from './mark-good.js';
 import { startGettys } from './services.js';
 import { INIT_PID, readShutdownRequest, shutdown, watchPowerButton, type ShutdownAction } from './shutdown.js';
 import { StatusStore, readJson } from './status.js';
+import { bootClock, processStartMs, stage1Times } from './timeline.js';
 import { Supervisor } from './supervisor.js';
 import { snapshot } from '../runtime/datastore.js';
 import { SNAPSHOTS, STATE_DB } from '../runtime/paths.js';
@@ -28,6 +29,8 @@ function imageVersion(root: string): string {
 }
 
 export async function runInit(root = '/'): Promise<void> {
+  const clock = bootClock(at({ root }, '/proc'));
+  const initReadyMs = clock();
   let cmdline = '';
   try {
     cmdline = readFileSync(at({ root }, '/proc/cmdline'), 'utf8').trim();
@@ -36,10 +39,17 @@ export async function runInit(root = '/'): Promise<void> {
   }
   const params = bootParams(cmdline);
   const log = createLogger({ debug: params.debug !== undefined, write: consoleWriter(root) });
-  const bootInfo = readBootInfo(at({ root }, '/run/cairn/boot.env'));
+  let bootEnv = '';
+  try {
+    bootEnv = readFileSync(at({ root }, '/run/cairn/boot.env'), 'utf8');
+  } catch {
+    // no first stage (tests)
+  }
+  const bootInfo = parseBootEnv(bootEnv);
   const version = bootInfo.version || imageVersion(root);
   const status = new StatusStore(root, { version, bootMode: bootInfo.mode });
-  const services = new Supervisor({ logDir: at({ root }, '/var/log/cairn'), log, onChange: () => status.update() });
+  const services = new Supervisor({ logDir: at({ root }, '/var/log/cairn'), log, onChange: () => status.update(), clock });
+  status.status.times = { ...stage1Times(bootEnv), initStartMs: processStartMs(at({ root }, '/proc')), initReadyMs };
   status.watchServices(() => services.list());
   const ctx: NodeContext = {
     root,
@@ -79,14 +89,14 @@ export async function runInit(root = '/'): Promise<void> {
   } catch {
     // /run/cairn appears in the mounts phase; written again below
   }
-  const results = await runPhases(boot, ctx, log, (r) => status.update({ phases: [...r] }));
+  const results = await runPhases(boot, ctx, log, (r) => status.update({ phases: [...r] }), clock);
   writeFileSync(at(ctx, INIT_PID), `${process.pid}\n`);
   const button = watchPowerButton(root, () => {
     log.info('power button pressed');
     stop('poweroff');
   });
   if (button) log.debug(`watching ${button} for the power button`);
-  status.update({ phases: results, bootComplete: true });
+  status.update({ phases: results, bootComplete: true, times: { ...status.status.times, completeMs: clock() } });
   const failed = results.filter((r) => !r.ok).map((r) => r.name);
   log.info(`boot complete ${version}${failed.length ? ` (failed phases: ${failed.join(', ')})` : ''}`);
   startGettys(ctx);

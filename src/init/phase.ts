@@ -20,6 +20,8 @@ export interface PhaseResult {
   name: string;
   ok: boolean;
   ms: number;
+  /** When it started, on the boot clock (ms since the kernel started; see timeline.ts). */
+  startMs?: number;
   /** Why it failed, or what it noted. */
   detail?: string;
 }
@@ -58,19 +60,26 @@ export function runWithTimeout<T>(run: (signal: AbortSignal) => Promise<T>, ms: 
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
-export async function runPhases<C>(phases: Phase<C>[], ctx: C, log: Logger, onResult?: (results: PhaseResult[]) => void): Promise<PhaseResult[]> {
+export async function runPhases<C>(
+  phases: Phase<C>[],
+  ctx: C,
+  log: Logger,
+  onResult?: (results: PhaseResult[]) => void,
+  clock?: () => number,
+): Promise<PhaseResult[]> {
   const results: PhaseResult[] = [];
   for (const p of phases) {
     const start = performance.now();
+    const startMs = clock?.();
     try {
       const note = await runWithTimeout((signal) => p.run(ctx, signal), p.timeoutMs);
       const ms = Math.round(performance.now() - start);
-      results.push({ name: p.name, ok: true, ms, detail: note || undefined });
+      results.push({ name: p.name, ok: true, ms, startMs, detail: note || undefined });
       log.info(`${p.name} ok (${ms} ms)${note ? `: ${note}` : ''}`);
     } catch (e) {
       const ms = Math.round(performance.now() - start);
       const why = (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
-      results.push({ name: p.name, ok: false, ms, detail: why });
+      results.push({ name: p.name, ok: false, ms, startMs, detail: why });
       log.info(`${p.name} FAILED: ${why}`);
     }
     onResult?.(results);

@@ -11,6 +11,7 @@ import type { Diagnostic } from '../config/diagnostics.js';
 import type { PhaseResult } from './phase.js';
 import type { ServiceState } from './supervisor.js';
 import type { BootState } from '../boot/state.js';
+import type { BootTimes } from './timeline.js';
 
 export const UPGRADE_PATH = '/var/lib/cairn/upgrade.json';
 
@@ -46,6 +47,8 @@ export interface NodeStatus {
   bootComplete: boolean;
   phases: PhaseResult[];
   services: ServiceState[];
+  /** The first stage's and the init's own times, on the boot clock (timeline.ts). */
+  times?: BootTimes;
   configProblems: Diagnostic[];
   history: BootRecord[];
   /** k3s' arguments and its environment from the config, secrets redacted. */

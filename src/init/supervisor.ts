@@ -37,6 +37,8 @@ export interface ServiceState {
   pid?: number;
   restarts: number;
   startedAt?: string;
+  /** Its first start on the boot clock (ms since the kernel started), with the supervisor's clock option. */
+  firstStartMs?: number;
   lastExit?: { code: number | null; signal: string | null; at: string };
   /** When the next start is due, while in back-off. */
   nextStartAt?: string;
@@ -57,6 +59,8 @@ export interface SupervisorOptions {
   /** How long to wait for a process after SIGKILL before giving up on it. */
   killWaitMs?: number;
   onChange?: () => void;
+  /** The boot clock (timeline.ts): each service's first start is recorded on it. */
+  clock?: () => number;
 }
 
 interface Entry {
@@ -94,7 +98,7 @@ function killGroup(pgid: number, sig: NodeJS.Signals): boolean {
 export class Supervisor {
   private readonly entries = new Map<string, Entry>();
   private readonly order: string[] = [];
-  private readonly o: Required<Omit<SupervisorOptions, 'onChange'>> & Pick<SupervisorOptions, 'onChange'>;
+  private readonly o: Required<Omit<SupervisorOptions, 'onChange' | 'clock'>> & Pick<SupervisorOptions, 'onChange' | 'clock'>;
 
   constructor(opts: SupervisorOptions) {
     this.o = {
@@ -144,6 +148,7 @@ export class Supervisor {
     entry.started = Date.now();
     if (child.pid) entry.groups.add(child.pid);
     entry.state = { ...entry.state, state: 'running', pid: child.pid, startedAt: new Date().toISOString(), nextStartAt: undefined };
+    if (entry.state.firstStartMs === undefined && this.o.clock) entry.state.firstStartMs = this.o.clock();
     child.stdout?.on('data', (d: Buffer) => entry.out.write(d));
     child.stderr?.on('data', (d: Buffer) => entry.out.write(d));
     entry.exited = new Promise((resolve) => {

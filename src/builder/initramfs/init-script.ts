@@ -171,6 +171,8 @@ umask 022
 
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp /mnt
 /bin/busybox mount -t proc -o nosuid,nodev,noexec proc /proc
+# the boot's timeline (cairn status --plot): this stage's times on the clock of /proc/uptime
+read STAGE1_START _ </proc/uptime
 /bin/busybox mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 /bin/busybox mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev 2>/dev/null || /bin/busybox mount -t tmpfs -o mode=0755 dev /dev
 [ -c /dev/console ] || mknod -m 600 /dev/console c 5 1
@@ -514,6 +516,7 @@ while :; do
   [ -n "$BOOT_MODE" ] && break
   fail "the system was not found: $(echo "$REASONS" | cut -c3-)"
 done
+read STAGE1_FOUND _ </proc/uptime
 
 # --- the new root ---------------------------------------------------------
 NEWROOT=/mnt/root
@@ -606,6 +609,8 @@ CAIRN_STATE_DEVICE=$STATE_DEV
 CAIRN_STATE_READONLY=$STATE_RO
 CAIRN_MEDIUM_DEVICE=$MEDIUM_DEV
 CAIRN_ROOT_URL=$ROOT_URL
+CAIRN_STAGE1_START=$STAGE1_START
+CAIRN_STAGE1_FOUND=$STAGE1_FOUND
 BOOTENV
 
 if [ "$RESCUE" = pre ]; then
@@ -626,6 +631,7 @@ mount --move /dev $NEWROOT/dev 2>/dev/null || mount -t devtmpfs devtmpfs $NEWROO
 mount --move /sys $NEWROOT/sys 2>/dev/null
 mount --move /proc $NEWROOT/proc 2>/dev/null
 log "switching root to $* ($BOOT_MODE boot)"
+read STAGE1_END _ <$NEWROOT/proc/uptime && echo "CAIRN_STAGE1_END=$STAGE1_END" >>$NEWROOT/run/cairn/boot.env
 exec switch_root $NEWROOT "$@" <$NEWROOT/dev/console >$NEWROOT/dev/console 2>&1
 `;
 }

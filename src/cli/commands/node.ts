@@ -7,6 +7,8 @@ import { requestShutdown, waitShutdownStarted, type ShutdownAction } from '../..
 import { readJson, STATUS_PATH, UPGRADE_PATH, type NodeStatus, type UpgradeRecord } from '../../init/status.js';
 import { GRUBENV, readState } from '../../boot/state.js';
 import { redactEnv, redactK3sArgs } from '../../runtime/k3s-args.js';
+import { renderBootSvg, timelineOf } from '../../init/timeline.js';
+import { writeFileSync } from 'node:fs';
 
 /** How long `cairn poweroff`/`reboot` wait for the init to say it is shutting down. */
 export const SHUTDOWN_ACK_MS = 5_000;
@@ -20,6 +22,14 @@ function ago(iso: string | undefined, now = Date.now()): string {
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+function writePlot(file: string, svg: string): void {
+  try {
+    writeFileSync(file, svg);
+  } catch (e) {
+    throw new UserError(`cannot write the boot timeline to ${file}: ${(e as Error).message}`, 'give --plot a file in a folder that exists and is writable (for example /tmp/boot.svg)');
+  }
 }
 
 /** The human view of a node's status. */
@@ -51,7 +61,8 @@ export function renderStatus(st: NodeStatus, now = Date.now()): string {
   out.push('');
   out.push(table([['SERVICE', 'STATE', 'PID', 'RESTARTS', 'UP', 'LAST EXIT'], ...st.services.map((s) => [s.name, s.state, String(s.pid ?? '-'), String(s.restarts), s.state === 'running' ? ago(s.startedAt, now) : '-', s.lastExit ? (s.lastExit.signal ? `signal ${s.lastExit.signal}` : `code ${s.lastExit.code}`) : '-'])]));
   out.push('');
-  out.push(table([['PHASE', 'RESULT', 'MS'], ...st.phases.map((p) => [p.name, p.ok ? 'ok' : `FAILED: ${p.detail ?? ''}`, String(p.ms)])]));
+  // AT: when the phase started, in seconds since the kernel started
+  out.push(table([['PHASE', 'AT', 'MS', 'RESULT'], ...st.phases.map((p) => [p.name, p.startMs === undefined ? '-' : `${(p.startMs / 1000).toFixed(1)}s`, String(p.ms), p.ok ? 'ok' : `FAILED: ${p.detail ?? ''}`])]));
   if (st.configProblems.length) {
     out.push('');
     out.push('config problems:');
@@ -70,7 +81,8 @@ export function registerNode(program: Command): void {
     .description('on a node: services, phase timings, config problems, version and boot history')
     .option('--root <dir>', 'the node file system to read', '/')
     .option('--json', 'print JSON')
-    .action((opts: { root: string; json?: boolean }) => {
+    .option('--plot <file>', 'draw the boot as a timeline (SVG): the kernel, the first stage, the init, each phase and service')
+    .action((opts: { root: string; json?: boolean; plot?: string }) => {
       const st = readJson<NodeStatus>(join(opts.root, STATUS_PATH));
       if (!st) throw new UserError(`no node status at ${join(opts.root, STATUS_PATH)}`, 'cairn status runs on a cairn node (or give --root with a node file system)');
       // the boot state and the last upgrade as they are now (cairn upgrade changes them after the boot)
@@ -78,6 +90,12 @@ export function registerNode(program: Command): void {
       if (state) st.boot = { kind: st.boot?.kind ?? 'unknown', ...st.boot, state };
       const upgrade = readJson<UpgradeRecord>(join(opts.root, UPGRADE_PATH));
       if (upgrade) st.upgrade = upgrade;
+      if (opts.plot !== undefined) {
+        if (!st.times) throw new UserError(`${join(opts.root, STATUS_PATH)} has no boot times`, 'the version that booted this node records none; the next boot of a newer one does');
+        writePlot(opts.plot, renderBootSvg(timelineOf(st), `cairn ${st.version} (${st.bootMode || 'unknown'} boot)`));
+        process.stdout.write(`boot timeline: ${opts.plot}\n`);
+        return;
+      }
       const shown = st.k3s ? { ...st, k3s: { ...st.k3s, args: redactK3sArgs(st.k3s.args), ...(st.k3s.env ? { env: redactEnv(st.k3s.env) } : {}) } } : st;
       process.stdout.write(opts.json ? `${JSON.stringify(shown, null, 2)}\n` : renderStatus(shown));
     });
