@@ -9,10 +9,16 @@
  * A stage builds into a folder under tmp/, the cache hashes the result,
  * writes meta.json last and renames the folder into entries/. A build that is
  * killed leaves at most a folder under tmp/ (removed by the next build), never
- * a half-written entry. Before an entry is used its content is hashed again
- * and compared with meta.json; a corrupt entry is removed and rebuilt.
+ * a half-written entry. Before an entry is used it is checked against
+ * meta.json: its content is hashed again when its files are not exactly as
+ * they were when last checked (name, size, modification time, inode: the
+ * fingerprint in .use.json); a corrupt entry is removed and rebuilt.
+ *
+ *   <root>/entries/<stage>-<key>/.use.json   last use, and that fingerprint
+ *   <root>/inuse/<pid>                       the entries a running build uses (cache-admin.ts never prunes them)
  */
-import { mkdir, readdir, readFile, rename, rm, writeFile, statfs } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { lstat, mkdir, readdir, readFile, rename, rm, writeFile, statfs } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { UserError } from '../errors.js';
@@ -20,6 +26,44 @@ import { hashTree } from './hash.js';
 import { removeTree } from './fsutil.js';
 
 export const META = 'meta.json';
+/** Last use and the fingerprint of the files when last checked; not part of the entry's content. */
+export const USE = '.use.json';
+
+export interface EntryUse {
+  lastUsed: string;
+  fingerprint: string;
+}
+
+/** What a file tree looks like to lstat: names, types, sizes, times, inodes (no content read). */
+export async function treeFingerprint(root: string, skip: string[] = [META, USE]): Promise<string> {
+  const h = createHash('sha256');
+  const walk = async (rel: string): Promise<void> => {
+    for (const name of (await readdir(path.join(root, rel))).sort()) {
+      if (rel === '' && (skip.includes(name) || name.startsWith(`${USE}.`))) continue;
+      const r = rel ? `${rel}/${name}` : name;
+      const st = await lstat(path.join(root, r), { bigint: true });
+      h.update(`${r}\0${st.mode}\0${st.size}\0${st.mtimeNs}\0${st.ino}\0${st.uid}:${st.gid}\n`);
+      if (st.isDirectory()) await walk(r);
+    }
+  };
+  await walk('');
+  return h.digest('hex');
+}
+
+export async function readUse(dir: string): Promise<EntryUse | undefined> {
+  try {
+    const u = JSON.parse(await readFile(path.join(dir, USE), 'utf8')) as EntryUse;
+    return typeof u.lastUsed === 'string' && typeof u.fingerprint === 'string' ? u : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function writeUse(dir: string, use: EntryUse): Promise<void> {
+  const tmp = path.join(dir, `${USE}.${process.pid}`);
+  await writeFile(tmp, `${JSON.stringify(use)}\n`);
+  await rename(tmp, path.join(dir, USE));
+}
 
 export interface EntryMeta<D = unknown> {
   stage: string;
@@ -65,6 +109,8 @@ export class StageCache {
   private readonly tmpDir: string;
   private readonly verified = new Map<string, EntryMeta>();
   private readonly log: (line: string) => void;
+  /** The entries this build used (their folder names), in <root>/inuse/<pid>. */
+  private readonly used = new Set<string>();
 
   constructor(root: string, opts: { reuse?: boolean; log?: (line: string) => void } = {}) {
     this.root = path.resolve(root);
@@ -91,9 +137,28 @@ export class StageCache {
     }
   }
 
-  /** Removes this build's private entries (only with reuse off). */
+  /** Removes this build's private entries (only with reuse off) and its in-use list. */
   async close(): Promise<void> {
     if (!this.reuse) await rm(this.entriesDir, { recursive: true, force: true });
+    await rm(this.inUseFile(), { force: true });
+  }
+
+  inUseFile(pid = process.pid): string {
+    return path.join(this.root, 'inuse', String(pid));
+  }
+
+  /** The entries this build has used so far. */
+  usedEntries(): string[] {
+    return [...this.used];
+  }
+
+  /** Records a use: the entry's last use, its fingerprint, and this build's in-use list. */
+  private async markUsed(dir: string, fingerprint: string): Promise<void> {
+    await writeUse(dir, { lastUsed: new Date().toISOString(), fingerprint }).catch(() => undefined);
+    if (!this.reuse || this.used.has(path.basename(dir))) return;
+    this.used.add(path.basename(dir));
+    await mkdir(path.dirname(this.inUseFile()), { recursive: true });
+    await writeFile(this.inUseFile(), `${[...this.used].join('\n')}\n`);
   }
 
   debsDir(debianArch: string): string {
@@ -126,12 +191,17 @@ export class StageCache {
       await rm(dir, { recursive: true, force: true });
       return undefined;
     }
-    const summary = await hashTree(dir, [META]);
-    if (summary.sha256 !== meta.sha256 || meta.key !== key) {
-      this.log(`cache: ${stage} entry ${key.slice(0, 12)} is corrupt (checksum ${summary.sha256.slice(0, 12)}, expected ${String(meta.sha256).slice(0, 12)}); rebuilding it`);
-      await rm(dir, { recursive: true, force: true });
-      return undefined;
+    // Unchanged since it was last checked (same files, sizes, times, inodes): not read again.
+    const fingerprint = await treeFingerprint(dir);
+    if ((await readUse(dir))?.fingerprint !== fingerprint || meta.key !== key) {
+      const summary = await hashTree(dir, [META, USE]);
+      if (summary.sha256 !== meta.sha256 || meta.key !== key) {
+        this.log(`cache: ${stage} entry ${key.slice(0, 12)} is corrupt (checksum ${summary.sha256.slice(0, 12)}, expected ${String(meta.sha256).slice(0, 12)}); rebuilding it`);
+        await rm(dir, { recursive: true, force: true });
+        return undefined;
+      }
     }
+    await this.markUsed(dir, fingerprint);
     this.verified.set(dir, meta);
     return { dir, meta, cached: true };
   }
@@ -159,7 +229,7 @@ export class StageCache {
     const dir = this.entryDir(stage, key);
     try {
       const data = await build(tmp);
-      const summary = await hashTree(tmp, [META]);
+      const summary = await hashTree(tmp, [META, USE]);
       const meta: EntryMeta<D> = {
         stage,
         key,
@@ -182,6 +252,7 @@ export class StageCache {
         if (other) return { ...other, cached: false };
         throw err;
       }
+      await this.markUsed(dir, await treeFingerprint(dir));
       this.verified.set(dir, meta);
       return { dir, meta, cached: false };
     } catch (err) {

@@ -4,7 +4,7 @@
  * once into the cache with `mmdebstrap --variant=extract` and reused.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm, utimes } from 'node:fs/promises';
 import path from 'node:path';
 import { UserError } from '../errors.js';
 import { cacheDir, run } from './outputs/common.js';
@@ -29,7 +29,11 @@ export async function fetchDeb(req: DebFetch): Promise<string> {
   const suite = req.suite ?? 'trixie';
   const components = req.components ?? ['main'];
   const dest = path.join(cacheDir(), 'debs-unpacked', `${req.pkg}_${req.debArch}_${suite}`);
-  if (existsSync(path.join(dest, req.expect))) return dest;
+  if (existsSync(path.join(dest, req.expect))) {
+    // its last use, for cairn cache prune
+    await utimes(dest, new Date(), new Date()).catch(() => undefined);
+    return dest;
+  }
   req.log?.(`fetching ${req.pkg} (${req.debArch}) from Debian ${suite} into ${dest}`);
   const tmp = `${dest}.tmp-${process.pid}`;
   await rm(tmp, { recursive: true, force: true });

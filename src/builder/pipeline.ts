@@ -15,6 +15,7 @@ import { execa } from 'execa';
 import { UserError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { StageCache, checkFreeSpace, defaultCacheDir, isDiskFull } from './cache.js';
+import { cacheLimit, formatBytes, pruneCache } from './cache-admin.js';
 import { archiveState } from './debian.js';
 import { checkFormatArches } from './formats.js';
 import { hashFile } from './hash.js';
@@ -55,6 +56,12 @@ export interface BuildOptions {
   cacheDir?: string;
   /** Ignore cached stage outputs (the .deb pool is still used). */
   noCache?: boolean;
+  /**
+   * The size the cache is pruned to when the build is done (never what this
+   * build used); null: no pruning. Default: $CAIRN_CACHE_MAX_SIZE, else
+   * DEFAULT_CACHE_MAX_BYTES (src/builder/cache-admin.ts).
+   */
+  cacheMaxBytes?: number | null;
   /** Default out/. */
   outDir?: string;
   /** A local k3s binary (offline builds, tests). */
@@ -325,6 +332,15 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
       artifacts: records,
     };
     await writeFile(path.join(outDir, 'build.json'), `${JSON.stringify(record, null, 2)}\n`);
+    const limit = opts.cacheMaxBytes === undefined ? cacheLimit() : opts.cacheMaxBytes ?? undefined;
+    if (limit !== undefined && cache.reuse) {
+      try {
+        const pruned = await pruneCache(cache.root, { maxBytes: limit, keep: cache.usedEntries() });
+        if (pruned.removed.length) log(`cache: pruned ${pruned.removed.length} unused item${pruned.removed.length === 1 ? '' : 's'} (${formatBytes(pruned.removedBytes)}); it holds ${formatBytes(pruned.bytes)} of its ${formatBytes(limit)} limit`);
+      } catch (err) {
+        log(`cache: could not prune ${cache.root}: ${(err as Error).message}`);
+      }
+    }
     return record;
   } catch (err) {
     if (isDiskFull(err)) {

@@ -6,12 +6,14 @@ import { FORMATS, parseArches, parseFormats } from '../../builder/formats.js';
 import { build } from '../../builder/pipeline.js';
 import { loadSpec, withUpgradeImage } from '../../builder/spec.js';
 import { createReporter } from '../../builder/progress.js';
+import { cacheLimit } from '../../builder/cache-admin.js';
 
 interface BuildFlags {
   arch?: string;
   format?: string;
   out: string;
   cache?: string | boolean;
+  cacheMaxSize?: string;
   k3s?: string;
   json?: boolean;
   quiet?: boolean;
@@ -37,6 +39,7 @@ export function registerBuild(program: Command): void {
     .option('-o, --out <dir>', 'folder for the artifacts, SHA256SUMS and build.json', 'out')
     .option('--cache <dir>', 'stage cache folder (default ~/.cache/cairn)')
     .option('--no-cache', 'rebuild every stage (downloaded packages are still reused)')
+    .option('--cache-max-size <size>', 'prune the cache to this size when the build is done, never what it used; "off" for no limit (default $CAIRN_CACHE_MAX_SIZE, else 10G)')
     .option('--k3s <path>', 'a local k3s binary instead of the pinned release download')
     .option('--compression <name>', 'squashfs compression: zstd or xz (default: the spec\'s)')
     .option('--level <n>', 'compression level of the squashfs and the initramfs (a low zstd level such as 3 makes fast development builds; the initramfs is capped at 19)')
@@ -75,6 +78,7 @@ export function registerBuild(program: Command): void {
           outDir: flags.out,
           cacheDir: typeof flags.cache === 'string' ? flags.cache : undefined,
           noCache: flags.cache === false,
+          cacheMaxBytes: cacheLimit(flags.cacheMaxSize) ?? null,
           k3s: flags.k3s,
           squashfs: { ...(compression ? { compression } : {}), ...(level ? { level } : {}) },
           sourceDateEpoch: sde,
