@@ -8,7 +8,7 @@
 import { boardProfile, checkBoard, checkBoardBsp, type BoardName } from './boards.js';
 import { bspRecord, openBsp, type Bsp } from './bsp.js';
 import { renderModulesLoad } from './arches.js';
-import { mkdir, mkdtemp, readdir, rename, rm, writeFile, stat, copyFile } from 'node:fs/promises';
+import { copyFile, link, mkdir, mkdtemp, readdir, rename, rm, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -18,13 +18,14 @@ import { StageCache, checkFreeSpace, defaultCacheDir, isDiskFull } from './cache
 import { cacheLimit, formatBytes, pruneCache } from './cache-admin.js';
 import { archiveState } from './debian.js';
 import { checkFormatArches } from './formats.js';
-import { hashFile } from './hash.js';
+import { hashFile, hashValue } from './hash.js';
 import { checkHost } from './hostcheck.js';
 import { repoRoot } from './paths.js';
 import { createReporter, type Reporter } from './progress.js';
 import { installedPackages, type ArtifactRecord, type BuildRecord, type ReleaseRecord, type StageRecord } from './record.js';
 import { loadSpec, type ImageSpec } from './spec.js';
-import { bundleInit } from './stages/init.js';
+import { cachedInitBundle } from './stages/init.js';
+import { builderCodeHash, functionKey } from './code.js';
 import { moduleProfile } from './profiles.js';
 import { fetchK3s } from './stages/k3s.js';
 import { checkOverlayInputs, overlayInputs } from './stages/overlay.js';
@@ -172,11 +173,12 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
   await removeStaleStaging(outDir);
 
   const systems: ReleaseRecord[] = [];
-  const artifacts: Artifact[] = [];
+  const artifacts: (Artifact & { bytes: number; sha256: string })[] = [];
   try {
+    const code = await builderCodeHash();
     const init = await reporter.stage('init', async () => {
-      const b = await bundleInit();
-      return { value: b, cached: false, detail: b.code ? `${(b.code.length / 1024).toFixed(0)} KiB` : 'no src/init yet' };
+      const { bundle: b, cached } = await cachedInitBundle(cache, code);
+      return { value: b, cached, detail: b.code ? `${(b.code.length / 1024).toFixed(0)} KiB` : 'no src/init yet' };
     });
     for (const arch of arches) {
       signal?.throwIfAborted();
@@ -234,11 +236,26 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
       const archWork = path.join(work, arch);
       await mkdir(archWork, { recursive: true });
 
-      const initrd = path.join(archWork, 'initrd');
-      await timed('initramfs', async () => {
-        await initramfs({ rootfs: path.join(system.dir, 'rootfs'), kernelRelease, arch, out: initrd, sourceDateEpoch: sde, extraModules: board?.initramfsModules, level: initramfsLevel(opts.squashfs?.level) });
-        return { cached: false };
-      });
+      // What the initramfs takes from the system (busybox, e2fsck, the kernel's modules) comes from the packages and the module profile: an overlay or a new init does not make it anew.
+      const irLevel = initramfsLevel(opts.squashfs?.level);
+      const irIn = {
+        stage: INITRAMFS_STAGE_VERSION,
+        code,
+        writer: opts.initramfs ? functionKey(opts.initramfs) : 'default',
+        system: { stage: sysIn.stage, rootfs: sysIn.rootfs, modules: sysIn.modules, kernel: sysIn.kernel },
+        arch,
+        kernelRelease,
+        sourceDateEpoch: sde,
+        level: irLevel,
+        extraModules: board?.initramfsModules,
+      };
+      const initrdEntry = await timed('initramfs', () =>
+        cache.get('initramfs', hashValue(irIn), irIn, async (dir) => {
+          await initramfs({ rootfs: path.join(system.dir, 'rootfs'), kernelRelease, arch, out: path.join(dir, 'initrd'), sourceDateEpoch: sde, extraModules: board?.initramfsModules, level: irLevel });
+          return {};
+        }),
+      );
+      const initrd = path.join(initrdEntry.dir, 'initrd');
 
       const release: ReleaseRecord = {
         name: spec.name,
@@ -271,8 +288,6 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
       // What ships with the version is reproducible: the timings stay in build.json.
       const { stages: _timings, ...shipped } = release;
       await writeFile(releaseFile, `${JSON.stringify(shipped, null, 2)}\n`);
-      const k3sCopy = path.join(archWork, 'k3s');
-      await copyFile(path.join(k3s.dir, 'k3s'), k3sCopy);
 
       const sys: SystemArtifacts = {
         name: spec.name,
@@ -286,20 +301,45 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
         release: releaseFile,
         rootfs: path.join(system.dir, 'rootfs'),
         sourceDateEpoch: sde,
-        k3s: k3sCopy,
+        k3s: path.join(k3s.dir, 'k3s'),
         board: opts.board,
         bsp,
+      };
+      // Each output is a cache entry keyed on everything it is made from: a rebuild with nothing changed links the files it made before.
+      const outBase = {
+        stage: OUTPUT_STAGE_VERSION,
+        code,
+        arch,
+        release: hashValue(shipped),
+        system: systemKey(sysIn),
+        initramfs: initrdEntry.meta.key,
+        squashfs: squashfs.meta.sha256,
+        signingKey: signingKey === undefined ? undefined : await hashFile(signingKey),
+        deltaFrom: deltaFrom?.get(arch) ? { version: deltaFrom.get(arch)!.version, sha256: await hashFile(deltaFrom.get(arch)!.archive) } : undefined,
+        board: opts.board,
+        bsp: bsp?.sha256,
       };
       for (const format of formats) {
         signal?.throwIfAborted();
         const writer = writers[format]!;
         const workDir = path.join(archWork, format);
         await mkdir(workDir, { recursive: true });
+        const outIn = { ...outBase, format, writer: opts.outputs ? functionKey(writer) : 'default' };
         const made = await reporter.stage(`${format}${arches.length > 1 ? `/${arch}` : ''}`, async () => {
           const t = performance.now();
-          const r = await writer(sys, { outDir: staging, workDir, log, signingKey, deltaFrom: deltaFrom?.get(arch), signal });
-          stages.push({ name: format, seconds: (performance.now() - t) / 1000, cached: false });
-          return { value: r, cached: false, detail: r.map((a) => a.file).join(', ') };
+          const e = await cache.get<{ artifacts: (Artifact & { bytes: number; sha256: string })[] }>('output', hashValue(outIn), outIn, async (dir) => {
+            const r = await writer(sys, { outDir: dir, workDir, log, signingKey, deltaFrom: deltaFrom?.get(arch), signal });
+            const files = [];
+            for (const a of r) {
+              const st = await stat(path.join(dir, a.file)).catch(() => undefined);
+              if (!st?.isFile()) throw new Error(`the ${a.format} writer reported ${a.file}, which it did not write`);
+              files.push({ ...a, bytes: st.size, sha256: await hashFile(path.join(dir, a.file)) });
+            }
+            return { artifacts: files };
+          });
+          for (const a of e.meta.data.artifacts) await linkOrCopy(path.join(e.dir, a.file), path.join(staging, a.file));
+          stages.push({ name: format, seconds: (performance.now() - t) / 1000, cached: e.cached, key: e.meta.key });
+          return { value: e.meta.data.artifacts, cached: e.cached, detail: e.meta.data.artifacts.map((a) => a.file).join(', ') };
         }, { long: true });
         artifacts.push(...made);
         await rm(workDir, { recursive: true, force: true });
@@ -307,14 +347,8 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
       systems.push(release);
     }
 
-    // Every writer succeeded: move the artifacts into place and sum them.
-    const records: ArtifactRecord[] = [];
-    for (const a of artifacts) {
-      const from = path.join(staging, a.file);
-      const st = await stat(from).catch(() => undefined);
-      if (!st?.isFile()) throw new Error(`the ${a.format} writer reported ${a.file}, which it did not write`);
-      records.push({ file: a.file, format: a.format, arch: a.arch, bytes: st.size, sha256: await hashFile(from) });
-    }
+    // Every writer succeeded: move the artifacts into place (their sums were taken when they were made).
+    const records: ArtifactRecord[] = artifacts.map((a) => ({ file: a.file, format: a.format, arch: a.arch, bytes: a.bytes, sha256: a.sha256 }));
     for (const a of artifacts) {
       const to = path.join(outDir, a.file);
       await mkdir(path.dirname(to), { recursive: true });
@@ -355,6 +389,22 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
     await rm(staging, { recursive: true, force: true }).catch(() => {});
     await rm(work, { recursive: true, force: true }).catch(() => {});
     await cache.close();
+  }
+}
+
+/** Bumped when the initramfs or an output is made differently in a way the code hash does not show. */
+const INITRAMFS_STAGE_VERSION = 1;
+const OUTPUT_STAGE_VERSION = 1;
+
+/** A cached output into the staging folder: a hard link, or a copy across file systems. */
+async function linkOrCopy(from: string, to: string): Promise<void> {
+  await mkdir(path.dirname(to), { recursive: true });
+  await rm(to, { force: true });
+  try {
+    await link(from, to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV' && (err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+    await copyFile(from, to);
   }
 }
 

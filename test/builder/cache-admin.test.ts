@@ -186,15 +186,17 @@ t.test('a build prunes the cache to its limit by itself, never what it uses', as
   await plantRootfs(cacheDir, spec1, 'amd64');
   await build(quickBuild(spec1, cacheDir, path.join(dir, 'out1'), { cacheMaxBytes: null }).opts);
   const before = entryNames(cacheDir);
-  t.same(before.map((n) => n.replace(/-.*/, '')).sort(), ['k3s', 'rootfs', 'squashfs', 'system']);
-  // a second version: its own system and squashfs; a limit of one byte leaves only what it used
+  const STAGES = ['init', 'initramfs', 'k3s', 'output', 'rootfs', 'squashfs', 'system'];
+  t.same(before.map((n) => n.replace(/-.*/, '')).sort(), STAGES);
+  // a second version: its own system, squashfs and output; a limit of one byte leaves only what it used
   const spec2 = await writeSpec(dir, { version: '0.0.2' }, 'two.yaml');
   const q = quickBuild(spec2, cacheDir, path.join(dir, 'out2'), { cacheMaxBytes: 1 });
   await build(q.opts);
   const after = entryNames(cacheDir);
-  const oldSystem = before.filter((n) => /^(system|squashfs)-/.test(n));
-  t.same(after.filter((n) => oldSystem.includes(n)), [], "the first build's system and squashfs are pruned");
-  t.same(after.map((n) => n.replace(/-.*/, '')).sort(), ['k3s', 'rootfs', 'squashfs', 'system'], "this build's entries stay");
-  t.match(q.lines.join(''), /cache: pruned 2 unused items \([\d.]+ (KiB|MiB)\); it holds [\d.]+ (KiB|MiB) of its 1 B limit/);
+  const oldSystem = before.filter((n) => /^(system|squashfs|output)-/.test(n));
+  t.equal(oldSystem.length, 3);
+  t.same(after.filter((n) => oldSystem.includes(n)), [], "the first build's system, squashfs and output are pruned");
+  t.same(after.map((n) => n.replace(/-.*/, '')).sort(), STAGES, "this build's entries stay (the init and initramfs it shares with the first)");
+  t.match(q.lines.join(''), /cache: pruned 3 unused items \([\d.]+ (KiB|MiB)\); it holds [\d.]+ (KiB|MiB) of its 1 B limit/);
   t.same(readdirSync(path.join(cacheDir, 'inuse')), [], 'the build removed its in-use list');
 });

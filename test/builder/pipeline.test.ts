@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { build } from '../../src/builder/pipeline.js';
-import { K3S_DOUBLE, KR, REPO, plantRootfs, quickBuild, tempDir, writeSpec } from './support.js';
+import { K3S_DOUBLE, KR, REPO, fakeWriters, plantRootfs, quickBuild, tempDir, writeSpec } from './support.js';
 
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
 
@@ -84,6 +84,39 @@ t.test('a build: system tree, squashfs, artifacts, SHA256SUMS, build.json', asyn
   const again = await build(quickBuild(spec, cacheDir, path.join(outDir, 'again')).opts);
   t.ok(again.systems[0]!.stages.every((s) => s.cached || ['initramfs', 'pxe'].includes(s.name)), 'warm build: every stage cached');
   t.same(again.artifacts.map((a) => a.sha256), record.artifacts.map((a) => a.sha256), 'same bytes');
+});
+
+t.test('rebuilds make only what changed: nothing, then what an overlay file reaches, then what a changed writer makes', async (t) => {
+  const { dir, cacheDir, outDir, spec } = await setup();
+  let writes = 0;
+  const counting = { pxe: async (...a: Parameters<typeof fakeWriters.pxe>) => (writes++, fakeWriters.pxe(...a)) };
+  const run = async (out: string, extra: Record<string, unknown> = {}) => {
+    const q = quickBuild(spec, cacheDir, path.join(outDir, out), { outputs: counting, ...extra });
+    const r = await build(q.opts);
+    const ran = r.systems[0]!.stages.filter((s) => !s.cached && ['rootfs', 'k3s', 'system', 'squashfs', 'initramfs', 'pxe'].includes(s.name)).map((s) => s.name);
+    return { r, ran, log: q.lines.join('') };
+  };
+  const cold = await run('cold');
+  t.same(cold.ran, ['k3s', 'system', 'squashfs', 'initramfs', 'pxe'], 'a cold build (the rootfs was planted)');
+  t.equal(writes, 1);
+  const warm = await run('warm');
+  t.same(warm.ran, [], 'nothing changed: no stage runs');
+  t.equal(writes, 1, 'the writer was not called');
+  t.match(warm.log, /stage init: cached/);
+  t.same(warm.r.artifacts, cold.r.artifacts, 'the same files, sizes and sums');
+  for (const a of warm.r.artifacts) t.equal(sha(path.join(outDir, 'warm', a.file)), a.sha256, `${a.file} is whole`);
+  t.equal(readFileSync(path.join(outDir, 'warm', 'SHA256SUMS'), 'utf8'), readFileSync(path.join(outDir, 'cold', 'SHA256SUMS'), 'utf8'));
+
+  writeFileSync(path.join(dir, 'site/etc/cairn/site.conf'), 'site=2\n');
+  const overlay = await run('overlay');
+  t.same(overlay.ran, ['system', 'squashfs', 'pxe'], 'an overlay file: the system, its squashfs and the output; not the initramfs');
+  t.not(overlay.r.systems[0]!.squashfs.sha256, cold.r.systems[0]!.squashfs.sha256);
+  t.equal(overlay.r.artifacts.find((a) => a.file.endsWith('.initrd'))!.sha256, cold.r.artifacts.find((a) => a.file.endsWith('.initrd'))!.sha256);
+
+  const other = { pxe: async (...a: Parameters<typeof fakeWriters.pxe>) => (writes += 10, fakeWriters.pxe(...a)) };
+  const changed = await run('writer', { outputs: other });
+  t.same(changed.ran, ['pxe'], 'another writer: only the output');
+  t.equal(writes, 12);
 });
 
 t.test('reproducible: two caches, same inputs, byte-identical squashfs', async (t) => {
@@ -193,7 +226,7 @@ t.test('a full cache disk: refused before the stage starts', { skip: process.get
   const q = quickBuild(spec, cacheDir, path.join(dir, 'out'));
   await t.rejects(build(q.opts), { name: 'UserError', message: /not enough free space in .* for the system stage/ });
   t.same(readdirSync(path.join(cacheDir, 'tmp')), [], 'nothing half-built');
-  t.ok(readdirSync(path.join(cacheDir, 'entries')).every((n) => n.startsWith('rootfs-') || n.startsWith('k3s-')));
+  t.ok(readdirSync(path.join(cacheDir, 'entries')).every((n) => /^(rootfs|k3s|init)-/.test(n)), 'no entry past the planted rootfs, k3s and the init bundle');
 });
 
 const child = path.join(REPO, 'test/fixtures/builder/build-child.mts');

@@ -4,13 +4,14 @@
  * initramfs starts it under tini: tini -- node /usr/lib/cairn/init.js.
  */
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { _ } from 'ajv/dist/2020.js';
 import standalone from 'ajv/dist/standalone/index.js';
 import { build, type Plugin } from 'esbuild';
 import { configSchema, makeAjv } from '../../config/schema.js';
 import { hashValue } from '../hash.js';
+import type { StageCache } from '../cache.js';
 import { writeFresh } from '../fsutil.js';
 import { repoRoot } from '../paths.js';
 
@@ -80,6 +81,22 @@ export async function bundleInit(): Promise<InitBundle> {
   const cliEntry = path.join(repoRoot(), CLI_ENTRY);
   const cli = existsSync(cliEntry) ? await bundle(cliEntry) : undefined;
   return { code, cli, sha256: hashValue(`${code}\0${cli ?? ''}`) };
+}
+
+/**
+ * The bundles from the cache when the builder's code is unchanged (esbuild
+ * and ajv's standalone code take seconds), else made anew.
+ */
+export async function cachedInitBundle(cache: StageCache, code: string): Promise<{ bundle: InitBundle; cached: boolean }> {
+  const inputs = { stage: 1, code };
+  const e = await cache.get<{ sha256: string; code: boolean; cli: boolean }>('init', hashValue(inputs), inputs, async (dir) => {
+    const b = await bundleInit();
+    if (b.code !== undefined) await writeFile(path.join(dir, 'init.js'), b.code);
+    if (b.cli !== undefined) await writeFile(path.join(dir, 'cairn.js'), b.cli);
+    return { sha256: b.sha256, code: b.code !== undefined, cli: b.cli !== undefined };
+  });
+  const read = (name: string, present: boolean) => (present ? readFile(path.join(e.dir, name), 'utf8') : Promise.resolve(undefined));
+  return { bundle: { sha256: e.meta.data.sha256, code: await read('init.js', e.meta.data.code), cli: await read('cairn.js', e.meta.data.cli) }, cached: e.cached };
 }
 
 export async function installInit(root: string, bundle: InitBundle, log: (l: string) => void): Promise<void> {
