@@ -22,7 +22,7 @@ import { hashFile, hashValue } from './hash.js';
 import { checkHost } from './hostcheck.js';
 import { repoRoot } from './paths.js';
 import { createReporter, type Reporter } from './progress.js';
-import { installedPackages, type ArtifactRecord, type BuildRecord, type ReleaseRecord, type StageRecord } from './record.js';
+import { type ArtifactRecord, type BuildRecord, type ReleaseRecord, type StageRecord } from './record.js';
 import { loadSpec, type ImageSpec } from './spec.js';
 import { cachedInitBundle } from './stages/init.js';
 import { builderCodeHash, functionKey } from './code.js';
@@ -278,7 +278,7 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
           cmdline: spec.cmdline,
           ...(bsp ? { bsp: bspRecord(bsp) } : {}),
         },
-        packages: await installedPackages(path.join(system.dir, 'rootfs')),
+        packages: system.meta.data.pruned.packages,
         sizes: { ...system.meta.data.sizes, squashfs: squashfs.meta.data.bytes, initramfs: (await stat(initrd)).size },
         pruned: system.meta.data.pruned.removed,
         squashfs: { sha256: squashfs.meta.sha256, bytes: squashfs.meta.data.bytes },

@@ -1,6 +1,4 @@
-/** The build record: package versions from the root's dpkg status, and the record's shape. */
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
+/** The build record: package versions from the root's dpkg status (read before the prune step removes it), and the record's shape. */
 
 /** name → version of every installed package (arch-qualified names keep their :arch). */
 export function parseDpkgStatus(text: string): Record<string, string> {
@@ -13,10 +11,6 @@ export function parseDpkgStatus(text: string): Record<string, string> {
     if (pkg && version && (!status || status.endsWith(' installed'))) out[pkg] = version;
   }
   return Object.fromEntries(Object.entries(out).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-}
-
-export async function installedPackages(root: string): Promise<Record<string, string>> {
-  return parseDpkgStatus(await readFile(path.join(root, 'var/lib/dpkg/status'), 'utf8'));
 }
 
 export interface StageRecord {

@@ -74,6 +74,16 @@ t.test('a build: system tree, squashfs, artifacts, SHA256SUMS, build.json', asyn
   for (const kept of [`usr/lib/modules/${KR}/kernel/net/netfilter/nf_defrag.ko.xz`, `usr/lib/modules/${KR}/kernel/fs/squashfs/squashfs.ko.xz`, 'usr/lib/firmware/rtl_nic/rtl8168.fw', `usr/lib/modules/${KR}/modules.dep`]) {
     t.ok(line(kept), `kept ${kept}`);
   }
+  for (const gone of ['var/lib/dpkg/status', 'usr/bin/perl', 'usr/bin/perl-alias', 'usr/lib/x86_64-linux-gnu/perl-base/strict.pm', 'usr/sbin/adduser', 'usr/bin/dpkg', 'usr/lib/x86_64-linux-gnu/gconv/UTF-16.so', 'usr/share/nodejs/corepack/dist/corepack.js']) {
+    t.notOk(line(gone), `no package manager's ${gone}`);
+  }
+  for (const kept of ['usr/share/nodejs/undici/index.js', 'usr/bin/keep-me', 'usr/bin/keep-alias', 'usr/lib/cairn/packages.json']) t.ok(line(kept), `kept ${kept}`);
+  const manifest = spawnSync('unsquashfs', ['-cat', path.join(outDir, 'test-0.0.1-amd64.squashfs'), 'usr/lib/cairn/packages.json'], { encoding: 'utf8' }).stdout;
+  t.same(JSON.parse(manifest), { nodejs: '20.19.2+dfsg-1', tini: '0.19.0-1' }, 'the package list in the image');
+  t.ok(rel.pruned.perl! >= 'perl binary'.length + 'package strict;'.length + '#!/usr/bin/perl\nuse strict;\n'.length, 'the bytes perl took are recorded');
+  t.ok(rel.pruned.dpkg! > 0 && rel.pruned.gconv! > 0 && rel.pruned.nodejs_extras! > 0);
+  t.match(q.lines.join(''), /prune: 1 perl scripts \(adduser\) and 1 links to removed programs/);
+  t.match(q.lines.join(''), /prune: 2 packages listed in \/usr\/lib\/cairn\/packages\.json/);
   const times = new Set(list.split('\n').filter(Boolean).map((l) => l.split(/\s+/).slice(3, 5).join(' ')));
   t.equal(times.size, 1, 'every file has the same time stamp');
   const cfg = spawnSync('unsquashfs', ['-cat', path.join(outDir, 'test-0.0.1-amd64.squashfs'), 'usr/lib/cairn/config.yaml'], { encoding: 'utf8' }).stdout;

@@ -84,6 +84,16 @@ export async function makeFakeRoot(root: string, opts: { bigFile?: number } = {}
     'usr/bin/tini': 'tini',
     'etc/hostname': 'cairn\n',
     'etc/os-release': 'ID=debian\n',
+    // what only a package manager uses: gone from the image
+    'usr/bin/perl': 'perl binary',
+    'usr/lib/x86_64-linux-gnu/perl-base/strict.pm': 'package strict;',
+    'usr/sbin/adduser': '#!/usr/bin/perl\nuse strict;\n',
+    'usr/bin/dpkg': 'dpkg binary',
+    'usr/lib/x86_64-linux-gnu/gconv/UTF-16.so': 'iconv module',
+    'usr/share/nodejs/corepack/dist/corepack.js': 'corepack',
+    // what stays: node's shared builtins, a shell script
+    'usr/share/nodejs/undici/index.js': 'undici',
+    'usr/bin/keep-me': '#!/bin/sh\necho kept\n',
     'var/lib/dpkg/status':
       'Package: tini\nStatus: install ok installed\nVersion: 0.19.0-1\n\nPackage: nodejs\nStatus: install ok installed\nVersion: 20.19.2+dfsg-1\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n',
   };
@@ -94,6 +104,8 @@ export async function makeFakeRoot(root: string, opts: { bigFile?: number } = {}
   await chmod(path.join(root, 'usr/bin/busybox'), 0o755);
   await symlink('usr/lib', path.join(root, 'lib'));
   await symlink('usr/bin', path.join(root, 'bin'));
+  await symlink('perl', path.join(root, 'usr/bin/perl-alias'));
+  await symlink('/usr/bin/keep-me', path.join(root, 'usr/bin/keep-alias'));
   await mkdir(path.join(root, 'var/lib/chrony'), { recursive: true });
   if (opts.bigFile) await writeFile(path.join(root, 'usr/lib/big.bin'), randomBytes(opts.bigFile));
 }

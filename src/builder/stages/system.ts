@@ -23,7 +23,7 @@ import { installInit, type InitBundle } from './init.js';
 import { componentSizes, prune, type PruneResult } from './prune.js';
 
 /** Bump when the overlay, runtime, init or prune steps change what they make. */
-export const SYSTEM_STAGE_VERSION = 2;
+export const SYSTEM_STAGE_VERSION = 3;
 
 export interface SystemData {
   kernelRelease: string;
