@@ -1,20 +1,39 @@
 // Boot time and memory of the default amd64 image (k3s test double), against
-// a baseline measured in the same run: the same kernel, booted the same way
-// (directly, through PVH), with a busybox initramfs that prints a marker and
-// powers off. Under TCG on machines without real KVM. Prints figures;
+// baselines measured in the same run, every one booted the same way (the
+// same kernel, started directly by QEMU, console on ttyS0, `quiet`):
+// - the floor: that kernel with a busybox initramfs that prints a marker;
+// - the system users would pick instead: stock Debian with systemd to the
+//   start of its k3s.service (bench/debian-systemd.ts, built once);
+// - cairn from its live ISO in a CD drive, and from its raw disk's state
+//   partition (the second boot of that disk: a node coming back after a
+//   reboot or a power cut).
+// Under TCG on machines without real KVM. Prints figures and their goals;
 // asserts nothing.
 //
-//   npx tsx bench/boot.ts            (BENCH_RUNS=2 for more runs)
+//   npx tsx bench/boot.ts [--plot DIR]       (BENCH_RUNS=3 for more runs)
+//
+// --plot DIR: the boot timeline of each cairn boot as DIR/cairn-<boot>.svg
+// (src/init/timeline.ts, as `cairn status --plot` draws it on a node).
 import { execa } from 'execa';
-import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { boot } from '../qemu/harness.js';
+import { join, resolve } from 'node:path';
+import { boot, type Vm } from '../qemu/harness.js';
 import { hostAccel } from '../qemu/host.js';
 import { buildTestImage } from '../test/boot/image.js';
+import { StageCache, defaultCacheDir } from '../src/builder/cache.js';
+import { loadSpec } from '../src/builder/spec.js';
+import { repoRoot } from '../src/builder/paths.js';
+import { renderBootSvg, timelineOf } from '../src/init/timeline.js';
+import type { NodeStatus } from '../src/init/status.js';
+import { K3S_MARKER, debianSystemd } from './debian-systemd.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 1);
 const MARKER = 'CAIRN-BENCH-BASELINE';
+const CONSOLE = 'console=ttyS0,115200 quiet';
+const MEM_MB = 2048;
+const plotIdx = process.argv.indexOf('--plot');
+const plotDir = plotIdx >= 0 ? resolve(process.argv[plotIdx + 1] ?? '.') : undefined;
 
 /** A busybox initramfs whose /init prints the marker and powers off. */
 async function baselineInitrd(dir: string): Promise<string> {
@@ -29,13 +48,14 @@ async function baselineInitrd(dir: string): Promise<string> {
   return out;
 }
 
-async function extract(iso: string, dir: string): Promise<{ kernel: string; initrd: string; cmdline: string }> {
+async function extract(iso: string, dir: string): Promise<{ kernel: string; initrd: string; version: string }> {
   const kernel = join(dir, 'vmlinuz');
   const initrd = join(dir, 'initrd');
-  await execa('xorriso', ['-osirrox', 'on', '-indev', iso, '-extract', '/cairn/vmlinuz', kernel, '-extract', '/cairn/initrd', initrd], { stderr: 'ignore' });
+  const version = join(dir, 'version');
+  await execa('xorriso', ['-osirrox', 'on', '-indev', iso, '-extract', '/cairn/vmlinuz', kernel, '-extract', '/cairn/initrd', initrd, '-extract', '/cairn/version', version], { stderr: 'ignore' });
   await chmod(kernel, 0o644);
   await chmod(initrd, 0o644);
-  return { kernel, initrd, cmdline: 'console=ttyS0,115200' };
+  return { kernel, initrd, version: (await readFile(version, 'utf8')).trim() };
 }
 
 function median(xs: number[]): number {
@@ -43,61 +63,154 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
+interface CairnBoot {
+  toK3s: number;
+  toComplete: number;
+  rssMb: number;
+  usedMb: number;
+  usedNoK3sMb: number;
+  status?: NodeStatus;
+}
+
+/** Waits for k3s' start and boot complete (both waits set up at once: each time is when its line came), then reads memory and the status. */
+async function measureCairn(vm: Vm, withMemory: boolean): Promise<CairnBoot> {
+  const k3s = vm.waitFor(/^cairn: runtime ok/m);
+  const complete = vm.waitFor(/^cairn: boot complete \S+$/m, 600_000, { from: 'start' });
+  const toK3s = (await k3s).elapsedMs / 1000;
+  const toComplete = (await complete).elapsedMs / 1000;
+  // No config: the console logs in as cairn without a password.
+  vm.sendLine('');
+  await vm.waitFor(/login: cairn \(automatic login\)|\$ $/m, 120_000);
+  await vm.waitFor(/\$ $/m, 60_000);
+  let rssMb = NaN;
+  let usedMb = NaN;
+  let usedNoK3sMb = NaN;
+  if (withMemory) {
+    await new Promise((r) => setTimeout(r, 5000));
+    vm.sendLine(
+      'echo "RSS $(ps -o rss= -p $(cat /run/cairn/init.pid))"; echo "K3S $(ps -eo rss=,args= | awk \'/[k]3s (server|agent)/ {s+=$1} END {print s+0}\')"; awk \'/MemTotal/ {t=$2} /MemAvailable/ {a=$2} END {print "USED " t-a}\' /proc/meminfo',
+    );
+    const m = await vm.waitFor(/^USED (\d+)$/m, 60_000);
+    const out = vm.output;
+    rssMb = Number(/^RSS\s+(\d+)$/m.exec(out)?.[1]) / 1024;
+    const k3sKb = Number(/^K3S (\d+)$/m.exec(out)?.[1]);
+    usedMb = Number(m.groups[0]) / 1024;
+    usedNoK3sMb = (Number(m.groups[0]) - k3sKb) / 1024;
+  }
+  vm.sendLine('echo "STATUS $(base64 -w0 /run/cairn/status.json) END"');
+  const s = await vm.waitFor(/^STATUS (\S+) END$/m, 60_000);
+  const status = JSON.parse(Buffer.from(s.groups[0]!, 'base64').toString('utf8')) as NodeStatus;
+  return { toK3s, toComplete, rssMb, usedMb, usedNoK3sMb, status };
+}
+
 async function main(): Promise<void> {
   const image = buildTestImage();
   const dir = await mkdtemp(join(tmpdir(), 'cairn-bench-boot-'));
+  const cache = new StageCache(defaultCacheDir(), { log: (l) => process.stderr.write(`${l}\n`) });
+  await cache.open();
   try {
+    const spec = loadSpec(join(repoRoot(), 'images/default.yaml'));
+    const debian = await debianSystemd(cache, spec, (l) => process.stderr.write(`${l}\n`));
     const k = await extract(image.iso, dir);
     const initrd = await baselineInitrd(dir);
+    const kernelRelease = /Linux version (\S+)/.exec((await execa('file', ['-bL', k.kernel])).stdout)?.[1] ?? /version (\S+)/.exec((await execa('file', ['-bL', k.kernel])).stdout)?.[1];
     const base: number[] = [];
-    const toK3s: number[] = [];
-    const toComplete: number[] = [];
-    const rss: number[] = [];
-    const used: number[] = [];
-    const usedNoK3s: number[] = [];
+    const debianK3s: number[] = [];
+    const live: CairnBoot[] = [];
+    const raw: CairnBoot[] = [];
     for (let i = 0; i < RUNS; i++) {
-      const b = await boot({ artifact: { kind: 'kernel', kernel: k.kernel, initrd, append: `${k.cmdline} quiet` }, memMb: 2048, cpus: 2, name: 'bench-baseline', noReboot: true });
+      process.stderr.write(`bench: run ${i + 1} of ${RUNS}\n`);
+      const b = await boot({ artifact: { kind: 'kernel', kernel: k.kernel, initrd, append: CONSOLE }, memMb: MEM_MB, cpus: 2, name: 'bench-baseline', noReboot: true });
       base.push((await b.waitFor(MARKER, 120_000)).elapsedMs / 1000);
       await b.close();
 
-      // The same kernel and boot path; the system from the ISO in a CD drive (the first stage finds CAIRN_LIVE).
-      const vm = await boot({
-        artifact: { kind: 'kernel', kernel: k.kernel, initrd: k.initrd, append: `cairn.mode=live ${k.cmdline}` },
-        extraArgs: ['-drive', `file=${image.iso},media=cdrom,readonly=on,format=raw`],
-        memMb: 2048,
+      // Debian: its own initramfs (initramfs-tools), the same kernel package, its root on a virtio disk.
+      const d = await boot({
+        artifact: { kind: 'kernel', kernel: debian.kernel, initrd: debian.initrd, append: `root=/dev/vda rw ${CONSOLE}` },
+        extraDisks: [debian.disk],
+        memMb: MEM_MB,
         cpus: 2,
-        name: 'bench-cairn',
+        name: 'bench-debian',
         timeoutMs: 600_000,
       });
-      toK3s.push((await vm.waitFor(/^cairn: runtime ok/m)).elapsedMs / 1000);
-      toComplete.push((await vm.waitFor(/^cairn: boot complete/m)).elapsedMs / 1000);
-      // No config: the console logs in as cairn without a password.
-      vm.sendLine('');
-      await vm.waitFor(/login: cairn \(automatic login\)|\$ $/m, 120_000);
-      await vm.waitFor(/\$ $/m, 60_000);
-      await new Promise((r) => setTimeout(r, 5000));
-      vm.sendLine(
-        'echo "RSS $(ps -o rss= -p $(cat /run/cairn/init.pid))"; echo "K3S $(ps -eo rss=,args= | awk \'/[k]3s (server|agent)/ {s+=$1} END {print s+0}\')"; awk \'/MemTotal/ {t=$2} /MemAvailable/ {a=$2} END {print "USED " t-a}\' /proc/meminfo',
-      );
-      const m = await vm.waitFor(/^USED (\d+)$/m, 60_000);
-      const out = vm.output;
-      const rssKb = Number(/^RSS\s+(\d+)$/m.exec(out)?.[1]);
-      const k3sKb = Number(/^K3S (\d+)$/m.exec(out)?.[1]);
-      rss.push(rssKb / 1024);
-      used.push(Number(m.groups[0]) / 1024);
-      usedNoK3s.push((Number(m.groups[0]) - k3sKb) / 1024);
+      debianK3s.push((await d.waitFor(new RegExp(`^${K3S_MARKER} [\\d.]+`, 'm'))).elapsedMs / 1000);
+      await d.close();
+
+      // cairn live: the system from the ISO in a CD drive (the first stage finds CAIRN_LIVE).
+      const vm = await boot({
+        artifact: { kind: 'kernel', kernel: k.kernel, initrd: k.initrd, append: `cairn.mode=live ${CONSOLE}` },
+        extraArgs: ['-drive', `file=${image.iso},media=cdrom,readonly=on,format=raw`],
+        memMb: MEM_MB,
+        cpus: 2,
+        name: 'bench-cairn-live',
+        timeoutMs: 600_000,
+      });
+      live.push(await measureCairn(vm, true));
       await vm.close();
+
+      // cairn from its raw disk: a first boot (it grows the state partition, makes host keys), then the boot measured.
+      const disk = join(dir, 'disk.raw');
+      await execa('cp', ['--sparse=always', image.raw, disk]);
+      await execa('truncate', ['-s', '4G', disk]);
+      const rawBoot = (name: string) =>
+        boot({
+          artifact: { kind: 'kernel', kernel: k.kernel, initrd: k.initrd, append: `cairn.mode=state cairn.version=${k.version} ${CONSOLE}` },
+          extraDisks: [{ path: disk, writable: true }],
+          memMb: MEM_MB,
+          cpus: 2,
+          name,
+          timeoutMs: 600_000,
+        });
+      const first = await rawBoot('bench-cairn-raw-first');
+      await first.waitFor(/^cairn: boot complete \S+$/m, 600_000);
+      // the power button: the init shuts down cleanly
+      if (!(await first.shutdown(120_000))) process.stderr.write('bench: the first raw boot did not power off within 2 minutes; killed\n');
+      await first.close();
+      const second = await rawBoot('bench-cairn-raw');
+      raw.push(await measureCairn(second, false));
+      await second.close();
+      await rm(disk, { force: true });
     }
     const accel = hostAccel('amd64');
+    const floor = median(base);
+    const deb = median(debianK3s);
+    const m = (xs: CairnBoot[], f: (b: CairnBoot) => number) => median(xs.map(f));
+    const liveK3s = m(live, (b) => b.toK3s);
+    const rawK3s = m(raw, (b) => b.toK3s);
     const mb = (x: number) => `${x.toFixed(0)} MiB`;
-    console.log(`boot of the default amd64 image (${accel}, ${RUNS} run${RUNS > 1 ? 's' : ''}, medians; k3s is the test double)`);
-    console.log(`baseline: same kernel, busybox initramfs to a marker   ${median(base).toFixed(1)} s`);
-    console.log(`QEMU start to k3s start                              ${median(toK3s).toFixed(1)} s   ${(median(toK3s) / median(base)).toFixed(2)}x baseline (goal <= 3x)`);
-    console.log(`QEMU start to "boot complete"                        ${median(toComplete).toFixed(1)} s   ${(median(toComplete) / median(base)).toFixed(2)}x baseline`);
-    console.log(`init RSS after boot                                  ${mb(median(rss))}   (goal <= 45 MiB)`);
-    console.log(`memory used after boot                               ${mb(median(used))}`);
-    console.log(`memory used without k3s (used minus k3s' RSS)        ${mb(median(usedNoK3s))}   (goal <= 120 MiB)`);
+    const s = (x: number) => `${x.toFixed(1)} s`;
+    const lines = [
+      `boot of the default amd64 image (${accel}, ${RUNS} run${RUNS > 1 ? 's' : ''}, medians; QEMU start to the line; k3s is the test double)`,
+      `kernel ${kernelRelease ?? '?'} for every boot; Debian's is ${debian.kernelRelease}${kernelRelease && debian.kernelRelease !== kernelRelease ? ' (NOT THE SAME: the archive changed between the builds)' : ''}`,
+      `floor: the kernel, a busybox initramfs to a marker            ${s(floor)}`,
+      `stock Debian with systemd to its k3s.service start            ${s(deb)}   ${(deb / floor).toFixed(2)}x the floor`,
+      `cairn live ISO to k3s start                                    ${s(liveK3s)}   ${(liveK3s / floor).toFixed(2)}x the floor (goal <= 3x), ${(liveK3s / deb).toFixed(2)}x Debian (goal < 1x)`,
+      `cairn raw disk (state partition, 2nd boot) to k3s start        ${s(rawK3s)}   ${(rawK3s / floor).toFixed(2)}x the floor (goal <= 3x), ${(rawK3s / deb).toFixed(2)}x Debian (goal < 1x)`,
+      `cairn live ISO to "boot complete"                              ${s(m(live, (b) => b.toComplete))}`,
+      `cairn raw disk to "boot complete"                              ${s(m(raw, (b) => b.toComplete))}`,
+      `init RSS after a live boot                                     ${mb(m(live, (b) => b.rssMb))}   (goal <= 45 MiB)`,
+      `memory used after a live boot                                  ${mb(m(live, (b) => b.usedMb))}`,
+      `memory used without k3s (used minus k3s' RSS), live boot       ${mb(m(live, (b) => b.usedNoK3sMb))}   (goal <= 120 MiB)`,
+    ];
+    const status = live[live.length - 1]?.status;
+    if (status?.times) {
+      const t = status.times;
+      const phases = status.phases.map((p) => `${p.name} ${(p.ms / 1000).toFixed(2)}`).join(', ');
+      lines.push(`live boot, on the guest's clock: kernel to first stage ${s((t.stage1StartMs ?? 0) / 1000)}, first stage ${s(((t.stage1EndMs ?? 0) - (t.stage1StartMs ?? 0)) / 1000)}, node start to the init's first line ${s(((t.initReadyMs ?? 0) - (t.initStartMs ?? 0)) / 1000)}; phases (s): ${phases}`);
+    }
+    process.stdout.write(`${lines.join('\n')}\n`);
+    if (plotDir) {
+      await mkdir(plotDir, { recursive: true });
+      for (const [name, runs] of [['live', live], ['raw', raw]] as const) {
+        const st = runs[runs.length - 1]?.status;
+        if (!st) continue;
+        const file = join(plotDir, `cairn-${name}.svg`);
+        await writeFile(file, renderBootSvg(timelineOf(st), `cairn ${st.version}, ${name === 'live' ? 'live ISO' : 'raw disk, second boot'} (${accel})`));
+        process.stdout.write(`timeline: ${file}\n`);
+      }
+    }
   } finally {
+    await cache.close();
     await rm(dir, { recursive: true, force: true });
   }
 }

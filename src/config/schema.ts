@@ -1,10 +1,10 @@
 /**
  * The cloud-config schema (config/schema.json) and what cairn derives from it:
- * the ajv validator, and the lookup of a key's canonical name from any of its
+ * the validator (compile.ts, or the one compiled when the image was built), and the lookup of a key's canonical name from any of its
  * lenient spellings. The schema is the single source of truth for config keys.
  */
-import { Ajv2020, type CodeOptions, type ValidateFunction } from 'ajv/dist/2020.js';
-import { CONFIG_FORMATS } from './formats.js';
+import type { ValidateFunction } from 'ajv/dist/2020.js';
+import { compileConfigSchema } from './compile.js';
 import { precompiledValidator } from './precompiled.js';
 import schemaJson from '../../config/schema.json' with { type: 'json' };
 
@@ -113,22 +113,6 @@ export function suggestKey(unknown: string, known: string[]): string | undefined
   return best.d <= Math.max(2, Math.floor(u.length / 4)) ? best.key : undefined;
 }
 
-/** The ajv instance for config/schema.json; `code` makes standalone code (src/builder/stages/init.ts). */
-export function makeAjv(code?: CodeOptions): Ajv2020 {
-  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true, ...(code ? { code } : {}) });
-  ajv.addKeyword({ keyword: 'x-expected', schemaType: 'string' });
-  ajv.addKeyword({ keyword: 'x-secret', schemaType: 'boolean' });
-  // cloud-init's shapes: read by the normaliser, no meaning to validation
-  ajv.addKeyword({ keyword: 'x-split', schemaType: 'string' });
-  ajv.addKeyword({ keyword: 'x-false-empty', schemaType: 'boolean' });
-  ajv.addKeyword({ keyword: 'x-argv-items', schemaType: 'boolean' });
-  ajv.addKeyword({ keyword: 'x-name-items', schemaType: 'string' });
-  ajv.addKeyword({ keyword: 'x-not-applied', schemaType: 'object' });
-  ajv.addKeyword({ keyword: 'x-single-line', schemaType: 'boolean' });
-  for (const [name, format] of Object.entries(CONFIG_FORMATS)) ajv.addFormat(name, format);
-  return ajv;
-}
-
 /**
  * The schema of the value at a JSON pointer into a config with canonical
  * key names (`/cairn/wifi/0/passphrase`), or undefined when the schema has
@@ -151,6 +135,6 @@ let validator: ValidateFunction | undefined;
 
 /** The validator of config/schema.json: the one compiled at build time in the init bundle, else compiled once here. */
 export function configValidator(): ValidateFunction {
-  validator ??= precompiledValidator ?? makeAjv().compile(configSchema);
+  validator ??= precompiledValidator ?? compileConfigSchema(configSchema);
   return validator;
 }

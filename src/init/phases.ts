@@ -24,7 +24,6 @@ import { restoreUpgradeSnapshot } from '../runtime/datastore.js';
 import { SNAPSHOTS, STATE_DB } from '../runtime/paths.js';
 import { k3sHealthy, markGood } from './mark-good.js';
 import { beginStateBoot } from './trial.js';
-import { installPhase } from '../install/phase.js';
 
 /** Loads every config source; problems are logged and kept for `cairn status`, never fatal. */
 export async function loadNodeConfig(ctx: NodeContext, opts: { quiet?: boolean } = {}): Promise<string> {
@@ -265,7 +264,8 @@ export const boot: Phase<NodeContext>[] = [
   phase('time', 45_000, (ctx) => syncTime(ctx)),
   phase('data-sources', 60_000, dataSources),
   // a live boot with install.device and install.silent installs to that disk and reboots (src/install)
-  phase('install', 1_800_000, installPhase),
+  // the installer (and what downloads an ISO) loads only when there is something to install
+  phase('install', 1_800_000, async (ctx) => (ctx.config.cairn?.install?.device ? (await import('../install/phase.js')).installPhase(ctx) : 'no install.device')),
   phase('users', 90_000, usersPhase),
   phase('boot-cmd', 600_000, (ctx) => runCommands(ctx, 'boot_cmd')),
   phase('services', 90_000, startServices),

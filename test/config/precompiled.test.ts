@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { makeAjv, configSchema } from '../../src/config/schema.js';
+import { configSchema } from '../../src/config/schema.js';
+import { makeAjv } from '../../src/config/compile.js';
 import { precompiledValidatorPlugin } from '../../src/builder/stages/init.js';
 import { repoRoot } from '../../src/builder/paths.js';
 

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { _ } from 'ajv/dist/2020.js';
 import standalone from 'ajv/dist/standalone/index.js';
 import { build, type Plugin } from 'esbuild';
-import { configSchema, makeAjv } from '../../config/schema.js';
+import { configSchema } from '../../config/schema.js';
+import { makeAjv } from '../../config/compile.js';
 import { hashValue } from '../hash.js';
 import type { StageCache } from '../cache.js';
 import { writeFresh } from '../fsutil.js';
@@ -52,6 +53,11 @@ export function precompiledValidatorPlugin(): Plugin {
         code ??= precompiledValidatorModule();
         return { contents: code, loader: 'js', resolveDir: path.join(repoRoot(), 'src/config') };
       });
+      // the validator is compiled already: ajv's compiler stays out of the bundle
+      b.onLoad({ filter: /[\\/]src[\\/]config[\\/]compile\.ts$/ }, () => ({
+        contents: "const built = () => { throw new Error('the config schema was compiled when the image was built'); };\nexport const makeAjv = built;\nexport const compileConfigSchema = built;\n",
+        loader: 'js',
+      }));
     },
   };
 }

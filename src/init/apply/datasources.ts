@@ -14,7 +14,7 @@ import type { Diagnostic } from '../../config/diagnostics.js';
 import { at, urlForLog, withoutQuery, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
 import { CONFIG_PATHS } from '../../config/loader.js';
-import { parse as parseYaml } from 'yaml';
+import { load as parseYaml } from 'js-yaml';
 import { MetadataFormatError, PROVIDERS, metadataConfig, openstackMetadata, shortHostname, type Metadata } from './metadata.js';
 
 /** Volume labels a NoCloud seed or a config CD may carry. */

@@ -26,7 +26,7 @@
  * answer, or answers with what is not its format, is. Parsing is pure:
  * the tests feed each provider recorded-format responses.
  */
-import { parse as parseYaml } from 'yaml';
+import { load as parseYaml } from 'js-yaml';
 import type { Fetch } from '../context.js';
 
 export interface Metadata {
