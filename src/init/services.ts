@@ -82,9 +82,12 @@ export function updateConsoleLogin(ctx: NodeContext, opts: { keysApplied?: boole
 export async function startServices(ctx: NodeContext): Promise<string> {
   const started: string[] = [];
   mkdirSync(at(ctx, '/run/sshd'), { recursive: true, mode: 0o755 });
-  const keys = await ctx.exec('ssh-keygen', ['-A'], { timeoutMs: 60_000 });
-  if (keys.code !== 0) ctx.log.info(`sshd: host keys not generated: ${keys.stderr.trim()}`);
-  ctx.services.start({ name: 'sshd', command: '/usr/sbin/sshd', args: ['-D', '-e'] });
+  // A live boot makes its host keys anew (RSA takes seconds on a small board): beside the boot, not in its way; sshd starts when they are there.
+  void ctx.exec('ssh-keygen', ['-A'], { timeoutMs: 120_000 }).then((keys) => {
+    if (keys.code !== 0) ctx.log.info(`sshd: host keys not generated: ${keys.stderr.trim()}`);
+    if (ctx.status.status.shutdown || ctx.services.get('sshd')) return;
+    ctx.services.start({ name: 'sshd', command: '/usr/sbin/sshd', args: ['-D', '-e'] });
+  });
   started.push('sshd');
   // Started in the time phase; here should that phase have failed before it.
   if (!ctx.services.get('chronyd')) {

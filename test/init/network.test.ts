@@ -2,7 +2,7 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { applyNetwork, planNetwork, renderWpaConf, wifiProblem, wpaPsk, WPA_CONF, type Link } from '../../src/init/apply/network.js';
+import { applyNetwork, globalAddresses, planNetwork, renderWpaConf, wifiProblem, wpaPsk, WPA_CONF, type Link } from '../../src/init/apply/network.js';
 import { nodeRoot, testContext } from './support.js';
 
 const wired = (name: string): Link => ({ name, wireless: false, physical: true });
@@ -155,7 +155,9 @@ t.test('Wi-Fi: the file is written 0600 and a bad network is left out with a not
   const root = nodeRoot(t.testdir());
   mkdirSync(join(root, 'sys/class/net/wlan0/wireless'), { recursive: true });
   mkdirSync(join(root, 'sys/class/net/wlan0/device'), { recursive: true });
-  const { ctx, lines } = testContext(root, { cairn: { wifi: [{ name: 'short', passphrase: 'seven77' }, { name: 'home', passphrase: 'correct horse' }] } }, { exec: (f) => (f === 'ip' ? { stdout: '2: wlan0 inet 10.0.0.2/24' } : undefined) });
+  mkdirSync(join(root, 'proc/net'), { recursive: true });
+  writeFileSync(join(root, 'proc/net/fib_trie'), FIB_TRIE);
+  const { ctx, lines } = testContext(root, { cairn: { wifi: [{ name: 'short', passphrase: 'seven77' }, { name: 'home', passphrase: 'correct horse' }] } });
   try {
     await applyNetwork(ctx, 1000);
   } finally {
@@ -169,4 +171,38 @@ t.test('Wi-Fi: the file is written 0600 and a bad network is left out with a not
   t.notMatch(conf, /correct horse/);
   t.ok(lines.some((l) => /wifi "short": a WPA passphrase is 8 to 63/.test(l)));
   t.notOk(lines.some((l) => l.includes('seven77') || l.includes('correct horse')), 'no passphrase in the log');
+});
+
+const FIB_TRIE = `Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.1
+              /32 host LOCAL
+     +-- 10.0.2.0/24 2 0 2
+           |-- 10.0.2.0
+              /24 link UNICAST
+           |-- 10.0.2.15
+              /32 host LOCAL
+        |-- 10.0.2.255
+           /32 link BROADCAST
+Local:
+  +-- 0.0.0.0/0 3 0 5
+           |-- 10.0.2.15
+              /32 host LOCAL
+`;
+
+t.test('global addresses from /proc: local IPv4 leaves but loopback, IPv6 of global scope but lo', async (t) => {
+  const root = t.testdir({ proc: { net: {} } });
+  t.same(globalAddresses({ root }), [], 'no /proc files: none');
+  writeFileSync(join(root, 'proc/net/fib_trie'), FIB_TRIE.replace(/10\.0\.2\.15/g, '127.0.0.2'));
+  t.same(globalAddresses({ root }), [], 'only loopback: none');
+  writeFileSync(join(root, 'proc/net/fib_trie'), FIB_TRIE);
+  writeFileSync(
+    join(root, 'proc/net/if_inet6'),
+    'fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n00000000000000000000000000000001 01 80 10 80       lo\nfd000000000000000000000000000002 04 40 00 82     eth0\n',
+  );
+  t.same(globalAddresses({ root }), ['10.0.2.15', 'fd00:0000:0000:0000:0000:0000:0000:0002'], 'the DHCP address once, the ULA; not the link-local or lo');
 });
