@@ -1,5 +1,5 @@
 /** Decoding of write_files content: every encoding k3OS and cloud-init accept. */
-import { gunzipSync } from 'node:zlib';
+import { zlib } from '../init/lazy.js';
 import type { Encoding } from './types.js';
 
 const BASE64 = /^[A-Za-z0-9+/\s]*={0,2}\s*$/;
@@ -11,7 +11,7 @@ function fromBase64(content: string): Buffer {
 
 function gunzip(data: Buffer): Buffer {
   try {
-    return gunzipSync(data);
+    return zlib().gunzipSync(data);
   } catch {
     throw new Error('content is not valid gzip data');
   }

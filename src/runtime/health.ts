@@ -4,7 +4,7 @@
  * an agent when its process has kept running for a while.
  */
 import { readFileSync } from 'node:fs';
-import { request } from 'node:https';
+import { https } from '../init/lazy.js';
 import jsyaml from 'js-yaml';
 
 interface KubeconfigCreds {
@@ -34,7 +34,7 @@ export function readyz(creds: KubeconfigCreds, timeoutMs = 5000): Promise<number
   return new Promise((resolve) => {
     const url = new URL('/readyz', creds.server);
     // The API server's own CA signed its certificate; on the node itself, reaching 127.0.0.1 is what counts.
-    const req = request(url, { method: 'GET', cert: creds.cert, key: creds.key, rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
+    const req = https().request(url, { method: 'GET', cert: creds.cert, key: creds.key, rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
       res.resume();
       resolve(res.statusCode ?? 0);
     });

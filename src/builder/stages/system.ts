@@ -11,6 +11,7 @@ import { copyFile, mkdir, rename, rm, lstat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { execa } from 'execa';
 import path from 'node:path';
+import { IMAGE_ETC_MANIFEST, manifestOf } from '../../init/apply/persist.js';
 import type { Entry, StageCache } from '../cache.js';
 import { hashValue } from '../hash.js';
 import { linkTree, writeFresh } from '../fsutil.js';
@@ -23,7 +24,7 @@ import { installInit, type InitBundle } from './init.js';
 import { componentSizes, prune, type PruneResult } from './prune.js';
 
 /** Bump when the overlay, runtime, init or prune steps change what they make. */
-export const SYSTEM_STAGE_VERSION = 3;
+export const SYSTEM_STAGE_VERSION = 4;
 
 export interface SystemData {
   kernelRelease: string;
@@ -133,6 +134,8 @@ export async function buildSystem(
         return prune(root, ctx.spec, ctx.arch, kr, ctx.log);
       });
       await rm(path.join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
+      // the image's /etc as the etc phase compares it, made once here instead of at every boot
+      await writeFresh(root, IMAGE_ETC_MANIFEST.slice(1), { content: `${JSON.stringify(manifestOf(path.join(root, 'etc')))}\n` }, { mode: 0o644, uid: 0, gid: 0 });
       const sizes = await componentSizes(root, kr);
       sizes.kernel = (await lstat(path.join(dir, 'vmlinuz'))).size;
       return { kernelRelease: kr, sizes, pruned, steps };

@@ -7,7 +7,7 @@
  * there at a boot (a seed stick taken out, a metadata service down), and
  * stops applying when the source leaves `data_sources`.
  */
-import { createHash } from 'node:crypto';
+import { crypto } from '../lazy.js';
 import { mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Diagnostic } from '../../config/diagnostics.js';
@@ -88,7 +88,7 @@ export function isLocalSource(source: string): boolean {
 
 /** The part of a saved copy's name that says which source it came from: the source's name, or `url-<hash>` for a URL. */
 export function sourceKey(source: string): string {
-  if (/^https?:\/\//.test(source)) return `url-${createHash('sha256').update(source).digest('hex').slice(0, 16)}`;
+  if (/^https?:\/\//.test(source)) return `url-${crypto().createHash('sha256').update(source).digest('hex').slice(0, 16)}`;
   return source.replace(/[^A-Za-z0-9_.-]/g, '_');
 }
 

@@ -5,7 +5,7 @@
  * pure function of the config and the interfaces present; applying it is
  * running the commands and starting the supervised clients.
  */
-import { pbkdf2Sync } from 'node:crypto';
+import { crypto } from '../lazy.js';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NetInterface, Wifi } from '../../config/types.js';
@@ -152,7 +152,7 @@ export function wifiProblem(n: Wifi): string | undefined {
  */
 export function wpaPsk(ssid: string, passphrase: string): string {
   if (/^[0-9a-fA-F]{64}$/.test(passphrase)) return passphrase.toLowerCase();
-  return pbkdf2Sync(Buffer.from(passphrase, 'utf8'), Buffer.from(ssid, 'utf8'), 4096, 32, 'sha1').toString('hex');
+  return crypto().pbkdf2Sync(Buffer.from(passphrase, 'utf8'), Buffer.from(ssid, 'utf8'), 4096, 32, 'sha1').toString('hex');
 }
 
 /**

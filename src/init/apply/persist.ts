@@ -40,7 +40,7 @@
  * a mounted overlay is not allowed, so an unchanged copy is replaced by the
  * new image's content, not removed), then the records.
  */
-import { createHash } from 'node:crypto';
+import { crypto } from '../lazy.js';
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { at, type NodeContext } from '../context.js';
@@ -49,6 +49,12 @@ import { writeFileAtomic } from './files.js';
 
 /** Where the first stage binds the image's own /etc, read-only. */
 export const IMAGE_ETC = '/run/cairn/image-etc';
+/**
+ * The image's /etc as manifestOf() sees it, made when the image is built
+ * (src/builder/stages/system.ts): the boot reads it instead of hashing
+ * every file of the image's /etc (a second or more under emulation).
+ */
+export const IMAGE_ETC_MANIFEST = '/usr/lib/cairn/etc-manifest.json';
 /** What the image's /etc held at the last boot, file by file. */
 export const IMAGE_ETC_RECORD = '/var/lib/cairn/image-etc.json';
 
@@ -78,7 +84,7 @@ export function fingerprint(path: string): string | undefined {
   if (!st.isFile()) return st.isDirectory() ? 'folder' : 'special';
   let sum: string;
   try {
-    sum = createHash('sha256').update(readFileSync(path)).digest('hex');
+    sum = crypto().createHash('sha256').update(readFileSync(path)).digest('hex');
   } catch {
     sum = 'unreadable';
   }
@@ -159,6 +165,16 @@ export interface FilesResult extends FilesPlan {
   files: number;
 }
 
+/** The manifest the image was built with, when it has one (older images do not). */
+function shippedManifest(root: string): Manifest | undefined {
+  try {
+    const m = JSON.parse(readFileSync(join(root, IMAGE_ETC_MANIFEST), 'utf8')) as unknown;
+    return m && typeof m === 'object' && !Array.isArray(m) ? (m as Manifest) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Rules 2 and 3 for the files of /etc, then the record of the image's /etc. */
 export function keepNodeFiles(root: string, imageEtc: string): FilesResult {
   const recordPath = join(root, IMAGE_ETC_RECORD);
@@ -169,7 +185,7 @@ export function keepNodeFiles(root: string, imageEtc: string): FilesResult {
   } catch {
     before = undefined;
   }
-  const image = manifestOf(imageEtc);
+  const image = shippedManifest(root) ?? manifestOf(imageEtc);
   const plan = planFiles(before, image, (rel) => fingerprint(join(root, 'etc', rel)));
   const problems: string[] = [];
   for (const p of plan.follow) {

@@ -2,7 +2,7 @@
  * The early system keys: hostname, kernel modules, sysctls, environment, DNS
  * servers and NTP servers. Each is a small function of the config.
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from '../lazy.js';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { at, type NodeContext } from '../context.js';
@@ -19,7 +19,7 @@ function readTrimmed(path: string): string | undefined {
 }
 
 /** The hostname: the config's, else the one this node was given before, else a new `cairn-xxxxxx`; kept across reboots. */
-export function chooseHostname(configured: string | undefined, remembered: string | undefined, random = () => randomBytes(3).toString('hex')): string {
+export function chooseHostname(configured: string | undefined, remembered: string | undefined, random = () => crypto().randomBytes(3).toString('hex')): string {
   return configured ?? remembered ?? `cairn-${random()}`;
 }
 

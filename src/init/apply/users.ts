@@ -5,7 +5,7 @@
  * node has is read from what is installed (authorized_keys, the shadow
  * entry), not from what is configured: a key fetch that failed leaves no key.
  */
-import { createHash } from 'node:crypto';
+import { crypto } from '../lazy.js';
 import { chownSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { at, urlForLog, withoutQuery, type NodeContext } from '../context.js';
@@ -74,7 +74,7 @@ export function ensureUser(root: string): void {
 export function keySource(entry: string): { literal: string } | { url: string; cacheName: string } {
   const m = /^(github|gitlab):(.+)$/.exec(entry);
   if (m) return { url: `https://${m[1]}.com/${m[2]}.keys`, cacheName: `${m[1]}-${m[2]}.keys` };
-  if (/^https?:\/\//.test(entry)) return { url: entry, cacheName: `url-${createHash('sha256').update(entry).digest('hex').slice(0, 16)}.keys` };
+  if (/^https?:\/\//.test(entry)) return { url: entry, cacheName: `url-${crypto().createHash('sha256').update(entry).digest('hex').slice(0, 16)}.keys` };
   return { literal: entry };
 }
 
