@@ -111,6 +111,9 @@ async function main(): Promise<void> {
   try {
     const spec = loadSpec(join(repoRoot(), 'images/default.yaml'));
     const debian = await debianSystemd(cache, spec, (l) => process.stderr.write(`${l}\n`));
+    // QEMU's PVH boot unpacks a kernel beside its file: a copy, so that the cache entry stays as it was made
+    const debianKernel = join(dir, 'debian-vmlinuz');
+    await copyFile(debian.kernel, debianKernel);
     const k = await extract(image.iso, dir);
     const initrd = await baselineInitrd(dir);
     const kernelRelease = /Linux version (\S+)/.exec((await execa('file', ['-bL', k.kernel])).stdout)?.[1] ?? /version (\S+)/.exec((await execa('file', ['-bL', k.kernel])).stdout)?.[1];
@@ -126,7 +129,7 @@ async function main(): Promise<void> {
 
       // Debian: its own initramfs (initramfs-tools), the same kernel package, its root on a virtio disk.
       const d = await boot({
-        artifact: { kind: 'kernel', kernel: debian.kernel, initrd: debian.initrd, append: `root=/dev/vda rw ${CONSOLE}` },
+        artifact: { kind: 'kernel', kernel: debianKernel, initrd: debian.initrd, append: `root=/dev/vda rw ${CONSOLE}` },
         extraDisks: [debian.disk],
         memMb: MEM_MB,
         cpus: 2,

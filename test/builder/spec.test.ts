@@ -14,7 +14,7 @@ t.test('images/default.yaml and images/agent.yaml are valid', async (t) => {
   t.equal(d.debian.mirror, 'http://deb.debian.org/debian');
   t.ok(d.manifests.some((m) => m.endsWith('system-upgrade-controller.yaml')), 'ships system-upgrade-controller');
   t.ok(d.manifests.every((m) => path.isAbsolute(m)), 'paths made absolute');
-  t.same(d.squashfs, { compression: 'zstd', level: 15 });
+  t.same(d.squashfs, { compression: 'zstd', level: 19 });
   t.notOk('hostname' in d.config, 'no hostname baked in: every node names itself');
   t.notOk((d.config.cairn as { k3s_args?: string[] }).k3s_args, 'a server unless the config names a server to join');
   const a = loadSpec(path.join(REPO, 'images/agent.yaml'));
