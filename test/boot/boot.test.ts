@@ -138,6 +138,8 @@ t.test('k3s crashes: restarted with back-off; the boot still completes (hostname
   tt.equal((await node.sh('test -e /run/from-imds-user-data && echo yes')).trim(), 'yes', "the metadata service's user-data ran");
   tt.equal(imds.log[0], 'PUT /latest/api/token', 'IMDSv2: the token first');
   tt.ok(imds.log.slice(1).every((l) => l.endsWith(' (token)')), `and every request after it with the token (${imds.log.length} requests)`);
+  // The restart after the crash has started (k3s logs its start) before it is killed: killed while it starts, it logs nothing.
+  await node.sh('for i in $(seq 60); do [ "$(sudo grep -c "server starting" /var/log/cairn/k3s.log)" -ge 2 ] && exit 0; sleep 1; done; exit 1');
   // [/] keeps the pattern from matching sudo's own command line.
   await node.sh('sudo pkill -KILL -f "[/]usr/local/bin/k3s server"');
   await node.vm.waitFor(L(/cairn: service k3s exited \(signal SIGKILL\); restarting in [\d.]+ s$/), 60_000);
