@@ -17,7 +17,7 @@
 import { lstat, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { UserError } from '../errors.js';
-import { META, readUse, type EntryMeta } from './cache.js';
+import { META, alive, readUse, type EntryMeta } from './cache.js';
 import { removeTree } from './fsutil.js';
 import { treeSize } from './hash.js';
 
@@ -52,15 +52,6 @@ function entryArch(meta: EntryMeta): string {
   };
   visit(meta.inputs, 0);
   return found ?? (meta.data as { arch?: string } | undefined)?.arch ?? '-';
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** Entry folder names that running builds use; the lists of builds that are gone are removed. */

@@ -288,7 +288,8 @@ export function mib(bytes: number): string {
   return `${(bytes / 1048576).toFixed(1)} MiB`;
 }
 
-function alive(pid: number): boolean {
+/** Whether a process is running (a build that holds a folder of the cache). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
