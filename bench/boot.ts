@@ -72,10 +72,13 @@ interface CairnBoot {
   status?: NodeStatus;
 }
 
+/** The exact line of a boot with no failed phase (the console ends it with \r\n, the \n maybe not yet there). */
+const completeLine = (version: string) => new RegExp(`^cairn: boot complete ${version.replace(/[.+]/g, '\\$&')}\r?$`, 'm');
+
 /** Waits for k3s' start and boot complete (both waits set up at once: each time is when its line came), then reads memory and the status. */
-async function measureCairn(vm: Vm, withMemory: boolean): Promise<CairnBoot> {
+async function measureCairn(vm: Vm, withMemory: boolean, version: string): Promise<CairnBoot> {
   const k3s = vm.waitFor(/^cairn: runtime ok/m);
-  const complete = vm.waitFor(/^cairn: boot complete \S+$/m, 600_000, { from: 'start' });
+  const complete = vm.waitFor(completeLine(version), 600_000, { from: 'start' });
   const toK3s = (await k3s).elapsedMs / 1000;
   const toComplete = (await complete).elapsedMs / 1000;
   // No config: the console logs in as cairn without a password; a new prompt answers an empty line.
@@ -148,7 +151,7 @@ async function main(): Promise<void> {
         name: 'bench-cairn-live',
         timeoutMs: 600_000,
       });
-      live.push(await measureCairn(vm, true));
+      live.push(await measureCairn(vm, true, k.version));
       await vm.close();
 
       // cairn from its raw disk: a first boot (it grows the state partition, makes host keys), then the boot measured.
@@ -165,7 +168,7 @@ async function main(): Promise<void> {
           timeoutMs: 600_000,
         });
       const first = await rawBoot('bench-cairn-raw-first');
-      await first.waitFor(/^cairn: boot complete \S+$/m, 600_000);
+      await first.waitFor(completeLine(k.version), 600_000);
       // a clean shutdown from the console (the cairn user logs in by itself without a config)
       const prompt = first.waitFor(/\$ $/m, 120_000, { from: 'end' });
       first.sendLine('');
@@ -174,7 +177,7 @@ async function main(): Promise<void> {
       if (!(await first.waitExit(120_000))) process.stderr.write('bench: the first raw boot did not power off within 2 minutes; killed\n');
       await first.close();
       const second = await rawBoot('bench-cairn-raw');
-      raw.push(await measureCairn(second, false));
+      raw.push(await measureCairn(second, false, k.version));
       await second.close();
       await rm(disk, { force: true });
     }
