@@ -80,6 +80,11 @@ t.test('a build: system tree, squashfs, artifacts, SHA256SUMS, build.json', asyn
   for (const kept of ['usr/share/nodejs/undici/index.js', 'usr/bin/keep-me', 'usr/bin/keep-alias', 'usr/lib/cairn/packages.json']) t.ok(line(kept), `kept ${kept}`);
   const manifest = spawnSync('unsquashfs', ['-cat', path.join(outDir, 'test-0.0.1-amd64.squashfs'), 'usr/lib/cairn/packages.json'], { encoding: 'utf8' }).stdout;
   t.same(JSON.parse(manifest), { nodejs: '20.19.2+dfsg-1', tini: '0.19.0-1' }, 'the package list in the image');
+  const etc = JSON.parse(spawnSync('unsquashfs', ['-cat', path.join(outDir, 'test-0.0.1-amd64.squashfs'), 'usr/lib/cairn/etc-manifest.json'], { encoding: 'utf8' }).stdout) as Record<string, string>;
+  t.equal(etc.motd, `file 640 0:4 ${createHash('sha256').update('welcome\n').digest('hex')}`, "the image's /etc manifest: the spec's file with its mode, owner and sum");
+  t.equal(etc.hostname, undefined, 'files the init writes from the config are left out, as the etc phase leaves them out');
+  const osRelease = spawnSync('unsquashfs', ['-cat', path.join(outDir, 'test-0.0.1-amd64.squashfs'), 'etc/os-release']).stdout;
+  t.equal(etc['os-release'], `file 644 0:0 ${createHash('sha256').update(osRelease).digest('hex')}`, 'as the image holds the file');
   t.ok(rel.pruned.perl! >= 'perl binary'.length + 'package strict;'.length + '#!/usr/bin/perl\nuse strict;\n'.length, 'the bytes perl took are recorded');
   t.ok(rel.pruned.dpkg! > 0 && rel.pruned.gconv! > 0 && rel.pruned.nodejs_extras! > 0);
   t.match(q.lines.join(''), /prune: 1 perl scripts \(adduser\) and 1 links to removed programs/);

@@ -6,7 +6,7 @@ import t from 'tap';
 import { chownSync, chmodSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { ACCOUNTS_RECORD, mergeAccounts, nodeEntries, writeAccountFile } from '../../src/init/apply/accounts.js';
-import { CONFIG_FILES, IMAGE_ETC, IMAGE_ETC_RECORD, keepNodeEtc, planFiles } from '../../src/init/apply/persist.js';
+import { CONFIG_FILES, IMAGE_ETC, IMAGE_ETC_MANIFEST, IMAGE_ETC_RECORD, keepNodeEtc, keepNodeFiles, manifestOf, planFiles } from '../../src/init/apply/persist.js';
 import { installedLogin } from '../../src/init/apply/users.js';
 import { applyEarlyKeys, boot, usersPhase } from '../../src/init/phases.js';
 import { renderInitScript } from '../../src/builder/initramfs/init-script.js';
@@ -396,4 +396,24 @@ t.test("the first stage binds the image's /etc read-only before the overlay hide
   t.ok(bind > script.indexOf('cairn-run $NEWROOT/run'), 'on the new root\'s /run');
   t.ok(bind > 0 && bind < overlay, 'before the overlay is mounted on /etc');
   t.ok(script.indexOf(`mount -o remount,bind,ro $NEWROOT${IMAGE_ETC}`) > bind, 'read-only');
+});
+
+t.test("the image's /etc manifest made at build time stands in for hashing the image's /etc at boot", async (t) => {
+  const root = t.testdir({ etc: { motd: 'hello\n' }, run: { cairn: { 'image-etc': { motd: 'hello\n', issue: 'cairn\n' } } }, usr: { lib: { cairn: {} } } });
+  const imageEtc = join(root, IMAGE_ETC);
+  const real = manifestOf(imageEtc);
+  t.same(Object.keys(real).sort(), ['issue', 'motd']);
+  // without one: the image's /etc is hashed, and that is the record
+  keepNodeFiles(root, imageEtc);
+  t.same((JSON.parse(readFileSync(join(root, IMAGE_ETC_RECORD), 'utf8')) as { files: unknown }).files, real);
+  // with one: it is taken as it is (a stand-in value shows that no file was hashed)
+  const shipped = { ...real, issue: 'file 644 0:0 0000000000000000000000000000000000000000000000000000000000000000' };
+  writeFileSync(join(root, IMAGE_ETC_MANIFEST), JSON.stringify(shipped));
+  const r = keepNodeFiles(root, imageEtc);
+  t.equal(r.files, 2);
+  t.same((JSON.parse(readFileSync(join(root, IMAGE_ETC_RECORD), 'utf8')) as { files: unknown }).files, shipped);
+  // a manifest that is not a map is not used
+  writeFileSync(join(root, IMAGE_ETC_MANIFEST), '[1, 2]');
+  keepNodeFiles(root, imageEtc);
+  t.same((JSON.parse(readFileSync(join(root, IMAGE_ETC_RECORD), 'utf8')) as { files: unknown }).files, real);
 });
