@@ -31,6 +31,7 @@ export interface CacheItem {
   /** The stage (rootfs, system, squashfs, ...), "debs" or "unpacked". */
   group: string;
   arch: string;
+  /** On disk: allocated blocks for entries made by this version (their apparent size for older ones). */
   bytes: number;
   lastUsed: Date;
   /** A .deb of a package the pool has a newer version of. */
@@ -96,7 +97,7 @@ export async function cacheItems(root: string): Promise<CacheItem[]> {
       kind: 'stage',
       group: meta?.stage ?? name.replace(/-[0-9a-f]+$/, ''),
       arch: meta ? entryArch(meta) : '-',
-      bytes: meta?.bytes ?? (await treeSize(dir)),
+      bytes: meta?.diskBytes ?? meta?.bytes ?? (await treeSize(dir)),
       lastUsed: new Date(use?.lastUsed ?? meta?.created ?? st.mtime),
       ...(inUse.has(name) ? { inUse: true } : {}),
     });

@@ -74,6 +74,8 @@ export interface EntryMeta<D = unknown> {
   /** hashTree of the entry without meta.json. */
   sha256: string;
   bytes: number;
+  /** Bytes it takes on disk (allocated blocks: a sparse disk image counts what it holds); what pruning counts. */
+  diskBytes?: number;
   entries: number;
   /** Stage-specific result (kernel release, sizes, ...). */
   data: D;
@@ -237,6 +239,7 @@ export class StageCache {
         created: new Date().toISOString(),
         sha256: summary.sha256,
         bytes: summary.bytes,
+        diskBytes: await diskUsage(tmp),
         entries: summary.entries,
         data,
       };
@@ -286,6 +289,24 @@ export async function checkFreeSpace(dir: string, bytes: number, what: string): 
 
 export function mib(bytes: number): string {
   return `${(bytes / 1048576).toFixed(1)} MiB`;
+}
+
+/** Allocated bytes of the files under a folder (hard links counted once). */
+export async function diskUsage(root: string): Promise<number> {
+  const seen = new Set<number>();
+  let total = 0;
+  const walk = async (dir: string): Promise<void> => {
+    for (const name of await readdir(dir)) {
+      const st = await lstat(path.join(dir, name));
+      if (st.isDirectory()) await walk(path.join(dir, name));
+      else if (!seen.has(st.ino)) {
+        seen.add(st.ino);
+        total += st.blocks * 512;
+      }
+    }
+  };
+  await walk(root);
+  return total;
 }
 
 /** Whether a process is running (a build that holds a folder of the cache). */

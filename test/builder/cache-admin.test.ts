@@ -2,7 +2,7 @@
 // old entries, the least recently used to a size, never what a running build uses.
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { StageCache } from '../../src/builder/cache.js';
@@ -20,6 +20,9 @@ async function sample() {
   await cache.open();
   const entry = async (stage: string, key: string, arch: string, bytes: number, daysAgo: number) => {
     const e = await cache.get(stage, key, { stage: 1, release: { arch } }, async (dir) => writeFileSync(path.join(dir, 'f'), Buffer.alloc(bytes)));
+    // sizes on disk as the test names them (a small file takes a whole block)
+    const meta = JSON.parse(readFileSync(path.join(e.dir, 'meta.json'), 'utf8')) as { diskBytes: number };
+    writeFileSync(path.join(e.dir, 'meta.json'), JSON.stringify({ ...meta, diskBytes: bytes }));
     const use = JSON.parse(readFileSync(path.join(e.dir, '.use.json'), 'utf8')) as { lastUsed: string };
     writeFileSync(path.join(e.dir, '.use.json'), JSON.stringify({ ...use, lastUsed: new Date(Date.now() - daysAgo * DAY).toISOString() }));
     return path.basename(e.dir);
@@ -199,4 +202,16 @@ t.test('a build prunes the cache to its limit by itself, never what it uses', as
   t.same(after.map((n) => n.replace(/-.*/, '')).sort(), STAGES, "this build's entries stay (the init and initramfs it shares with the first)");
   t.match(q.lines.join(''), /cache: pruned 3 unused items \([\d.]+ (KiB|MiB)\); it holds [\d.]+ (KiB|MiB) of its 1 B limit/);
   t.same(readdirSync(path.join(cacheDir, 'inuse')), [], 'the build removed its in-use list');
+});
+
+t.test('an entry counts what it takes on disk: a sparse disk image its blocks, not its length', async (t) => {
+  const root = await tempDir();
+  const e = await new StageCache(root, quiet).get('output', 'sparse', { arch: 'amd64' }, async (dir) => {
+    writeFileSync(path.join(dir, 'disk.raw'), Buffer.alloc(0));
+    truncateSync(path.join(dir, 'disk.raw'), 512 * 1024 ** 2);
+    writeFileSync(path.join(dir, 'data'), Buffer.alloc(64 * 1024, 1));
+  });
+  t.equal(e.meta.bytes, 512 * 1024 ** 2 + 64 * 1024, 'the apparent size');
+  const item = (await cacheItems(root)).find((i) => i.group === 'output')!;
+  t.ok(item.bytes >= 64 * 1024 && item.bytes < 1024 ** 2, `on disk: ${item.bytes} bytes`);
 });
