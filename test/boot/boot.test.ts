@@ -10,6 +10,7 @@ import { bootForTest, makeSshKey, overlay, type SshKey } from '../../qemu/harnes
 import { checkSampleApplied, sampleConfig } from './sample.js';
 import { REPO, buildTestImage, type TestImage } from './image.js';
 import { BOOT_TIMEOUT, Node, L, bootComplete, bootsThrough } from './node.js';
+import { baseMinFreeKbytes } from '../../src/init/apply/system.js';
 
 t.setTimeout(90 * 60_000);
 
@@ -36,6 +37,8 @@ t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) =
   await bootsThrough(tt, first.vm);
   await checkSampleApplied(tt, first);
   tt.match(await first.sh('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
+  const [total, reserve] = (await first.sh("awk '/^MemTotal:/ {print $2}' /proc/meminfo; cat /proc/sys/vm/min_free_kbytes")).trim().split('\n').map(Number);
+  tt.equal(reserve, baseMinFreeKbytes(total!), `the memory reserve is the kernel's base for ${total} KiB, not the 44 MiB THP asks for`);
   // the image's state partition grew to the end of the 4 GiB disk on the first boot
   tt.match(first.vm.output, L(/cairn: grow ok \(\d+ ms\): CAIRN_STATE grown from [\d.]+ to 3\.9 GiB \(the end of \/dev\/vda\)$/), 'CAIRN_STATE grown');
   const stateBytes = Number((await first.sh('df -B1 --output=size /run/cairn/state | tail -n 1')).trim());

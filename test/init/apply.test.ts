@@ -1,5 +1,5 @@
 import t from 'tap';
-import { existsSync, readFileSync, statSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { applyWriteFiles, resolveOwner } from '../../src/init/apply/files.js';
@@ -197,6 +197,31 @@ t.test("the image's own modules-load.d and sysctl.d are applied (nothing else re
   t.equal(readFileSync(join(root, 'proc/sys/net/ipv4/ip_forward'), 'utf8'), '1');
   put(root, 'etc/sysctl.d/99-bad.conf', 'net.missing.key = 1\n');
   await t.rejects(applyImageSysctls(ctx), /not set: net\.missing\.key/);
+});
+
+t.test("the memory reserve drops to the kernel's base without THP's boost; the image's sysctl.d and a low value win", async (t) => {
+  const { applyImageSysctls, baseMinFreeKbytes } = await import('../../src/init/apply/system.js');
+  t.equal(baseMinFreeKbytes(2020964), 5686, '4 x sqrt(KiB), as the kernel computes it');
+  t.equal(baseMinFreeKbytes(1000), 128, 'never under 128 KiB');
+  t.equal(baseMinFreeKbytes(2 ** 42), 262144, 'never over 256 MiB');
+  const root = nodeRoot(t.testdir());
+  const reserve = join(root, 'proc/sys/vm/min_free_kbytes');
+  const { ctx, lines } = testContext(root, {});
+  await applyImageSysctls(ctx);
+  t.equal(readFileSync(reserve, 'utf8'), '5686');
+  t.ok(lines.includes('cairn: vm.min_free_kbytes 45056 -> 5686'), 'the change is logged');
+  // a kernel that already keeps less is left alone
+  put(root, 'proc/sys/vm/min_free_kbytes', '4000\n');
+  await applyImageSysctls(ctx);
+  t.equal(readFileSync(reserve, 'utf8'), '4000\n');
+  // an image that asks for its own reserve gets it
+  put(root, 'proc/sys/vm/min_free_kbytes', '45056\n');
+  put(root, 'etc/sysctl.d/95-reserve.conf', 'vm.min_free_kbytes = 16384\n');
+  await applyImageSysctls(ctx);
+  t.equal(readFileSync(reserve, 'utf8'), '16384');
+  rmSync(join(root, 'proc/meminfo'));
+  await t.rejects(applyImageSysctls(ctx), /not set: vm\.min_free_kbytes \(ENOENT\)/);
+  t.equal(readFileSync(reserve, 'utf8'), '16384', 'the image sysctls still apply when the reserve cannot be read');
 });
 
 t.test('the config phase reads a NoCloud seed before the network is up, so its config applies to the whole boot', async (t) => {

@@ -28,6 +28,9 @@ export function nodeRoot(root: string): string {
   put(root, 'etc/group', 'root:x:0:\ndaemon:x:1:\nwww-data:x:33:\nadm:x:4:\n');
   put(root, 'etc/shadow', 'root:*:19000:0:99999:7:::\n');
   put(root, 'proc/sys/kernel/hostname', 'localhost\n');
+  // a 2 GiB node whose kernel's transparent hugepages raised the reserve (as Debian's do)
+  put(root, 'proc/meminfo', 'MemTotal:        2020964 kB\nMemFree:         1702164 kB\n');
+  put(root, 'proc/sys/vm/min_free_kbytes', '45056\n');
   mkdirSync(join(root, 'sys/class/net'), { recursive: true });
   return root;
 }

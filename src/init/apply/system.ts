@@ -160,9 +160,38 @@ export async function applyImageModules(ctx: NodeContext): Promise<void> {
   if (failed.length) throw new Error(`not loaded: ${failed.map((f) => f.name).join(', ')}`);
 }
 
-/** /etc/sysctl.d/*.conf (`key = value` lines), before the config's sysctls. */
+/**
+ * vm.min_free_kbytes without transparent hugepages' boost: the kernel's own
+ * base, 4 x sqrt(memory in KiB) (5.6 MiB on 2 GiB). With THP on (Debian's
+ * kernels: `always`), khugepaged raises the reserve to 44 MiB on any board
+ * (up to 5% of memory), which kswapd then keeps free: on a 1-2 GiB board a
+ * tenth of the memory nobody can use. Only ever lowered; /etc/sysctl.d and
+ * the config's sysctls come after it and win.
+ */
+export function baseMinFreeKbytes(memTotalKb: number): number {
+  return Math.min(262144, Math.max(128, Math.floor(4 * Math.sqrt(memTotalKb))));
+}
+
+export function applyMemoryReserve(ctx: NodeContext): string | undefined {
+  const total = Number(/^MemTotal:\s+(\d+) kB$/m.exec(readFileSync(at(ctx, '/proc/meminfo'), 'utf8'))?.[1]);
+  const path = at(ctx, '/proc/sys/vm/min_free_kbytes');
+  const now = Number(readFileSync(path, 'utf8').trim());
+  if (!Number.isFinite(total) || !Number.isFinite(now)) throw new Error('vm.min_free_kbytes or MemTotal unreadable');
+  const base = baseMinFreeKbytes(total);
+  if (now <= base) return undefined;
+  writeFileSync(path, String(base));
+  return `vm.min_free_kbytes ${now} -> ${base}`;
+}
+
+/** The memory reserve (above), then /etc/sysctl.d/*.conf (`key = value` lines), before the config's sysctls. */
 export async function applyImageSysctls(ctx: NodeContext): Promise<void> {
   const failed: string[] = [];
+  try {
+    const changed = applyMemoryReserve(ctx);
+    if (changed) ctx.log.info(changed);
+  } catch (e) {
+    failed.push(`vm.min_free_kbytes (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
   for (const line of confLines(at(ctx, '/etc/sysctl.d'))) {
     const m = /^-?([^=\s]+)\s*=\s*(.*)$/.exec(line);
     if (!m) continue;
