@@ -39,6 +39,8 @@ t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) =
   tt.match(await first.sh('findmnt -n -o FSTYPE /var'), /ext4/, '/var is on the state partition');
   const [total, reserve] = (await first.sh("awk '/^MemTotal:/ {print $2}' /proc/meminfo; cat /proc/sys/vm/min_free_kbytes")).trim().split('\n').map(Number);
   tt.equal(reserve, baseMinFreeKbytes(total!), `the memory reserve is the kernel's base for ${total} KiB, not the 44 MiB THP asks for`);
+  tt.equal((await first.sh('stat -c %a /dev/null /dev/zero /dev/urandom /dev/tty')).trim(), '666\n666\n666\n666', "the world-usable devices keep the kernel's modes");
+  tt.equal((await first.sh('id -un; echo x >/dev/null && echo written')).trim(), 'cairn\nwritten', 'the cairn user writes to /dev/null');
   // the image's state partition grew to the end of the 4 GiB disk on the first boot
   tt.match(first.vm.output, L(/cairn: grow ok \(\d+ ms\): CAIRN_STATE grown from [\d.]+ to 3\.9 GiB \(the end of \/dev\/vda\)$/), 'CAIRN_STATE grown');
   const stateBytes = Number((await first.sh('df -B1 --output=size /run/cairn/state | tail -n 1')).trim());

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { writeCpio } from '../../src/builder/initramfs/cpio.js';
-import { buildInitramfs, elfIsDynamic, initramfsModules } from '../../src/builder/initramfs/index.js';
+import { MDEV_CONF, buildInitramfs, elfIsDynamic, initramfsModules } from '../../src/builder/initramfs/index.js';
 import { FIRST_STAGE_FUNCTIONS, renderInitScript } from '../../src/builder/initramfs/init-script.js';
 import { depmodOrder, dropMissing, makeIndex, modinfoDepends, moduleName, renderModulesDep, selectModules } from '../../src/builder/initramfs/modules.js';
 import { SOURCE_DATE_EPOCH, fixtureRoot, fixtureSquashfs, kernelOf, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
@@ -271,6 +271,14 @@ t.test('first stage: a seed copy that is not whole, or that fails, is never put 
   const failed = await firstStage(`cp() { command cp "$@"; return 1; }\nseed_dir ${src} ${rw} opt; echo "rc $?"`);
   t.match(failed.out, new RegExp(`warning: copying the image's /opt to ${rw} failed\\nrc 1$`));
   t.same(await readdir(rw), []);
+});
+
+t.test("first stage: without devtmpfs, mdev makes /dev/null and the like usable by everyone (mdev's own default is 0660 root:root)", { skip: process.getuid?.() === 0 ? false : 'needs root: mdev -s makes device nodes in a mount namespace of its own' }, async (t) => {
+  const dir = t.testdir({ 'mdev.conf': MDEV_CONF });
+  // a mount namespace with /dev and /etc of its own: mdev -s reads /etc/mdev.conf and /sys, and writes /dev
+  const r = await execa('unshare', ['-m', 'sh', '-ec', `mount --make-rprivate /; mount -t tmpfs t /dev; mount -t tmpfs t /etc; cp ${dir}/mdev.conf /etc/; busybox mdev -s; stat -c '%n %a %u:%g' /dev/null /dev/zero /dev/urandom /dev/tty /dev/loop0`]);
+  t.same(r.stdout.split('\n'), ['/dev/null 666 0:0', '/dev/zero 666 0:0', '/dev/urandom 666 0:0', '/dev/tty 666 0:5', '/dev/loop0 660 0:0']);
+  t.match(renderInitScript(), /\[ -n "\$DEVTMPFS" \] \|\| mdev -s/, 'the first stage runs mdev only without devtmpfs');
 });
 
 t.test('ELF: static and dynamic executables told apart', async (t) => {

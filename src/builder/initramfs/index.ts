@@ -66,6 +66,9 @@ export const APPLETS: readonly string[] = [
 ];
 
 /** Applets that tools look for in /sbin. */
+/** The world-usable nodes, with the modes the kernel's devtmpfs gives them (mdev.conf: name uid:gid mode). */
+export const MDEV_CONF = ['null', 'zero', 'full', 'random', 'urandom'].map((n) => `${n} 0:0 666\n`).join('') + 'tty 0:5 666\nptmx 0:5 666\n';
+
 const SBIN_APPLETS = new Set(['modprobe', 'insmod', 'rmmod', 'lsmod', 'mdev', 'switch_root', 'reboot', 'poweroff', 'halt', 'findfs']);
 
 /** Builds the initramfs of one system version. */
@@ -112,6 +115,8 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   entries.push({ path: 'dev/console', type: 'char', mode: 0o600, major: 5, minor: 1 });
   entries.push({ path: 'dev/null', type: 'char', mode: 0o666, major: 1, minor: 3 });
   entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(renderInitScript()) });
+  // mdev's modes, for a kernel without devtmpfs (mdev's default, 0660 root:root, locks everyone else out of /dev/null)
+  entries.push({ path: 'etc/mdev.conf', type: 'file', mode: 0o644, data: Buffer.from(MDEV_CONF) });
   entries.push({ path: 'bin/busybox', type: 'file', mode: 0o755, data: busybox });
   for (const applet of APPLETS) {
     entries.push(

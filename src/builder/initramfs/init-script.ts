@@ -174,7 +174,10 @@ umask 022
 # the boot's timeline (cairn status --plot): this stage's times on the clock of /proc/uptime
 read STAGE1_START _ </proc/uptime
 /bin/busybox mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-/bin/busybox mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev 2>/dev/null || /bin/busybox mount -t tmpfs -o mode=0755 dev /dev
+# devtmpfs makes every device node, with the kernel's modes (/dev/null
+# 0666); only without it does mdev make them, from /etc/mdev.conf
+DEVTMPFS=1
+/bin/busybox mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev 2>/dev/null || { DEVTMPFS=; /bin/busybox mount -t tmpfs -o mode=0755 dev /dev; }
 [ -c /dev/console ] || mknod -m 600 /dev/console c 5 1
 [ -c /dev/null ] || mknod -m 666 /dev/null c 1 3
 mkdir -p /dev/pts && mount -t devpts -o noexec,nosuid,gid=5,mode=0620 devpts /dev/pts 2>/dev/null
@@ -260,7 +263,7 @@ if [ -f /etc/cairn-initramfs/modules ]; then
     done </etc/cairn-initramfs/modules
   fi
 fi
-mdev -s 2>/dev/null
+[ -n "$DEVTMPFS" ] || mdev -s 2>/dev/null
 
 # --- finding the system ---------------------------------------------------
 REASONS=
@@ -515,7 +518,7 @@ while :; do
     if [ "$now" -ge "$deadline" ]; then break; fi
     [ -z "$said" ] && log "waiting up to $WAIT s for the system (mode: $MODE)" && said=1
     sleep 1
-    mdev -s 2>/dev/null
+    [ -n "$DEVTMPFS" ] || mdev -s 2>/dev/null
   done
   [ -n "$BOOT_MODE" ] && break
   fail "the system was not found: $(echo "$REASONS" | cut -c3-)"
