@@ -49,6 +49,8 @@ export interface NodeStatus {
   services: ServiceState[];
   /** The first stage's and the init's own times, on the boot clock (timeline.ts). */
   times?: BootTimes;
+  /** How node started the init: from its startup snapshot or from init.js (startup-snapshot.ts). */
+  initFrom?: 'snapshot' | 'script';
   configProblems: Diagnostic[];
   history: BootRecord[];
   /** k3s' arguments and its environment from the config, secrets redacted. */

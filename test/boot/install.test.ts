@@ -71,7 +71,7 @@ t.test("BIOS: unattended from the install keys, the ISO from iso_url, k3OS' samp
   tt.same(srv.log.map((r) => `${r.path} ${r.status}`), ['/cairn.iso 200', '/node.yaml 200'], 'the ISO and the config, fetched once each');
 
   // the disk's first boot, every phase, with the sample's config
-  await vm.waitFor(L(/cairn: starting 0\.1\.0$/), BOOT_TIMEOUT);
+  await vm.waitFor(L(/cairn: starting 0\.1\.0 \(from init\.js\)$/), BOOT_TIMEOUT);
   await bootsThrough(tt, vm);
   tt.match(vm.output, L(/cairn: mounts ok \(\d+ ms\): state boot of 0\.1\.0.*$/), 'a boot from the state partition');
   tt.match(vm.output, L(/cairn: grow ok \(\d+ ms\): CAIRN_STATE grown from [\d.]+ to 3\.9 GiB \(the end of \/dev\/vdb\)$/), 'CAIRN_STATE grew to the end of the disk');

@@ -15,6 +15,7 @@ import { hashValue } from '../hash.js';
 import type { StageCache } from '../cache.js';
 import { writeFresh } from '../fsutil.js';
 import { repoRoot } from '../paths.js';
+import { SNAPSHOT_ENTRY } from '../../init/startup-snapshot.js';
 
 export const INIT_PATH = 'usr/lib/cairn/init.js';
 const ENTRIES = ['src/init/main.ts', 'src/init/index.ts'];
@@ -22,9 +23,14 @@ const ENTRIES = ['src/init/main.ts', 'src/init/index.ts'];
 export const CLI_PATH = 'usr/lib/cairn/cairn.js';
 const CLI_ENTRY = 'src/init/cli.ts';
 
+/** The startup snapshot's entry (src/init/snapshot.ts), as CommonJS: `node --build-snapshot` takes a script that requires only built-in modules. */
+const SNAPSHOT_SRC = 'src/init/snapshot.ts';
+
 export interface InitBundle {
   /** undefined when the checkout has no init yet. */
   code?: string;
+  /** The init as the entry of its V8 startup snapshot (src/init/startup-snapshot.ts). */
+  snapshotEntry?: string;
   /** The node's `cairn` command (status, poweroff, reboot, config). */
   cli?: string;
   sha256: string;
@@ -62,19 +68,19 @@ export function precompiledValidatorPlugin(): Plugin {
   };
 }
 
-async function bundle(entry: string): Promise<string> {
+async function bundle(entry: string, format: 'esm' | 'cjs' = 'esm'): Promise<string> {
   const result = await build({
     plugins: [precompiledValidatorPlugin()],
     entryPoints: [entry],
     bundle: true,
     platform: 'node',
     target: 'node20',
-    format: 'esm',
+    format,
     write: false,
     minify: false,
     legalComments: 'none',
     logLevel: 'silent',
-    banner: { js: "import { createRequire as __cairnRequire } from 'node:module'; const require = __cairnRequire(import.meta.url);" },
+    ...(format === 'esm' ? { banner: { js: "import { createRequire as __cairnRequire } from 'node:module'; const require = __cairnRequire(import.meta.url);" } } : {}),
     absWorkingDir: repoRoot(),
   });
   return result.outputFiles[0]?.text ?? '';
@@ -86,7 +92,9 @@ export async function bundleInit(): Promise<InitBundle> {
   const code = await bundle(entry);
   const cliEntry = path.join(repoRoot(), CLI_ENTRY);
   const cli = existsSync(cliEntry) ? await bundle(cliEntry) : undefined;
-  return { code, cli, sha256: hashValue(`${code}\0${cli ?? ''}`) };
+  const snapEntry = path.join(repoRoot(), SNAPSHOT_SRC);
+  const snapshotEntry = existsSync(snapEntry) ? await bundle(snapEntry, 'cjs') : undefined;
+  return { code, cli, snapshotEntry, sha256: hashValue(`${code}\0${cli ?? ''}\0${snapshotEntry ?? ''}`) };
 }
 
 /**
@@ -94,15 +102,17 @@ export async function bundleInit(): Promise<InitBundle> {
  * and ajv's standalone code take seconds), else made anew.
  */
 export async function cachedInitBundle(cache: StageCache, code: string): Promise<{ bundle: InitBundle; cached: boolean }> {
-  const inputs = { stage: 1, code };
-  const e = await cache.get<{ sha256: string; code: boolean; cli: boolean }>('init', hashValue(inputs), inputs, async (dir) => {
+  const inputs = { stage: 2, code };
+  const e = await cache.get<{ sha256: string; code: boolean; cli: boolean; snapshotEntry: boolean }>('init', hashValue(inputs), inputs, async (dir) => {
     const b = await bundleInit();
     if (b.code !== undefined) await writeFile(path.join(dir, 'init.js'), b.code);
     if (b.cli !== undefined) await writeFile(path.join(dir, 'cairn.js'), b.cli);
-    return { sha256: b.sha256, code: b.code !== undefined, cli: b.cli !== undefined };
+    if (b.snapshotEntry !== undefined) await writeFile(path.join(dir, 'init-snapshot.cjs'), b.snapshotEntry);
+    return { sha256: b.sha256, code: b.code !== undefined, cli: b.cli !== undefined, snapshotEntry: b.snapshotEntry !== undefined };
   });
   const read = (name: string, present: boolean) => (present ? readFile(path.join(e.dir, name), 'utf8') : Promise.resolve(undefined));
-  return { bundle: { sha256: e.meta.data.sha256, code: await read('init.js', e.meta.data.code), cli: await read('cairn.js', e.meta.data.cli) }, cached: e.cached };
+  const d = e.meta.data;
+  return { bundle: { sha256: d.sha256, code: await read('init.js', d.code), cli: await read('cairn.js', d.cli), snapshotEntry: await read('init-snapshot.cjs', d.snapshotEntry) }, cached: e.cached };
 }
 
 export async function installInit(root: string, bundle: InitBundle, log: (l: string) => void): Promise<void> {
@@ -114,6 +124,8 @@ export async function installInit(root: string, bundle: InitBundle, log: (l: str
   // The first stage binds the state partition's cairn/ folder here.
   await mkdir(path.join(root, 'cairn'), { recursive: true, mode: 0o755 });
   await writeFresh(root, 'usr/lib/cairn/package.json', { content: '{ "type": "module" }\n' }, { mode: 0o644, uid: 0, gid: 0 });
+  // the entry of the startup snapshot the node makes of the init (src/init/startup-snapshot.ts)
+  if (bundle.snapshotEntry !== undefined) await writeFresh(root, SNAPSHOT_ENTRY.slice(1), { content: bundle.snapshotEntry }, { mode: 0o644, uid: 0, gid: 0 });
   if (bundle.cli !== undefined) {
     await writeFresh(root, CLI_PATH, { content: bundle.cli }, { mode: 0o644, uid: 0, gid: 0 });
     await writeFresh(root, 'usr/local/bin/cairn', { content: `#!/bin/sh\nexec /usr/bin/node /${CLI_PATH} "$@"\n` }, { mode: 0o755, uid: 0, gid: 0 });

@@ -22,9 +22,10 @@ import { applyOverlay } from './overlay.js';
 import { installRuntime } from './runtime.js';
 import { installInit, type InitBundle } from './init.js';
 import { componentSizes, prune, type PruneResult } from './prune.js';
+import { checkInitSnapshot } from './snapshot.js';
 
 /** Bump when the overlay, runtime, init or prune steps change what they make. */
-export const SYSTEM_STAGE_VERSION = 4;
+export const SYSTEM_STAGE_VERSION = 5;
 
 export interface SystemData {
   kernelRelease: string;
@@ -134,6 +135,8 @@ export async function buildSystem(
         return prune(root, ctx.spec, ctx.arch, kr, ctx.log);
       });
       await rm(path.join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
+      // after pruning: the check runs the node and libraries the image ships
+      await timed('snapshot check', () => checkInitSnapshot(root, ctx.arch, ctx.log));
       // the image's /etc as the etc phase compares it, made once here instead of at every boot
       await writeFresh(root, IMAGE_ETC_MANIFEST.slice(1), { content: `${JSON.stringify(manifestOf(path.join(root, 'etc')))}\n` }, { mode: 0o644, uid: 0, gid: 0 });
       const sizes = await componentSizes(root, kr);
