@@ -45,10 +45,16 @@ t.test("raw disk: k3OS' sample config; state kept across a reboot", async (tt) =
   tt.match(first.vm.output, L(/cairn: grow ok \(\d+ ms\): CAIRN_STATE grown from [\d.]+ to 3\.9 GiB \(the end of \/dev\/vda\)$/), 'CAIRN_STATE grown');
   const stateBytes = Number((await first.sh('df -B1 --output=size /run/cairn/state | tail -n 1')).trim());
   tt.ok(stateBytes > 3.5 * 1024 ** 3, `the file system fills it (${stateBytes} bytes)`);
+  // the init's startup snapshot, made beside the first boot, starts the second
+  tt.match(first.vm.output, L(/cairn: starting 0\.1\.0 \(from init\.js\)$/), 'the first boot starts from init.js');
+  await first.vm.waitFor(L(/cairn: startup snapshot: made for 0\.1\.0 \([\d.]+ MiB, [\d.]+ s\); the next boot starts from it$/), 600_000);
+  const mark = first.vm.output.length;
   await first.sh('sudo cairn reboot');
   await first.vm.waitFor(L(/cairn: shutting down \(reboot\)/), 60_000);
   await first.vm.waitFor(L(/cairn: rebooting$/), 120_000);
   await bootComplete(tt, first.vm);
+  tt.match(first.vm.output.slice(mark), L(/cairn: starting 0\.1\.0 \(from its startup snapshot\)$/), 'the second boot starts from the snapshot');
+  tt.equal(JSON.parse(await first.sh('cairn status --json')).initFrom, 'snapshot');
   tt.equal((await first.sh('hostname')).trim(), 'myhost', 'hostname kept');
   tt.equal(first.vm.output.match(/: CAIRN_STATE grown/g)?.length, 1, 'grown once: the second boot finds nothing to grow');
   const history = JSON.parse(await first.sh('cairn status --json')) as { history: { result: string }[] };

@@ -281,6 +281,27 @@ t.test("first stage: without devtmpfs, mdev makes /dev/null and the like usable 
   t.match(renderInitScript(), /\[ -n "\$DEVTMPFS" \] \|\| mdev -s/, 'the first stage runs mdev only without devtmpfs');
 });
 
+t.test("first stage: the startup snapshot is used when the node made one on this CPU and the last start from it ran; tried once", async (t) => {
+  const root = t.testdir({ run: { cairn: {} }, var: { lib: { cairn: { snapshot: {} } } } });
+  const snap = path.join(root, 'var/lib/cairn/snapshot');
+  const pick = async () => (await firstStage(`pick_snapshot ${root} 0.1.0; echo "rc $?"`)).out;
+  t.equal(await pick(), 'rc 0', 'no blob: none picked');
+  const cpu = await readFile(path.join(root, 'run/cairn/cpu-id'), 'utf8');
+  t.match(cpu, process.arch === 'x64' ? /^flags\s*: .*\bsse2\b/m : /^(Features|flags)\s*:/m, "the CPU's feature lines, for the init");
+  await writeFile(path.join(snap, '0.1.0.blob'), 'blob');
+  await writeFile(path.join(snap, '0.1.0.cpu'), cpu);
+  t.equal(await pick(), 'rc 0', 'no ok marker (the last start from it did not run): none picked');
+  await writeFile(path.join(snap, '0.1.0.ok'), 'ok');
+  t.equal(await pick(), '/var/lib/cairn/snapshot/0.1.0.blob\nrc 0', "the blob, as the path in the new root");
+  t.notOk(existsSync(path.join(snap, '0.1.0.ok')), 'its ok marker is gone until the init writes it back');
+  t.equal(await pick(), 'rc 0', 'not tried twice without the init saying it ran');
+  await writeFile(path.join(snap, '0.1.0.ok'), 'ok');
+  t.equal((await firstStage(`pick_snapshot ${root} 0.2.0; echo "rc $?"`)).out, 'rc 0', "another version's blob is not this one's");
+  await writeFile(path.join(snap, '0.1.0.cpu'), `${cpu}extra line of another CPU\n`);
+  t.equal(await pick(), 'rc 0', 'made on another CPU: none picked');
+  t.ok(existsSync(path.join(snap, '0.1.0.ok')), 'and its marker is left as it was');
+});
+
 t.test('ELF: static and dynamic executables told apart', async (t) => {
   t.equal(elfIsDynamic(await readFile('/bin/ls')), true);
   if (existsSync('/bin/busybox')) t.equal(elfIsDynamic(await readFile('/bin/busybox')), false, 'the host busybox is busybox-static');
