@@ -15,6 +15,9 @@ import type { StageCache } from '../src/builder/cache.js';
 import { archiveState, kernelPackage } from '../src/builder/debian.js';
 import { hashValue } from '../src/builder/hash.js';
 import type { ImageSpec } from '../src/builder/spec.js';
+import { ARCH_TABLE } from '../src/builder/arches.js';
+import { enableForeignArch, hostArch } from '../src/builder/binfmt.js';
+import type { Arch } from '../src/builder/types.js';
 
 export const K3S_MARKER = 'CAIRN-BENCH-K3S-START';
 
@@ -72,44 +75,50 @@ export interface DebianSystemd {
   kernelRelease: string;
 }
 
-export async function debianSystemd(cache: StageCache, spec: ImageSpec, log: (l: string) => void): Promise<DebianSystemd> {
-  const arch = 'amd64';
+export async function debianSystemd(cache: StageCache, spec: ImageSpec, log: (l: string) => void, arch: Arch = 'amd64'): Promise<DebianSystemd> {
   const archive = await archiveState(spec, cache.stateDir(), log);
   const packages = [kernelPackage[arch], ...PACKAGES].sort();
   const inputs = { stage: 1, arch, suite: spec.debian.suite, mirror: spec.debian.mirror, archive, packages, unit: K3S_UNIT, standIn: K3S_STAND_IN, network: NETWORK };
   const entry = await cache.get<{ kernelRelease: string }>('bench-debian', hashValue(inputs), inputs, async (dir) => {
     const root = path.join(dir, 'root');
-    log(`bench: building stock Debian ${spec.debian.suite} with systemd (mmdebstrap, ${packages.length} packages; once)`);
-    const debs = cache.debsDir('amd64');
+    log(`bench: building stock Debian ${spec.debian.suite} ${arch} with systemd (mmdebstrap, ${packages.length} packages; once)`);
+    const debs = cache.debsDir(arch);
     await mkdir(debs, { recursive: true });
-    await execa(
-      'mmdebstrap',
-      [
-        '--mode=root',
-        '--variant=essential',
-        `--include=${packages.join(',')}`,
-        '--aptopt=APT::Install-Recommends "false"',
-        `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && find '${debs}' -maxdepth 1 -name '*.deb' -exec cp -l -t "$1/var/cache/apt/archives/" {} +`,
-        `--customize-hook=find "$1/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -ln -t '${debs}' {} +`,
-        spec.debian.suite,
-        root,
-        spec.debian.mirror,
-      ],
-      { env: { DEBIAN_FRONTEND: 'noninteractive' } },
-    );
-    const put = async (rel: string, text: string, mode = 0o644) => {
-      await mkdir(path.join(root, path.dirname(rel)), { recursive: true });
-      await writeFile(path.join(root, rel), text);
-      await chmod(path.join(root, rel), mode);
-    };
-    await put('etc/systemd/system/k3s.service', K3S_UNIT);
-    await put('usr/local/bin/k3s', K3S_STAND_IN, 0o755);
-    await put('etc/systemd/network/20-wired.network', NETWORK);
-    await put('etc/fstab', '/dev/vda / ext4 rw,errors=remount-ro 0 1\n');
-    await put('etc/hostname', 'debian\n');
-    await execa('chroot', [root, 'systemctl', 'enable', 'systemd-networkd', 'systemd-networkd-wait-online', 'ssh', 'chrony', 'k3s']);
-    // an installed machine's boots after its first: it has its machine id
-    await execa('chroot', [root, 'systemd-machine-id-setup']);
+    // a foreign arch's maintainer scripts (and systemctl below) run under qemu-user, as the rootfs stage's do
+    const undo = arch === hostArch() ? async () => undefined : await enableForeignArch(arch, log);
+    try {
+      await execa(
+        'mmdebstrap',
+        [
+          '--mode=root',
+          `--architectures=${ARCH_TABLE[arch].debian}`,
+          '--variant=essential',
+          `--include=${packages.join(',')}`,
+          '--aptopt=APT::Install-Recommends "false"',
+          `--setup-hook=mkdir -p "$1/var/cache/apt/archives" && find '${debs}' -maxdepth 1 -name '*.deb' -exec cp -l -t "$1/var/cache/apt/archives/" {} +`,
+          `--customize-hook=find "$1/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -ln -t '${debs}' {} +`,
+          spec.debian.suite,
+          root,
+          spec.debian.mirror,
+        ],
+        { env: { DEBIAN_FRONTEND: 'noninteractive' } },
+      );
+      const put = async (rel: string, text: string, mode = 0o644) => {
+        await mkdir(path.join(root, path.dirname(rel)), { recursive: true });
+        await writeFile(path.join(root, rel), text);
+        await chmod(path.join(root, rel), mode);
+      };
+      await put('etc/systemd/system/k3s.service', K3S_UNIT);
+      await put('usr/local/bin/k3s', K3S_STAND_IN, 0o755);
+      await put('etc/systemd/network/20-wired.network', NETWORK);
+      await put('etc/fstab', '/dev/vda / ext4 rw,errors=remount-ro 0 1\n');
+      await put('etc/hostname', 'debian\n');
+      await execa('chroot', [root, 'systemctl', 'enable', 'systemd-networkd', 'systemd-networkd-wait-online', 'ssh', 'chrony', 'k3s']);
+      // an installed machine's boots after its first: it has its machine id
+      await execa('chroot', [root, 'systemd-machine-id-setup']);
+    } finally {
+      await undo();
+    }
     const boot = await readdir(path.join(root, 'boot'));
     const kernel = boot.find((n) => n.startsWith('vmlinuz-'));
     const initrd = boot.find((n) => n.startsWith('initrd.img-'));

@@ -91,9 +91,9 @@ export function buildTestImage(): TestImage {
 export type ArmArch = 'arm64' | 'armv7';
 
 /** `cairn build` with the test images' flags, as a child process; rejects with its stderr when it fails; `signal` stops it. */
-function cairnBuildAsync(args: string[], what: string, signal?: AbortSignal): Promise<void> {
+function cairnBuildAsync(args: string[], what: string, signal?: AbortSignal, flags = buildFlags()): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const child = spawn(join(REPO, 'bin/cairn'), ['build', ...args, ...buildFlags()], { stdio: ['ignore', 'inherit', 'pipe'] });
+    const child = spawn(join(REPO, 'bin/cairn'), ['build', ...args, ...flags], { stdio: ['ignore', 'inherit', 'pipe'] });
     signal?.addEventListener('abort', () => child.kill('SIGTERM'), { once: true });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-20_000)));
@@ -122,19 +122,21 @@ function built(file: string, what: string): string {
 export async function buildArmImages(): Promise<Record<ArmArch, string>> {
   // a build that fails stops the other one: the test has failed, and the next test file needs the CPU
   const stop = new AbortController();
-  const build = async (arch: ArmArch) => {
-    const dir = join(REPO, '.tap', 'arm-image', arch);
-    mkdirSync(dir, { recursive: true });
-    try {
-      await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--arch', arch, '--format', 'raw', '--out', dir], `the ${arch} image`, stop.signal);
-    } catch (err) {
+  const build = (arch: ArmArch) =>
+    buildArmImage(arch, stop.signal).catch((err: unknown) => {
       stop.abort();
       throw err;
-    }
-    return built(join(dir, `default-0.1.0-${arch}.raw`), arch);
-  };
+    });
   const [arm64, armv7] = await Promise.all([build('arm64'), build('armv7')]);
   return { arm64, armv7 };
+}
+
+/** One arch's raw disk of the default image, into .tap/arm-image/<arch>. */
+export async function buildArmImage(arch: ArmArch, signal?: AbortSignal): Promise<string> {
+  const dir = join(REPO, '.tap', 'arm-image', arch);
+  mkdirSync(dir, { recursive: true });
+  await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--arch', arch, '--format', 'raw', '--out', dir], `the ${arch} image`, signal);
+  return built(join(dir, `default-0.1.0-${arch}.raw`), arch);
 }
 
 /** The default image's Raspberry Pi 4 card for arm64 (its root filesystem is the arm64 image's, from the cache). */
@@ -143,4 +145,20 @@ export async function buildRpi4Card(): Promise<string> {
   mkdirSync(dir, { recursive: true });
   await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--board', 'rpi4', '--arch', 'arm64', '--format', 'raw', '--out', dir], 'the arm64 rpi4 card');
   return built(join(dir, 'default-0.1.0-arm64-rpi4.img'), 'rpi4 card');
+}
+
+/**
+ * The default image as users build it (the spec's own squashfs level, not
+ * the test images' --level 3), with the k3s test double: what bench/boot
+ * boots. amd64: ISO and raw disk; arm64: the raw disk. Into .tap/bench-image/<arch>.
+ */
+export async function buildBenchImage(arch: 'amd64' | 'arm64'): Promise<{ iso?: string; raw: string; record: string }> {
+  const dir = join(REPO, '.tap', 'bench-image', arch);
+  mkdirSync(dir, { recursive: true });
+  await cairnBuildAsync([join(REPO, 'images/default.yaml'), '--arch', arch, '--format', arch === 'amd64' ? 'iso,raw' : 'raw', '--out', dir], `the ${arch} bench image`, undefined, ['--k3s', K3S_DOUBLE, '--quiet']);
+  return {
+    ...(arch === 'amd64' ? { iso: built(join(dir, 'default-0.1.0-amd64.iso'), 'amd64 bench') } : {}),
+    raw: built(join(dir, `default-0.1.0-${arch}.raw`), `${arch} bench`),
+    record: built(join(dir, 'build.json'), `${arch} bench`),
+  };
 }
