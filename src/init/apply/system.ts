@@ -3,7 +3,7 @@
  * servers and NTP servers. Each is a small function of the config.
  */
 import { crypto } from '../lazy.js';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { at, type NodeContext } from '../context.js';
 import { writeFileAtomic } from './files.js';
@@ -173,10 +173,13 @@ export function baseMinFreeKbytes(memTotalKb: number): number {
 }
 
 export function applyMemoryReserve(ctx: NodeContext): string | undefined {
-  const total = Number(/^MemTotal:\s+(\d+) kB$/m.exec(readFileSync(at(ctx, '/proc/meminfo'), 'utf8'))?.[1]);
   const path = at(ctx, '/proc/sys/vm/min_free_kbytes');
+  const meminfo = at(ctx, '/proc/meminfo');
+  // no /proc here (a root being prepared, not a running node): nothing to set
+  if (!existsSync(path) || !existsSync(meminfo)) return undefined;
+  const total = Number(/^MemTotal:\s+(\d+) kB$/m.exec(readFileSync(meminfo, 'utf8'))?.[1]);
   const now = Number(readFileSync(path, 'utf8').trim());
-  if (!Number.isFinite(total) || !Number.isFinite(now)) throw new Error('vm.min_free_kbytes or MemTotal unreadable');
+  if (!Number.isFinite(total) || !Number.isFinite(now) || String(now) !== readFileSync(path, 'utf8').trim()) throw new Error('vm.min_free_kbytes or MemTotal unreadable');
   const base = baseMinFreeKbytes(total);
   if (now <= base) return undefined;
   writeFileSync(path, String(base));
