@@ -29,7 +29,7 @@ function imageVersion(root: string): string {
   return rec?.version ?? 'unknown';
 }
 
-/** How node started the init: from its V8 startup snapshot (/usr/lib/cairn/init.blob) or from /usr/lib/cairn/init.js. */
+/** How node started the init: from its V8 startup snapshot (/var/lib/cairn/snapshot/<version>.blob, startup-snapshot.ts) or from /usr/lib/cairn/init.js. */
 export type InitStart = 'snapshot' | 'script';
 
 export async function runInit(root = '/', startedFrom: InitStart = 'script'): Promise<void> {
