@@ -48,6 +48,7 @@ async function baselineInitrd(dir: string, busybox = '/bin/busybox'): Promise<st
   const root = join(dir, 'root');
   await mkdir(join(root, 'bin'), { recursive: true });
   await copyFile(busybox, join(root, 'bin/busybox'));
+  await chmod(join(root, 'bin/busybox'), 0o755);
   await symlink('busybox', join(root, 'bin/sh'));
   await writeFile(join(root, 'init'), `#!/bin/sh\n/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n`);
   await chmod(join(root, 'init'), 0o755);
