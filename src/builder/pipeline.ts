@@ -32,6 +32,7 @@ import { checkOverlayInputs, overlayInputs } from './stages/overlay.js';
 import { buildRootfs, rootfsInputs, rootfsKey } from './stages/rootfs.js';
 import { checkRuntimeInputs, runtimeInputs } from './stages/runtime.js';
 import { buildSquashfs, squashfsInputs } from './stages/squashfs.js';
+import type { SnapshotCheckFn } from './stages/snapshot.js';
 import { SYSTEM_STAGE_VERSION, buildSystem, systemKey, type SystemData, type SystemInputs } from './stages/system.js';
 import type { Arch, Artifact, Format, OutputWriter, SystemArtifacts } from './types.js';
 import { defaultInitramfs, defaultOutputs, type InitramfsFn } from './writers.js';
@@ -76,6 +77,12 @@ export interface BuildOptions {
   /** Injected writers (tests); default: src/builder/outputs and src/builder/initramfs. */
   outputs?: Partial<Record<Format, OutputWriter>>;
   initramfs?: InitramfsFn;
+  /**
+   * Injected check of the init's startup snapshot (tests whose roots hold no
+   * runnable node); default: src/builder/stages/snapshot.ts, which starts the
+   * image's own node in its tree.
+   */
+  snapshotCheck?: SnapshotCheckFn;
   /** Skip the host tool check (tests that inject writers). */
   skipHostCheck?: boolean;
   /**
@@ -212,6 +219,8 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
         trustedKeys: signer ? [signer] : undefined,
         release: { name: spec.name, version: spec.version, arch },
         modulesLoad: renderModulesLoad(arch, board?.modulesLoad),
+        // The check leaves the tree as it was: its name only keeps a tree it did not check from a real build.
+        ...(opts.snapshotCheck ? { snapshotCheck: opts.snapshotCheck.name || 'injected' } : {}),
         ...(bsp && board?.bsp ? { kernel: { sha256: bsp.sha256, release: bsp.kernelRelease, keepModules: board.bsp.keepModules, keepFirmware: board.bsp.keepFirmware } } : {}),
       };
       // The rootfs is only read (and checked) when the system tree must be made anew.
@@ -225,6 +234,7 @@ async function runBuild(opts: BuildOptions, scratch: { bsp?: string }): Promise<
           k3sBinary: path.join(k3s.dir, 'k3s'),
           init,
           log,
+          snapshotCheck: opts.snapshotCheck,
           step: (name, seconds) => stages.push({ name, seconds, cached: false }),
           boardKernel: bsp ? { kernel: bsp.kernel, kernelRelease: bsp.kernelRelease, supplements: bsp.supplements } : undefined,
         }),

@@ -3,14 +3,16 @@
 // .deb pool. Skipped when not root or without mmdebstrap; CAIRN_TEST_REAL=0
 // skips them too. Foreign arches (arm64, armv7 under qemu-user) run only
 // with CAIRN_TEST_FOREIGN=1.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import { build } from '../../src/builder/pipeline.js';
 import { createReporter } from '../../src/builder/progress.js';
+import { SNAPSHOT_ENTRY_PATH, checkInitSnapshot } from '../../src/builder/stages/snapshot.js';
 import type { Arch, Format } from '../../src/builder/types.js';
 import { K3S_DOUBLE, REPO, fakePxe, tempDir, writeSpec } from './support.js';
 
@@ -51,6 +53,30 @@ function artifactFiles(dir: string, rel = ''): string[] {
     .flatMap((e) => (e.isDirectory() ? artifactFiles(dir, path.join(rel, e.name)) : [path.join(rel, e.name)]))
     .filter((f) => f !== 'build.json')
     .sort();
+}
+
+/** The build's snapshot check run again on the tree of a built image: it passes, and names a bundle a snapshot cannot hold. */
+async function snapshotCheckCases(t: Test, squash: string, dir: string) {
+  const tree = path.join(dir, 'tree');
+  t.equal(spawnSync('unsquashfs', ['-q', '-n', '-d', tree, squash]).status, 0, 'the image unpacked');
+  t.teardown(() => rm(tree, { recursive: true, force: true }));
+  const entry = path.join(tree, SNAPSHOT_ENTRY_PATH);
+  const logged: string[] = [];
+  await checkInitSnapshot(tree, 'amd64', (l) => void logged.push(l));
+  t.match(logged.join('\n'), /^init snapshot: made and started once in \d+\.\d s \(\d+\.\d MiB; the node makes its own\)$/m);
+  t.same(readdirSync(path.join(tree, 'tmp')), [], 'the blob thrown away');
+
+  // a module of the bundle that throws while it loads
+  writeFileSync(entry, "require('node:v8').startupSnapshot.setDeserializeMainFunction(() => {});\nthrow new Error('cairn-test: thrown at load time');\n");
+  await t.rejects(checkInitSnapshot(tree, 'amd64', () => {}), { name: 'UserError', message: /^the init's startup snapshot could not be made \(node --build-snapshot exited \d+\):\n[^]*cairn-test: thrown at load time/ });
+  t.same(readdirSync(path.join(tree, 'tmp')), [], 'nothing left in /tmp after a failure');
+
+  // a snapshot node starts from, whose main does not say it is the init's
+  writeFileSync(entry, "require('node:v8').startupSnapshot.setDeserializeMainFunction(() => { process.exitCode = 3; });\n");
+  await t.rejects(checkInitSnapshot(tree, 'amd64', () => {}), { name: 'UserError', message: /^the init's startup snapshot was made but node does not start from it \(exit 3\):/ });
+
+  rmSync(path.join(tree, 'usr/bin/env'));
+  await t.rejects(checkInitSnapshot(tree, 'amd64', () => {}), { message: 'init snapshot: the system tree has no /usr/bin/env' });
 }
 
 const EVERY_FORMAT: Format[] = ['iso', 'pxe', 'raw', 'qcow2', 'oci'];
@@ -112,6 +138,8 @@ t.test('amd64 from Debian packages, twice from scratch: every artifact byte-iden
   t.not(rawFile(c.record).sha256, rawFile(a.record).sha256, 'another SOURCE_DATE_EPOCH, another disk');
   const labelId = (f: string) => /label-id: (\S+)/.exec(spawnSync('sfdisk', ['-d', f], { encoding: 'utf8' }).stdout)?.[1];
   t.not(labelId(path.join(dir, 'c', rawFile(c.record).file)), labelId(path.join(dir, 'a', rawFile(a.record).file)), 'another disk id');
+
+  await t.test("the build's snapshot check on a's tree", (t) => snapshotCheckCases(t, squash, dir));
 });
 
 t.test('a Debian package that does not exist is named', { skip, timeout: 300_000 }, async (t) => {

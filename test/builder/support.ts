@@ -3,6 +3,7 @@
  * cache as the rootfs stage's entry (so everything after mmdebstrap runs for
  * real in seconds), a spec written to a temp folder, and stand-in writers.
  */
+import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,7 @@ import { rootfsInputs, rootfsKey } from '../../src/builder/stages/rootfs.js';
 import type { Arch, Format, OutputWriter } from '../../src/builder/types.js';
 import type { InitramfsFn } from '../../src/builder/writers.js';
 import { createReporter } from '../../src/builder/progress.js';
+import { SNAPSHOT_ENTRY_PATH, type SnapshotCheckFn } from '../../src/builder/stages/snapshot.js';
 
 export const REPO = path.resolve(new URL('../..', import.meta.url).pathname);
 export const K3S_DOUBLE = path.join(REPO, 'test/fixtures/k3s-double');
@@ -141,6 +143,17 @@ export const fakePxe: OutputWriter = async (sys, ctx) => {
 
 export const fakeWriters = { pxe: fakePxe };
 
+/**
+ * A stand-in for the snapshot check (the fake root's node does not run):
+ * it checks that the system stage calls it on a tree that holds the init's
+ * snapshot entry, after the prune (the man pages are gone by then).
+ */
+export const fakeSnapshotCheck: SnapshotCheckFn = async (root, arch, log) => {
+  if (!existsSync(path.join(root, SNAPSHOT_ENTRY_PATH))) throw new Error(`fake snapshot check: no /${SNAPSHOT_ENTRY_PATH} in the tree`);
+  if (existsSync(path.join(root, 'usr/share/man/man1/tini.1.gz'))) throw new Error('fake snapshot check: called before the prune');
+  log(`init snapshot: checked (${arch}, test stand-in)`);
+};
+
 /** Options for build() that run everything after the rootfs for real, quietly. */
 export function quickBuild(spec: string, cacheDir: string, outDir: string, extra: Record<string, unknown> = {}) {
   const lines: string[] = [];
@@ -157,6 +170,7 @@ export function quickBuild(spec: string, cacheDir: string, outDir: string, extra
       squashfs: { level: 1 },
       outputs: fakeWriters,
       initramfs: fakeInitramfs,
+      snapshotCheck: fakeSnapshotCheck,
       skipHostCheck: true,
       reporter: createReporter({ tty: false, write: (s: string) => void lines.push(s) }),
       ...extra,

@@ -40,15 +40,17 @@ function inRoot(root: string, env: string[], command: string[]): string[] {
   return ['--pid', '--fork', '--mount', 'sh', '-ec', script];
 }
 
+/** What the system stage runs on the pruned tree: checkInitSnapshot, or a test's stand-in. */
+export type SnapshotCheckFn = (root: string, arch: Arch, log: (l: string) => void) => Promise<void>;
+
 function tail(text: string, lines = 12): string {
   return text.trim().split('\n').slice(-lines).join('\n');
 }
 
-/** Makes a snapshot of the entry the tree holds, starts node from it once, and removes it. Does nothing when the tree has no node or no entry. */
+/** Makes a snapshot of the entry the tree holds, starts node from it once, and removes it. */
 export async function checkInitSnapshot(root: string, arch: Arch, log: (l: string) => void): Promise<void> {
-  if (!existsSync(path.join(root, 'usr/bin/node')) || !existsSync(path.join(root, SNAPSHOT_ENTRY_PATH))) return;
-  for (const d of ['proc', 'dev', 'tmp']) {
-    if (!existsSync(path.join(root, d))) throw new Error(`init snapshot: the tree has no /${d} to mount on`);
+  for (const rel of ['usr/bin/node', 'usr/bin/env', SNAPSHOT_ENTRY_PATH, 'proc', 'dev', 'tmp']) {
+    if (!existsSync(path.join(root, rel))) throw new Error(`init snapshot: the system tree has no /${rel}`);
   }
   const started = performance.now();
   const undo = arch === hostArch() ? async () => undefined : await enableForeignArch(arch, log);

@@ -22,7 +22,7 @@ import { applyOverlay } from './overlay.js';
 import { installRuntime } from './runtime.js';
 import { installInit, type InitBundle } from './init.js';
 import { componentSizes, prune, type PruneResult } from './prune.js';
-import { checkInitSnapshot } from './snapshot.js';
+import { checkInitSnapshot, type SnapshotCheckFn } from './snapshot.js';
 
 /** Bump when the overlay, runtime, init or prune steps change what they make. */
 export const SYSTEM_STAGE_VERSION = 5;
@@ -58,6 +58,8 @@ export interface SystemInputs {
    * profile. Absent for a Debian kernel, which keeps other keys as they were.
    */
   kernel?: { sha256: string; release: string; keepModules: string[]; keepFirmware: string[] };
+  /** An injected snapshot check's name (tests): absent for the real one, which keeps other keys as they were. */
+  snapshotCheck?: string;
 }
 
 /** A vendor kernel to put in place of the Debian one: its Image and a folder holding lib/modules/<release>/ (and lib/firmware/). */
@@ -87,6 +89,8 @@ export async function buildSystem(
     step: (name: string, seconds: number) => void;
     /** Required when inputs.kernel is set: the unpacked BSP's kernel. */
     boardKernel?: BoardKernel;
+    /** Default checkInitSnapshot. */
+    snapshotCheck?: SnapshotCheckFn;
   },
 ): Promise<Entry<SystemData>> {
   if (inputs.kernel && ctx.boardKernel?.kernelRelease !== inputs.kernel.release) throw new Error('buildSystem: inputs.kernel names a vendor kernel that ctx.boardKernel does not hold');
@@ -136,7 +140,7 @@ export async function buildSystem(
       });
       await rm(path.join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
       // after pruning: the check runs the node and libraries the image ships
-      await timed('snapshot check', () => checkInitSnapshot(root, ctx.arch, ctx.log));
+      await timed('snapshot check', () => (ctx.snapshotCheck ?? checkInitSnapshot)(root, ctx.arch, ctx.log));
       // the image's /etc as the etc phase compares it, made once here instead of at every boot
       await writeFresh(root, IMAGE_ETC_MANIFEST.slice(1), { content: `${JSON.stringify(manifestOf(path.join(root, 'etc')))}\n` }, { mode: 0o644, uid: 0, gid: 0 });
       const sizes = await componentSizes(root, kr);
