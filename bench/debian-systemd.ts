@@ -52,10 +52,10 @@ ExecStartPre=-/sbin/modprobe overlay
 ExecStart=/usr/local/bin/k3s server
 `;
 
-/** Stands in for k3s: says when it started, then waits. */
+/** Stands in for k3s: says when it started on the console (ttyS0, ttyAMA0: the kernel's console=), then waits. */
 const K3S_STAND_IN = `#!/bin/sh
 read up _ </proc/uptime
-echo "${K3S_MARKER} $up" >/dev/ttyS0
+echo "${K3S_MARKER} $up" >/dev/console
 exec sleep infinity
 `;
 
