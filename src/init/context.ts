@@ -54,6 +54,8 @@ export interface NodeContext {
   poweroff?: () => void;
   /** false: a source that does not answer at boot is not asked again in the background (tests of the phase alone). */
   retryDataSources?: boolean;
+  /** The image's modules-load.d, loading since the etc phase (startImageModules); the modules that did not load. */
+  imageModules?: Promise<{ name: string; why: string }[]>;
 }
 
 export function at(ctx: { root: string }, path: string): string {

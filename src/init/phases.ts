@@ -10,7 +10,7 @@ import { formatDiagnostic } from '../config/diagnostics.js';
 import { at, urlForLog, type NodeContext } from './context.js';
 import { phase, type Phase } from './phase.js';
 import { applyWriteFiles } from './apply/files.js';
-import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applySysctls } from './apply/system.js';
+import { applyDns, applyEnvironment, applyHostname, applyImageModules, applyImageSysctls, applyModules, applySysctls, startImageModules } from './apply/system.js';
 import { applyNetwork } from './apply/network.js';
 import { fetchDataSources, isLocalSource, pruneUserdata } from './apply/datasources.js';
 import { applyPassword, applyUsers, ensureUser, USER } from './apply/users.js';
@@ -249,7 +249,12 @@ export const boot: Phase<NodeContext>[] = [
     ctx.trial = guard;
     return `${ctx.boot.mode || 'unknown'} boot of ${ctx.version}${line ? `; ${line}` : ''}`;
   }),
-  phase('etc', 15_000, keepNodeEtc),
+  // /etc settled: the image's modules (k3s' netfilter, overlay) load from here beside the boot; initrd-keys waits for them
+  phase('etc', 15_000, async (ctx) => {
+    const done = await keepNodeEtc(ctx);
+    startImageModules(ctx);
+    return done;
+  }),
   phase('config', 60_000, configPhase),
   // its own phase with a long limit: resize2fs on a large, slow SD card takes minutes (after the config: growpart may say no)
   phase('grow', 600_000, (ctx) => growState(ctx, ctx.boot.stateReadOnly === true)),

@@ -3,7 +3,7 @@
 // (TCG) of a real kernel with the first stage finding the system on a
 // state partition, over the network, and not at all.
 import { parseState, renderState } from '../../src/boot/state.js';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createServer } from 'node:http';
 import { createReadStream, existsSync, statSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
@@ -15,7 +15,7 @@ import { execa } from 'execa';
 import { writeCpio } from '../../src/builder/initramfs/cpio.js';
 import { MDEV_CONF, buildInitramfs, elfIsDynamic, initramfsModules } from '../../src/builder/initramfs/index.js';
 import { FIRST_STAGE_FUNCTIONS, renderInitScript } from '../../src/builder/initramfs/init-script.js';
-import { depmodOrder, dropMissing, makeIndex, modinfoDepends, moduleName, renderModulesDep, selectModules } from '../../src/builder/initramfs/modules.js';
+import { alwaysLoaded, depmodOrder, dropMissing, makeIndex, modinfoDepends, moduleName, renderModulesAlias, renderModulesDep, selectModules } from '../../src/builder/initramfs/modules.js';
 import { SOURCE_DATE_EPOCH, fixtureRoot, fixtureSquashfs, kernelOf, qemuBoot, unreachableReason } from '../fixtures/outputs/fixture.js';
 
 const haveQemu = existsSync('/usr/bin/qemu-system-x86_64');
@@ -77,6 +77,20 @@ t.test('modules: dependencies, soft dependencies, aliases, built-ins, absent one
   t.match(dep, /^kernel\/fs\/ext4\/ext4\.ko: kernel\/lib\/crc16\.ko kernel\/fs\/mbcache\.ko kernel\/fs\/jbd2\/jbd2\.ko$/m);
   t.notMatch(dep, /\.xz/);
   t.equal(moduleName('kernel/fs/nls/nls_iso8859-1.ko.zst'), 'nls_iso8859_1');
+});
+
+t.test("modules: the shipped modules' modalias patterns, and what loads whatever the machine", async (t) => {
+  const index = makeIndex({
+    dep: DEP,
+    alias: 'alias crypto-crc32c crc32c_generic\nalias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\nalias pci:v00008086d* e1000\nalias fs-ext4 ext4\n',
+  });
+  const sel = selectModules(['ext4', 'usb-storage', 'squashfs'], index);
+  const alias = renderModulesAlias(sel, index);
+  t.equal(alias, 'alias fs-ext4 ext4\nalias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage\n', "exact aliases, then the patterns, of shipped modules only (crc32c_generic's and e1000's are left out)");
+  t.same(alwaysLoaded(sel, index), ['ext4', 'squashfs'], 'file systems load always, drivers by their devices');
+  t.same(alwaysLoaded(sel, index, ['usb-storage']), ['ext4', 'usb_storage', 'squashfs'], "a board's own list loads always, in the selection's order");
+  const noPatterns = makeIndex({ dep: DEP, alias: 'alias fs-ext4 ext4\n' });
+  t.same(alwaysLoaded(selectModules(['ext4', 'usb-storage'], noPatterns), noPatterns), [], 'no pattern to match devices with: nothing apart, the whole list loads');
 });
 
 t.test('modules: a stale modules.dep (files pruned) leaves out what is gone and what needs it', async (t) => {
@@ -302,6 +316,58 @@ t.test("first stage: the startup snapshot is used when the node made one on this
   t.ok(existsSync(path.join(snap, '0.1.0.ok')), 'and its marker is left as it was');
 });
 
+// modprobe stubbed: each call's arguments, one line; a fake /sys with the devices' modalias files
+const FAKE_MODPROBE = 'modprobe() { echo "modprobe $*" >>"$CALLS"; return 0; }\n';
+
+async function moduleStage(t: Test, opts: { always: boolean }) {
+  const dir = t.testdir({
+    etc: { modules: 'virtio_blk\nahci\nnvme\next4\nsquashfs\n', ...(opts.always ? { 'modules-always': 'ext4\nsquashfs\n' } : {}) },
+    sys: { bus: { pci: { devices: { '0000:00:02.0': { modalias: 'pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n' }, '0000:00:1f.2': { modalias: 'pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01\n' } } } } },
+  });
+  const calls = path.join(dir, 'calls');
+  const env = `${FAKE_MODPROBE}CALLS=${calls}\nMODDIR=${dir}/etc\nSYSFS=${dir}/sys\nDEVTMPFS=1\nWAIT=5\nMODE=state\n`;
+  const run = async (body: string) => {
+    await rm(calls, { force: true });
+    const r = await firstStage(`${env}${body}`);
+    return { ...r, calls: existsSync(calls) ? (await readFile(calls, 'utf8')).trim().split('\n') : [] };
+  };
+  return { dir, run };
+}
+
+t.test('first stage: the drivers the devices ask for and the file systems, then every driver only when the system is not found', async (t) => {
+  const { dir, run } = await moduleStage(t, { always: true });
+  const first = await run('load_modules; echo "rc $? ALL=$ALL_LOADED"');
+  t.equal(first.out, 'rc 0 ALL=');
+  t.same(first.calls.sort(), [
+    'modprobe -a -q pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00 pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01',
+    'modprobe -a ext4 squashfs',
+  ], "each device's modalias once, beside modules-always; the rest of the list is not loaded");
+  // a device that shows up after the first drivers (a disk behind the controller) gets its driver in the next round
+  const later = await run(`load_modules; mkdir -p ${dir}/sys/bus/scsi/devices/0:0:0:0; echo scsi:t-0x00 >${dir}/sys/bus/scsi/devices/0:0:0:0/modalias; coldplug; echo "new $?"; coldplug; echo "again $?"`);
+  t.match(later.out, /new 0\nagain 1$/, 'a new device: its driver loads; nothing new: nothing done');
+  t.equal(later.calls.filter((c) => c.includes('scsi:t-0x00')).length, 1, 'the new modalias is asked for once');
+  t.notOk(later.calls.some((c) => /-q .*scsi:t-0x00.*pci:|-q pci:.*scsi:/.test(c)), 'without the devices already seen');
+  await rm(path.join(dir, 'sys/bus/scsi'), { recursive: true });
+  // the system found on the third look: the first miss loads every driver, once; the second waits
+  const found = await run('N=0\nfind_system() { N=$((N+1)); [ $N -ge 3 ]; }\nsleep() { echo "slept $1"; }\nload_modules; look_for_system; echo "rc $? looks $N ALL=$ALL_LOADED"');
+  t.match(found.out, /slept 1\nrc 0 looks 3 ALL=1$/);
+  t.match(found.out, /waiting up to 5 s for the system \(mode: state\)/);
+  t.equal(found.calls.filter((c) => c === 'modprobe -a virtio_blk ahci nvme ext4 squashfs').length, 1, 'every driver of the list, once, after the first miss');
+  t.ok(found.calls.indexOf('modprobe -a virtio_blk ahci nvme ext4 squashfs') > found.calls.findIndex((c) => c.startsWith('modprobe -a -q pci:')), 'after the drivers the devices asked for');
+  const never = await run('find_system() { return 1; }\nsleep() { :; }\nWAIT=0\nload_modules; look_for_system; echo "rc $? ALL=$ALL_LOADED"');
+  t.match(never.out, /rc 1 ALL=1$/, 'not found in time: 1, with every driver tried');
+});
+
+t.test('first stage: without modules-always (no modalias patterns), the whole list at once; one each when that fails', async (t) => {
+  const { run } = await moduleStage(t, { always: false });
+  const r = await run('load_modules; echo "rc $? ALL=$ALL_LOADED"; coldplug; echo "coldplug $?"');
+  t.equal(r.out, 'rc 0 ALL=1\ncoldplug 1', 'no device matching without the patterns');
+  t.same(r.calls, ['modprobe -a virtio_blk ahci nvme ext4 squashfs']);
+  const failing = await run('modprobe() { echo "modprobe $*" >>"$CALLS"; [ "$1" != -a ] && [ "$1" != nvme ]; }\ndbg() { echo "dbg $*"; }\nload_modules');
+  t.same(failing.calls, ['modprobe -a virtio_blk ahci nvme ext4 squashfs', 'modprobe virtio_blk', 'modprobe ahci', 'modprobe nvme', 'modprobe ext4', 'modprobe squashfs']);
+  t.equal(failing.out, 'dbg module nvme did not load', 'the one that did not load is named');
+});
+
 t.test('ELF: static and dynamic executables told apart', async (t) => {
   t.equal(elfIsDynamic(await readFile('/bin/ls')), true);
   if (existsSync('/bin/busybox')) t.equal(elfIsDynamic(await readFile('/bin/busybox')), false, 'the host busybox is busybox-static');
@@ -357,6 +423,13 @@ t.test('a real initramfs: byte-identical twice, cpio lists /init, modules and mo
   for (const m of ['squashfs.ko', 'overlay.ko', 'loop.ko', 'ext4.ko', 'isofs.ko', 'sr_mod.ko', 'virtio_blk.ko', 'virtio_net.ko', 'e1000.ko', 'nvme.ko', 'usb-storage.ko', 'vfat.ko', 'ahci.ko', 'jbd2.ko']) {
     t.ok(list.some((f) => f.endsWith(`/${m}`)), m);
   }
+  const always = (await readFile(path.join(unpacked, 'etc/cairn-initramfs/modules-always'), 'utf8')).trim().split('\n');
+  t.ok(['ext4', 'squashfs', 'isofs', 'loop'].every((m) => always.includes(m)), `the file systems load on every boot: ${always.join(' ')}`);
+  t.same(always.filter((m) => ['ahci', 'nvme', 'virtio_blk', 'usb_storage', 'sr_mod', 'e1000'].includes(m)), [], 'the drivers do not: they load for their devices');
+  const aliases = await readFile(path.join(unpacked, `lib/modules/${release}/modules.alias`), 'utf8');
+  t.match(aliases, /^alias virtio:d00000002v\* virtio_blk$/m, "virtio_blk's pattern, which a virtio disk's modalias matches");
+  t.match(aliases, /^alias pci:v\*d\*sv\*sd\*bc01sc08i02\* nvme$/m, "nvme's, by the PCI class of any NVMe controller");
+  t.notMatch(aliases, / (iwlwifi|snd_hda_intel|i915)$/m, 'no pattern of a module the first stage does not ship');
   const sel = await initramfsModules(rootfs, release, 'amd64');
   t.ok(sel.builtin.includes('virtio_pci'), 'trixie amd64 builds virtio_pci in');
   const dep = (await execa('cpio', ['-i', '--to-stdout', '-F', path.join(dir, 'a.cpio'), `lib/modules/${release}/modules.dep`], { stdin: 'ignore' })).stdout;
@@ -440,6 +513,9 @@ t.test('boot (TCG): state partition, an upgrade on trial, /etc and /var written 
   t.match(r.output, /mount \/dev\/loop0 \/ squashfs ro/);
   t.match(r.output, /mount \S+ \/cairn ext4 rw/);
   t.match(r.output, /mount \S+ \/run\/cairn\/image-etc squashfs ro/, "the image's /etc bound read-only for the init");
+  const loaded = (/cairn-fixture: modules (.*)/.exec(r.output)?.[1] ?? '').trim().split(/\s+/);
+  t.ok(['virtio_blk', 'ext4', 'squashfs', 'loop'].every((m) => loaded.includes(m)), `the disk's driver and the file systems loaded: ${loaded.join(' ')}`);
+  t.same(loaded.filter((m) => ['nvme', 'xhci_pci', 'usb_storage', 'ahci', 'sdhci_pci'].includes(m)), [], 'no driver of a device this machine does not have');
   t.match(r.output, /image etc apart/, "it is the image's, without the writes to /etc");
   t.same(parseState(await debugfsCat(img, '/cairn/grub/grubenv')), { active: '0.0.1', trial: '0.0.2', tries: 1 }, 'the try was counted on disk');
   t.equal(await debugfsCat(img, '/cairn/data/etc/cairn-fixture-write'), '', '/etc upper layer is on the state partition');
@@ -475,6 +551,24 @@ t.test('boot (TCG): a state partition e2fsck -p cannot repair is mounted read-on
   t.match(r.output, /mount cairn-rw \/var tmpfs/, '/var in RAM');
   t.match(r.output, /mount \S+ \/cairn ext4 ro/, 'the state read-only');
   t.equal((await execa('e2fsck', ['-fn', img], { reject: false })).exitCode, 4, 'nothing written to it: the damage is still there for a manual repair');
+});
+
+t.test('boot (TCG): the state on a USB stick, which shows up after the first look (later coldplug rounds, or every driver, find it)', async (t) => {
+  if (!rootfs || !haveQemu) { t.plan(0, noRoot || 'needs qemu-system-x86_64'); return; }
+  const tree = path.join(work, 'state-usb');
+  await mkdir(path.join(tree, 'cairn/system/0.0.1'), { recursive: true });
+  await fixtureSquashfs(rootfs, path.join(tree, 'cairn/system/0.0.1/rootfs.squashfs'));
+  for (const f of ['kernel', 'initrd']) await writeFile(path.join(tree, 'cairn/system/0.0.1', f), '');
+  await mkdir(path.join(tree, 'cairn/grub'), { recursive: true });
+  await writeFile(path.join(tree, 'cairn/grub/grubenv'), renderState({ active: '0.0.1' }));
+  const img = path.join(work, 'state-usb.img');
+  await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'CAIRN_STATE', '-d', tree, img, '64M']);
+  const r = await qemuBoot(['-kernel', kernel, '-initrd', initrd, '-append', 'console=ttyS0 quiet', '-device', 'qemu-xhci', '-drive', `file=${img},if=none,id=stick,format=raw`, '-device', 'usb-storage,drive=stick']);
+  t.comment(`USB state boot: ${r.ms} ms`);
+  if (!t.ok(r.ok, 'the system came up from the stick')) console.error(r.output);
+  t.match(r.output, /cairn-initramfs: system 0\.0\.1 on \/dev\/sda\b/);
+  const loaded = (/cairn-fixture: modules (.*)/.exec(r.output)?.[1] ?? '').trim().split(/\s+/);
+  t.ok(['xhci_pci', 'usb_storage', 'sd_mod'].every((m) => loaded.includes(m)), `the controller's, the stick's and the disk's drivers: ${loaded.join(' ')}`);
 });
 
 t.test('boot (TCG): net boot fetches the squashfs over HTTP (cairn.root_url=)', async (t) => {

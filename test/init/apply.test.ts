@@ -199,6 +199,31 @@ t.test("the image's own modules-load.d and sysctl.d are applied (nothing else re
   await t.rejects(applyImageSysctls(ctx), /not set: net\.missing\.key/);
 });
 
+t.test("the image's modules load beside the phases after etc: one modprobe, started before initrd-keys waits for it", async (t) => {
+  const { applyImageModules, startImageModules } = await import('../../src/init/apply/system.js');
+  const root = nodeRoot(t.testdir());
+  put(root, 'etc/modules-load.d/k3s.conf', 'overlay\nbr_netfilter\n');
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((r) => (release = r));
+  const { ctx, calls } = testContext(root, {}, { exec: (file, args) => (file === 'modprobe' && args.includes('br_netfilter') ? { code: 1, stderr: 'modprobe: FATAL: Module br_netfilter not found' } : undefined) });
+  const exec = ctx.exec;
+  let started = 0;
+  ctx.exec = async (file, args, o) => {
+    started++;
+    await held;
+    return exec(file, args, o);
+  };
+  startImageModules(ctx);
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(started, 1, 'modprobe is running before anything waits for it');
+  release();
+  await t.rejects(applyImageModules(ctx), /^not loaded: br_netfilter$/, 'the one that did not load, named when initrd-keys waits');
+  t.same(calls.map((c) => [c.file, ...c.args]), [['modprobe', '-a', '--', 'overlay', 'br_netfilter'], ['modprobe', '--', 'overlay'], ['modprobe', '--', 'br_netfilter']], 'one load, then one each to name the failure; none again when waited for');
+  t.equal(ctx.imageModules, undefined, 'waited for once');
+  await applyImageModules(ctx).catch(() => undefined);
+  t.equal(calls.length, 6, 'without a start, initrd-keys loads them itself');
+});
+
 t.test("the memory reserve drops to the kernel's base without THP's boost; the image's sysctl.d and a low value win", async (t) => {
   const { applyImageSysctls, baseMinFreeKbytes } = await import('../../src/init/apply/system.js');
   t.equal(baseMinFreeKbytes(2020964), 5686, '4 x sqrt(KiB), as the kernel computes it');

@@ -20,6 +20,7 @@ import { renderInitScript, renderUdhcpcScript } from './init-script.js';
 import {
   ARCH_MODULES,
   BASE_MODULES,
+  alwaysLoaded,
   REQUIRED_MODULES,
   type ModuleIndex,
   type ModuleSelection,
@@ -128,6 +129,9 @@ export async function buildInitramfs(opts: InitramfsOptions): Promise<void> {
   entries.push({ path: 'etc/cairn-initramfs/udhcpc.script', type: 'file', mode: 0o755, data: Buffer.from(renderUdhcpcScript()) });
   entries.push({ path: 'usr/share/udhcpc/default.script', type: 'symlink', target: '../../../etc/cairn-initramfs/udhcpc.script' });
   entries.push({ path: 'etc/cairn-initramfs/modules', type: 'file', mode: 0o644, data: Buffer.from(selection.load.map((m) => `${m}\n`).join('')) });
+  // with it, the first stage loads these and the drivers its devices ask for; without it, the whole list
+  const always = alwaysLoaded(selection, index, opts.extraModules);
+  if (always.length) entries.push({ path: 'etc/cairn-initramfs/modules-always', type: 'file', mode: 0o644, data: Buffer.from(always.map((m) => `${m}\n`).join('')) });
   entries.push({
     path: 'etc/cairn-initramfs/release',
     type: 'file',

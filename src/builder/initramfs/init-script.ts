@@ -64,10 +64,11 @@ export const INIT_MARKER_SWITCHING = 'cairn-initramfs: switching root';
 export const INIT_MARKER_CLOCK = 'cairn-initramfs: clock set to ';
 
 /**
- * The first stage's decisions about the clock, the state partition's check
- * and seeding, as shell functions that the tests run on their own (with
- * log, date, e2fsck, cp and reboot stubbed) against a temporary folder.
- * They use log, dbg, rescue_shell and RESCUE from the script around them.
+ * The first stage's decisions about the clock, the state partition's check,
+ * seeding and the modules it loads, as shell functions that the tests run
+ * on their own (with log, date, e2fsck, cp, modprobe and reboot stubbed)
+ * against a temporary folder. They use log, dbg, rescue_shell and RESCUE from the script around them;
+ * look_for_system also find_system, WAIT, MODE and DEVTMPFS.
  */
 export const FIRST_STAGE_FUNCTIONS = String.raw`
 # The clock: boards without a battery-backed clock start in 1970, when no
@@ -176,6 +177,85 @@ seed_dir() {
   dbg "seeded /$3 in $2"
   return 0
 }
+
+# Modules. modules-always (file systems, loop: what every boot needs) loads
+# beside the drivers the machine's devices ask for, by their modalias as
+# udev's coldplug does, and then the drivers of the devices those found
+# (disks behind a controller, virtio devices). Every driver of the list
+# (modules) loads only when the system is not found with those: a device
+# without a modalias, one that showed up late. Without modules-always (no
+# modalias patterns to match), the whole list at once.
+MODDIR=/etc/cairn-initramfs
+SYSFS=/sys
+SEEN=" "
+ALL_LOADED=
+
+# one modprobe for a list file (a process start is costly on a small
+# board); only when that fails, one each, to say which did not load
+load_list() {
+  [ -f "$1" ] || return 0
+  modprobe -a $(cat "$1") 2>/dev/null && return 0
+  while read -r m; do
+    [ -n "$m" ] || continue
+    modprobe "$m" 2>/dev/null || dbg "module $m did not load"
+  done <"$1"
+  return 0
+}
+
+# The drivers of the devices not seen before (0: there were some).
+coldplug() {
+  [ -f "$MODDIR/modules-always" ] || return 1
+  new=
+  all=$(cat "$SYSFS"/bus/*/devices/*/modalias 2>/dev/null)
+  set -f
+  for a in $all; do
+    case "$SEEN" in *" $a "*) ;; *) new="$new $a"; SEEN="$SEEN$a " ;; esac
+  done
+  [ -n "$new" ] && modprobe -a -q $new 2>/dev/null
+  set +f
+  [ -n "$new" ]
+}
+
+# Every driver of the list, once (0: loaded now).
+load_all() {
+  [ -z "$ALL_LOADED" ] || return 1
+  ALL_LOADED=1
+  [ -f "$MODDIR/modules-always" ] && dbg "the system is not found with the drivers the devices asked for: loading every driver"
+  load_list "$MODDIR/modules"
+  return 0
+}
+
+load_modules() {
+  if [ -f "$MODDIR/modules-always" ]; then
+    load_list "$MODDIR/modules-always" &
+    always=$!
+    coldplug
+    wait $always
+    coldplug && coldplug
+  else
+    load_all
+  fi
+  return 0
+}
+
+# Looks for the system (find_system) for up to $WAIT s. Before each wait
+# the drivers of devices that showed up since load, then every driver.
+look_for_system() {
+  deadline=$(( $(cut -d. -f1 /proc/uptime) + WAIT ))
+  said=
+  while ! find_system; do
+    if coldplug || load_all; then
+      [ -n "$DEVTMPFS" ] || mdev -s 2>/dev/null
+      continue
+    fi
+    now=$(cut -d. -f1 /proc/uptime)
+    if [ "$now" -ge "$deadline" ]; then return 1; fi
+    [ -z "$said" ] && log "waiting up to $WAIT s for the system (mode: $MODE)" && said=1
+    sleep 1
+    [ -n "$DEVTMPFS" ] || mdev -s 2>/dev/null
+  done
+  return 0
+}
 `;
 
 export function renderInitScript(): string {
@@ -270,17 +350,8 @@ fail() {
   sleep 60
 }
 
-# --- modules --------------------------------------------------------------
-# one modprobe for them all (a process start is costly on a small board);
-# only when that fails, one each, to say which did not load
-if [ -f /etc/cairn-initramfs/modules ]; then
-  if ! modprobe -a $(cat /etc/cairn-initramfs/modules) 2>/dev/null; then
-    while read -r m; do
-      [ -n "$m" ] || continue
-      modprobe "$m" 2>/dev/null || dbg "module $m did not load"
-    done </etc/cairn-initramfs/modules
-  fi
-fi
+# --- modules (see load_modules) -------------------------------------------
+load_modules
 [ -n "$DEVTMPFS" ] || mdev -s 2>/dev/null
 
 # --- finding the system ---------------------------------------------------
@@ -529,15 +600,7 @@ find_system() {
 }
 
 while :; do
-  deadline=$(( $(cut -d. -f1 /proc/uptime) + WAIT ))
-  said=
-  while ! find_system; do
-    now=$(cut -d. -f1 /proc/uptime)
-    if [ "$now" -ge "$deadline" ]; then break; fi
-    [ -z "$said" ] && log "waiting up to $WAIT s for the system (mode: $MODE)" && said=1
-    sleep 1
-    [ -n "$DEVTMPFS" ] || mdev -s 2>/dev/null
-  done
+  look_for_system
   [ -n "$BOOT_MODE" ] && break
   fail "the system was not found: $(echo "$REASONS" | cut -c3-)"
 done

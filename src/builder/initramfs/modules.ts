@@ -24,6 +24,18 @@ export const BASE_MODULES: readonly string[] = [
   'af_packet', 'virtio_net',
 ];
 
+/**
+ * The modules of BASE_MODULES every first stage loads whatever the machine:
+ * the file systems, loop, the checksum ext4 asks for, packet sockets for
+ * DHCP. The rest are drivers, loaded for the devices that ask for them
+ * (their modalias), and every one of them only when the system is not
+ * found with those (see the init script).
+ */
+export const ALWAYS_MODULES: readonly string[] = [
+  'crc32c_generic', 'ext4', 'isofs', 'vfat', 'nls_cp437', 'nls_iso8859_1', 'nls_ascii', 'nls_utf8',
+  'squashfs', 'overlay', 'loop', 'af_packet',
+];
+
 /** Per-arch additions to BASE_MODULES. */
 export const ARCH_MODULES: Record<Arch, readonly string[]> = {
   amd64: ARCH_TABLE.amd64.initramfsModules,
@@ -52,6 +64,8 @@ export interface ModuleIndex {
   byName: Map<string, string>;
   /** alias (exact, no wildcard) → module names */
   aliases: Map<string, string[]>;
+  /** aliases with a wildcard (the devices' modalias patterns), in the file's order */
+  patterns: { pattern: string; name: string }[];
   /** module name → names or aliases it wants loaded first */
   softdeps: Map<string, string[]>;
   /** names of modules built into the kernel */
@@ -87,6 +101,15 @@ export function parseAliases(text: string): Map<string, string[]> {
   return aliases;
 }
 
+export function parseAliasPatterns(text: string): { pattern: string; name: string }[] {
+  const out: { pattern: string; name: string }[] = [];
+  for (const line of lines(text)) {
+    const m = /^alias\s+(\S+)\s+(\S+)$/.exec(line);
+    if (m && /[*?[]/.test(m[1]!)) out.push({ pattern: m[1]!, name: m[2]!.replace(/-/g, '_') });
+  }
+  return out;
+}
+
 export function parseSoftdeps(text: string): Map<string, string[]> {
   const soft = new Map<string, string[]>();
   for (const line of lines(text)) {
@@ -111,6 +134,7 @@ export function makeIndex(texts: { dep: string; alias?: string; softdep?: string
     deps,
     byName,
     aliases: parseAliases(texts.alias ?? ''),
+    patterns: parseAliasPatterns(texts.alias ?? ''),
     softdeps: parseSoftdeps(texts.softdep ?? ''),
     builtin: parseBuiltin(texts.builtin ?? ''),
   };
@@ -208,14 +232,33 @@ export function renderModulesDep(selection: ModuleSelection, index: ModuleIndex)
     .join('');
 }
 
-/** modules.alias for the initramfs: exact aliases of the shipped modules (so the kernel's requests resolve). */
+/**
+ * modules.alias for the initramfs: the exact aliases of the shipped modules
+ * (so the kernel's requests resolve), then their modalias patterns, in
+ * depmod's order (so `modprobe <a device's modalias>` finds its driver).
+ */
 export function renderModulesAlias(selection: ModuleSelection, index: ModuleIndex): string {
   const shipped = new Set(selection.files.map(moduleName));
   const out: string[] = [];
   for (const [alias, names] of [...index.aliases.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
     for (const name of names) if (shipped.has(name)) out.push(`alias ${alias} ${name}\n`);
   }
+  for (const { pattern, name } of index.patterns) if (shipped.has(name)) out.push(`alias ${pattern} ${name}\n`);
   return out.join('');
+}
+
+/**
+ * What the first stage loads on every boot, before it knows the machine:
+ * the modules of ALWAYS_MODULES and the board's own list (`extra`), in the
+ * order of `selection.load`. Empty when no shipped driver has a modalias
+ * pattern (a root whose modules.alias is missing): the first stage then
+ * loads its whole list, as it has nothing to match devices with.
+ */
+export function alwaysLoaded(selection: ModuleSelection, index: ModuleIndex, extra: readonly string[] = []): string[] {
+  const shipped = new Set(selection.files.map(moduleName));
+  if (!index.patterns.some((p) => shipped.has(p.name))) return [];
+  const always = new Set([...ALWAYS_MODULES, ...extra.map((m) => m.replace(/-/g, '_'))]);
+  return selection.load.filter((m) => always.has(m));
 }
 
 /** Reads `depends=` out of a module's .modinfo section (for roots without modules.dep). */

@@ -154,10 +154,21 @@ function confLines(dir: string): string[] {
   return names.flatMap((n) => readFileSync(join(dir, n), 'utf8').split('\n')).map((l) => l.trim()).filter((l) => l && !l.startsWith('#') && !l.startsWith(';'));
 }
 
-/** What the image itself asks for in /etc/modules-load.d (what k3s needs), before the config's modules. */
+/**
+ * Starts loading what the image itself asks for in /etc/modules-load.d
+ * (what k3s needs) beside the phases that follow: a module load is slow on
+ * a small board (and under emulation), and nothing before k3s needs them.
+ * applyImageModules waits for it.
+ */
+export function startImageModules(ctx: NodeContext): void {
+  ctx.imageModules = loadModules(ctx, confLines(at(ctx, '/etc/modules-load.d'))).catch((e: Error) => [{ name: 'modprobe', why: e.message }]);
+}
+
+/** The image's modules (started by startImageModules, or loaded now), before the config's modules. */
 export async function applyImageModules(ctx: NodeContext): Promise<void> {
-  const failed = await loadModules(ctx, confLines(at(ctx, '/etc/modules-load.d')));
-  if (failed.length) throw new Error(`not loaded: ${failed.map((f) => f.name).join(', ')}`);
+  const failed = await (ctx.imageModules ?? loadModules(ctx, confLines(at(ctx, '/etc/modules-load.d'))));
+  ctx.imageModules = undefined;
+  if (failed.length) throw new Error(`not loaded: ${failed.map((f) => (f.name === 'modprobe' ? `modprobe (${f.why})` : f.name)).join(', ')}`);
 }
 
 /**
