@@ -165,7 +165,7 @@ t.test('data sources: NoCloud volumes are found by label and mounted read-only; 
   mkdirSync(join(root, 'run/cairn'), { recursive: true });
   const { ctx, calls } = testContext(root, { cairn: { data_sources: ['nocloud'] } }, {
     exec: (file, args) => {
-      if (file === 'blkid') return args[1] === 'cidata' ? { stdout: '/dev/sr1' } : { code: 2 };
+      if (file === 'blkid') return { stdout: 'DEVNAME=/dev/vda1\nLABEL=CAIRN_EFI\n\nDEVNAME=/dev/vda2\n\nDEVNAME=/dev/sr1\nLABEL=cidata\n\nDEVNAME=/dev/sr2\nLABEL=cidata\n' };
       if (file === 'mount') {
         writeFileSync(join(args[3]!, 'user-data'), '#cloud-config\nhostname: seeded\n');
         writeFileSync(join(args[3]!, 'meta-data'), 'instance-id: iid-1\nlocal-hostname: meta-host\npublic-keys:\n  - ssh-ed25519 AAAAC3Nza meta@key\n');
@@ -176,7 +176,8 @@ t.test('data sources: NoCloud volumes are found by label and mounted read-only; 
   t.same(await fetchDataSources(ctx), ['nocloud']);
   t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-nocloud'), 'utf8'), '# from the metadata service\nhostname: "meta-host"\nssh_authorized_keys:\n  - "ssh-ed25519 AAAAC3Nza meta@key"\n');
   t.equal(readFileSync(join(root, 'var/lib/cairn/userdata/00-nocloud.user-data'), 'utf8'), '#cloud-config\nhostname: seeded\n');
-  t.same(calls.filter((c) => c.file === 'mount').map((c) => c.args.slice(0, 3)), [['-o', 'ro', '/dev/sr1']]);
+  t.same(calls.filter((c) => c.file === 'mount').map((c) => c.args.slice(0, 3)), [['-o', 'ro', '/dev/sr1']], 'the first device labelled cidata');
+  t.same(calls.filter((c) => c.file === 'blkid').map((c) => c.args), [['-c', '/dev/null', '-o', 'export', '-s', 'LABEL']], 'one blkid for all the labels, without its cache');
   t.ok(calls.some((c) => c.file === 'umount'));
   const { loadNodeConfig } = await import('../../src/init/phases.js');
   await loadNodeConfig(ctx);
@@ -261,7 +262,7 @@ t.test('the config phase reads a NoCloud seed before the network is up, so its c
   put(root, 'usr/lib/cairn/config.yaml', 'hostname: image\nk3os:\n  data_sources: [cdrom, https://cfg.example/x]\n');
   const { ctx } = testContext(root, {}, {
     exec: (file, args) => {
-      if (file === 'blkid') return args[1] === 'cidata' ? { stdout: '/dev/sr0' } : { code: 2 };
+      if (file === 'blkid') return { stdout: 'DEVNAME=/dev/sr0\nLABEL=cidata\n' };
       if (file === 'mount') writeFileSync(join(args[3]!, 'user-data'), '#cloud-config\nhostname: seeded\ninit_cmd: [echo early]\n');
       return undefined;
     },

@@ -38,11 +38,31 @@ export function nocloudMetadata(text: string): Omit<Metadata, 'userData'> {
 }
 
 /** What a seed volume holds: its user-data and what its meta-data says (NoCloud meta-data, OpenStack meta_data.json). */
+/**
+ * The first device with each label, from one blkid for every device (a
+ * process start and a probe of every disk cost on a small board: one, not
+ * one per label a source may have). `-c /dev/null`: no cache, what is
+ * there now.
+ */
+export async function devicesByLabel(ctx: NodeContext): Promise<Map<string, string>> {
+  const r = await ctx.exec('blkid', ['-c', '/dev/null', '-o', 'export', '-s', 'LABEL'], { timeoutMs: 10_000 });
+  const found = new Map<string, string>();
+  if (r.code !== 0) return found;
+  let dev: string | undefined;
+  for (const line of r.stdout.split('\n')) {
+    if (line.startsWith('DEVNAME=')) dev = line.slice('DEVNAME='.length);
+    else if (line.startsWith('LABEL=') && dev && !found.has(line.slice('LABEL='.length))) found.set(line.slice('LABEL='.length), dev);
+    else if (line.trim() === '') dev = undefined;
+  }
+  return found;
+}
+
 async function fromVolume(ctx: NodeContext, kind: string): Promise<Metadata | undefined> {
-  for (const label of VOLUME_LABELS[kind] ?? []) {
-    const found = await ctx.exec('blkid', ['-L', label], { timeoutMs: 10_000 });
-    const dev = found.stdout.trim().split('\n')[0];
-    if (found.code !== 0 || !dev) continue;
+  const labels = VOLUME_LABELS[kind] ?? [];
+  const devices = labels.length ? await devicesByLabel(ctx) : new Map<string, string>();
+  for (const label of labels) {
+    const dev = devices.get(label);
+    if (!dev) continue;
     const mnt = mkdtempSync(at(ctx, '/run/cairn/ds-'));
     try {
       const m = await ctx.exec('mount', ['-o', 'ro', dev, mnt], { timeoutMs: 15_000 });
