@@ -67,8 +67,9 @@ export const INIT_MARKER_CLOCK = 'cairn-initramfs: clock set to ';
  * The first stage's decisions about the clock, the state partition's check,
  * seeding and the modules it loads, as shell functions that the tests run
  * on their own (with log, date, e2fsck, cp, modprobe and reboot stubbed)
- * against a temporary folder. They use log, dbg, rescue_shell and RESCUE from the script around them;
- * look_for_system also find_system, WAIT, MODE and DEVTMPFS.
+ * against a temporary folder. They use log, dbg, rescue_shell and RESCUE
+ * from the script around them; look_for_system also find_system, WAIT,
+ * MODE and DEVTMPFS.
  */
 export const FIRST_STAGE_FUNCTIONS = String.raw`
 # The clock: boards without a battery-backed clock start in 1970, when no

@@ -37,7 +37,6 @@ export function nocloudMetadata(text: string): Omit<Metadata, 'userData'> {
   return { ...(hostname ? { hostname } : {}), sshKeys: list.filter((k): k is string => typeof k === 'string').map((k) => k.trim()).filter(Boolean) };
 }
 
-/** What a seed volume holds: its user-data and what its meta-data says (NoCloud meta-data, OpenStack meta_data.json). */
 /**
  * The first device with each label, from one blkid for every device (a
  * process start and a probe of every disk cost on a small board: one, not
@@ -57,6 +56,7 @@ export async function devicesByLabel(ctx: NodeContext): Promise<Map<string, stri
   return found;
 }
 
+/** What a seed volume holds: its user-data and what its meta-data says (NoCloud meta-data, OpenStack meta_data.json). */
 async function fromVolume(ctx: NodeContext, kind: string): Promise<Metadata | undefined> {
   const labels = VOLUME_LABELS[kind] ?? [];
   const devices = labels.length ? await devicesByLabel(ctx) : new Map<string, string>();
