@@ -223,6 +223,12 @@ t.test("the image's modules load beside the phases after etc: one modprobe, star
   t.equal(ctx.imageModules, undefined, 'waited for once');
   await applyImageModules(ctx).catch(() => undefined);
   t.equal(calls.length, 6, 'without a start, initrd-keys loads them itself');
+  // modprobe that cannot run at all: the boot goes on, initrd-keys says why
+  ctx.exec = async () => {
+    throw new Error('spawn modprobe ENOENT');
+  };
+  startImageModules(ctx);
+  await t.rejects(applyImageModules(ctx), /^not loaded: modprobe \(spawn modprobe ENOENT\)$/);
 });
 
 t.test("the memory reserve drops to the kernel's base without THP's boost; the image's sysctl.d and a low value win", async (t) => {

@@ -161,12 +161,17 @@ function confLines(dir: string): string[] {
  * applyImageModules waits for it.
  */
 export function startImageModules(ctx: NodeContext): void {
-  ctx.imageModules = loadModules(ctx, confLines(at(ctx, '/etc/modules-load.d'))).catch((e: Error) => [{ name: 'modprobe', why: e.message }]);
+  ctx.imageModules = loadImageModules(ctx);
+}
+
+/** The modules of /etc/modules-load.d that did not load; modprobe itself failing (it could not run, it timed out) is one of them. */
+function loadImageModules(ctx: NodeContext): Promise<{ name: string; why: string }[]> {
+  return loadModules(ctx, confLines(at(ctx, '/etc/modules-load.d'))).catch((e: Error) => [{ name: 'modprobe', why: e.message }]);
 }
 
 /** The image's modules (started by startImageModules, or loaded now), before the config's modules. */
 export async function applyImageModules(ctx: NodeContext): Promise<void> {
-  const failed = await (ctx.imageModules ?? loadModules(ctx, confLines(at(ctx, '/etc/modules-load.d'))));
+  const failed = await (ctx.imageModules ?? loadImageModules(ctx));
   ctx.imageModules = undefined;
   if (failed.length) throw new Error(`not loaded: ${failed.map((f) => (f.name === 'modprobe' ? `modprobe (${f.why})` : f.name)).join(', ')}`);
 }
